@@ -1,0 +1,155 @@
+// Python bindings: type conversion, GIL release around native work, error mapping.
+// The option structs are bound field by field so that Python never restates a default.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include "heterospec/engine.h"
+#include "heterospec/errors.h"
+#include "sampler.h"
+#include "text_stream.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+using namespace heterospec;
+
+using release_gil = nb::call_guard<nb::gil_scoped_release>;
+
+namespace heterospec {
+std::vector<int32_t> llama_cpp_greedy(const std::string & path, const std::vector<int32_t> & prompt,
+                                      int32_t n_predict, uint32_t n_ctx, int32_t n_threads);
+}
+
+NB_MODULE(_core, m) {
+    m.doc() = "HeteroSpec native engine";
+
+    nb::register_exception_translator([](const std::exception_ptr & p, void *) {
+        try {
+            std::rethrow_exception(p);
+        } catch (const FileNotFound & e) {
+            PyErr_SetString(PyExc_FileNotFoundError, e.what());
+        }
+    });
+
+    nb::class_<ModelOptions>(m, "ModelOptions")
+        .def(nb::init<>())
+        .def_rw("path", &ModelOptions::path)
+        .def_rw("n_gpu_layers", &ModelOptions::n_gpu_layers);
+
+    nb::class_<EngineOptions>(m, "EngineOptions")
+        .def(nb::init<>())
+        .def_rw("target", &EngineOptions::target)
+        .def_rw("draft", &EngineOptions::draft)
+        .def_rw("n_ctx", &EngineOptions::n_ctx)
+        .def_rw("n_batch", &EngineOptions::n_batch)
+        .def_rw("n_threads", &EngineOptions::n_threads)
+        .def_rw("n_threads_batch", &EngineOptions::n_threads_batch)
+        .def_rw("flash_attn", &EngineOptions::flash_attn)
+        .def_rw("cache_type_k", &EngineOptions::cache_type_k)
+        .def_rw("cache_type_v", &EngineOptions::cache_type_v)
+        .def_rw("verbose", &EngineOptions::verbose);
+
+    nb::class_<SamplingParams>(m, "SamplingParams")
+        .def(nb::init<>())
+        .def_rw("temperature", &SamplingParams::temperature)
+        .def_rw("top_k", &SamplingParams::top_k)
+        .def_rw("top_p", &SamplingParams::top_p)
+        .def_rw("min_p", &SamplingParams::min_p)
+        .def_rw("repeat_penalty", &SamplingParams::repeat_penalty)
+        .def_rw("repeat_last_n", &SamplingParams::repeat_last_n)
+        .def_rw("seed", &SamplingParams::seed);
+
+    nb::class_<GenerateParams>(m, "GenerateParams")
+        .def(nb::init<>())
+        .def_rw("sampling", &GenerateParams::sampling)
+        .def_rw("max_tokens", &GenerateParams::max_tokens)
+        .def_rw("stop", &GenerateParams::stop)
+        .def_rw("ignore_eos", &GenerateParams::ignore_eos);
+
+    nb::class_<Stats>(m, "Stats")
+        .def_ro("prompt_tokens", &Stats::prompt_tokens)
+        .def_ro("generated_tokens", &Stats::generated_tokens)
+        .def_ro("prompt_ms", &Stats::prompt_ms)
+        .def_ro("decode_ms", &Stats::decode_ms)
+        .def_ro("target_calls", &Stats::target_calls)
+        .def_prop_ro("prompt_tokens_per_second", &Stats::prompt_tokens_per_second)
+        .def_prop_ro("tokens_per_second", &Stats::tokens_per_second);
+
+    nb::class_<Result>(m, "Result")
+        .def_ro("text", &Result::text)
+        .def_ro("tokens", &Result::tokens)
+        .def_ro("finish_reason", &Result::finish_reason)
+        .def_ro("stats", &Result::stats);
+
+    nb::class_<Engine>(m, "Engine")
+        .def(nb::init<const EngineOptions &>(), "options"_a, release_gil())
+        .def_prop_ro("n_vocab", &Engine::n_vocab)
+        .def_prop_ro("n_ctx", &Engine::n_ctx)
+        .def_prop_ro("has_draft", &Engine::has_draft)
+        .def_prop_ro("description", &Engine::model_description)
+        .def("tokenize", &Engine::tokenize, "text"_a, "add_special"_a, "parse_special"_a)
+        .def("detokenize", &Engine::detokenize, "tokens"_a, "special"_a)
+        .def("is_eog", &Engine::is_eog, "token"_a)
+        .def("format_chat",
+             [](const Engine & e, const std::vector<std::pair<std::string, std::string>> & msgs,
+                bool add_generation_prompt, const std::string & tmpl) {
+                 std::vector<ChatMessage> v;
+                 for (const auto & [role, content] : msgs) v.push_back({role, content});
+                 return e.format_chat(v, add_generation_prompt, tmpl);
+             },
+             "messages"_a, "add_generation_prompt"_a, "template"_a)
+        .def("start", &Engine::start, "prompt"_a, "params"_a, release_gil())
+        .def("step",
+             [](Engine & e) {
+                 StepOutput out;
+                 {
+                     nb::gil_scoped_release release;
+                     out = e.step();
+                 }
+                 return nb::make_tuple(out.text, out.done);
+             })
+        .def("result", &Engine::result)
+        .def("generate", &Engine::generate, "prompt"_a, "params"_a, release_gil());
+
+    // Pure logic, exposed for unit tests.
+    nb::module_ t = m.def_submodule("testing", "pure-logic units, for tests");
+    t.def("sanitize_utf8", [](nb::bytes b) { return sanitize_utf8(std::string_view(b.c_str(), b.size())); });
+    t.def("complete_utf8_prefix",
+          [](nb::bytes b) { return complete_utf8_prefix(std::string_view(b.c_str(), b.size())); });
+
+    t.def("llama_cpp_greedy", &llama_cpp_greedy, "path"_a, "prompt"_a, "n_predict"_a, "n_ctx"_a, "n_threads"_a,
+          release_gil(), "llama.cpp's own greedy loop (examples/simple), as a reference");
+
+    nb::class_<TextStream>(t, "TextStream")
+        .def(nb::init<std::vector<std::string>>(), "stop"_a = std::vector<std::string>())
+        .def("push", [](TextStream & s, nb::bytes b) { return s.push(std::string_view(b.c_str(), b.size())); })
+        .def("take_ready", &TextStream::take_ready)
+        .def("finish", &TextStream::finish)
+        .def("text", &TextStream::text)
+        .def_prop_ro("stopped", &TextStream::stopped);
+
+    nb::class_<Sampler>(t, "Sampler")
+        .def(nb::init<const SamplingParams &, int32_t>(), "params"_a, "n_vocab"_a)
+        .def("distribution",
+             [](Sampler & s, nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu> logits,
+                std::vector<int32_t> history) {
+                 if (int64_t(logits.shape(0)) != s.n_vocab())
+                     throw std::invalid_argument("logits must have n_vocab entries");
+                 const auto & d = s.distribution(logits.data(), history.data(), history.size());
+                 std::vector<std::pair<int32_t, float>> out;
+                 for (const auto & tp : d) out.push_back({tp.id, tp.p});
+                 return out;
+             },
+             "logits"_a, "history"_a = std::vector<int32_t>())
+        .def("draw",
+             [](Sampler & s, const std::vector<std::pair<int32_t, float>> & dist) {
+                 std::vector<TokenProb> d;
+                 for (const auto & [id, p] : dist) d.push_back({id, p});
+                 return s.draw(d);
+             },
+             "dist"_a)
+        .def_prop_ro("seed", &Sampler::seed);
+}

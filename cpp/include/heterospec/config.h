@@ -1,0 +1,54 @@
+// All user-facing options, with their defaults, in one place. Python mirrors these structs
+// through the bindings (it never restates a default).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace heterospec {
+
+// How to load one model and create its context. Names follow llama.cpp's flags.
+struct ModelOptions {
+    std::string path;
+    int32_t n_gpu_layers = -1;      // -ngl: layers on the GPU, -1 = all (ignored by CPU builds)
+};
+
+struct EngineOptions {
+    ModelOptions target;
+    ModelOptions draft;             // draft.path empty: no draft model
+    uint32_t n_ctx = 0;             // -c: context size, 0 = the model's training context, at most 4096
+    uint32_t n_batch = 512;         // -b: tokens per llama_decode call during prompt processing
+    int32_t n_threads = 0;          // -t: 0 = one per physical core
+    int32_t n_threads_batch = 0;    // -tb: 0 = same as n_threads
+    std::string flash_attn = "auto";    // -fa: "on", "off" or "auto"
+    std::string cache_type_k = "f16";   // -ctk
+    std::string cache_type_v = "f16";   // -ctv (quantized V needs flash attention)
+    bool verbose = false;           // forward llama.cpp's log to stderr
+};
+
+// The engine's sampler. temperature <= 0 means greedy (argmax after penalties).
+struct SamplingParams {
+    float temperature = 0.8f;
+    int32_t top_k = 40;             // <= 0: disabled
+    float top_p = 0.95f;            // 1: disabled
+    float min_p = 0.05f;            // 0: disabled
+    float repeat_penalty = 1.0f;    // 1: disabled
+    int32_t repeat_last_n = 64;     // how many recent tokens the penalty looks at (-1: all)
+    uint64_t seed = UINT64_MAX;     // UINT64_MAX: a random seed per call
+
+    bool greedy() const { return temperature <= 0.0f; }
+};
+
+struct GenerateParams {
+    SamplingParams sampling;
+    int32_t max_tokens = 256;       // < 0: until end of generation or a full context
+    std::vector<std::string> stop;  // stop strings: output ends before the first one
+    bool ignore_eos = false;        // keep going past end-of-generation tokens
+};
+
+// Throws std::invalid_argument with a message naming the bad value.
+void validate(const EngineOptions & o);
+void validate(const GenerateParams & p);
+
+}  // namespace heterospec

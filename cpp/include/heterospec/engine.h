@@ -1,0 +1,69 @@
+// The engine: a target model (and optionally a draft model with the same vocabulary) and the
+// decoding loop. Not thread-safe for concurrent generation: calls are serialised internally.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "heterospec/config.h"
+#include "heterospec/stats.h"
+
+namespace heterospec {
+
+struct ChatMessage {
+    std::string role;
+    std::string content;
+};
+
+struct Result {
+    std::string text;
+    std::vector<int32_t> tokens;     // generated tokens (end-of-generation token excluded)
+    std::string finish_reason;       // "stop" (end of generation or stop string) or "length"
+    Stats stats;
+};
+
+struct StepOutput {
+    std::string text;                // text that became final during this step
+    bool done = false;
+};
+
+class Engine {
+public:
+    explicit Engine(const EngineOptions & options);
+    ~Engine();
+    Engine(const Engine &) = delete;
+    Engine & operator=(const Engine &) = delete;
+
+    const EngineOptions & options() const;
+    int32_t n_vocab() const;
+    uint32_t n_ctx() const;
+    bool has_draft() const;
+    std::string model_description() const;
+
+    std::vector<int32_t> tokenize(const std::string & text, bool add_special, bool parse_special) const;
+    std::string detokenize(const std::vector<int32_t> & tokens, bool special) const;
+    bool is_eog(int32_t token) const;
+
+    // Formats messages with the chat template stored in the target GGUF, or `tmpl` (a template
+    // text or a llama.cpp built-in name such as "chatml") when given.
+    std::string format_chat(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
+                            const std::string & tmpl = "") const;
+
+    // One generation at a time: start() checks the request and processes the prompt, then each
+    // step() produces at least one token until it reports done; result() holds the outcome.
+    void start(const std::vector<int32_t> & prompt, const GenerateParams & params);
+    StepOutput step();
+    Result result() const;
+
+    // start() + step() until done.
+    Result generate(const std::vector<int32_t> & prompt, const GenerateParams & params);
+
+    struct Impl;
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace heterospec

@@ -1,0 +1,32 @@
+#include "heterospec/config.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace heterospec {
+
+namespace {
+
+[[noreturn]] void bad(const std::string & what) { throw std::invalid_argument(what); }
+
+}  // namespace
+
+void validate(const EngineOptions & o) {
+    if (o.target.path.empty()) bad("a target model path is required");
+    if (o.n_batch < 1) bad("n_batch must be at least 1");
+    if (o.n_ctx != 0 && o.n_ctx < 8) bad("n_ctx must be 0 (the model's) or at least 8");
+    if (o.n_threads < 0 || o.n_threads_batch < 0) bad("thread counts must be >= 0 (0: automatic)");
+}
+
+void validate(const GenerateParams & p) {
+    const SamplingParams & s = p.sampling;
+    if (!std::isfinite(s.temperature)) bad("temperature must be a finite number");
+    if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) bad("top_p must be in (0, 1]");
+    if (!(s.min_p >= 0.0f && s.min_p <= 1.0f)) bad("min_p must be in [0, 1]");
+    if (!(s.repeat_penalty > 0.0f) || !std::isfinite(s.repeat_penalty)) bad("repeat_penalty must be > 0");
+    if (s.repeat_last_n < -1) bad("repeat_last_n must be >= -1 (-1: the whole context)");
+    for (const auto & stop : p.stop)
+        if (stop.empty()) bad("stop strings must not be empty");
+}
+
+}  // namespace heterospec

@@ -1,0 +1,306 @@
+// The decoding loop: request checks, prompt processing, one step at a time, stop conditions
+// and statistics.
+#include "heterospec/engine.h"
+
+#include <chrono>
+#include <mutex>
+#include <stdexcept>
+
+#include "model.h"
+#include "sampler.h"
+#include "text_stream.h"
+
+namespace heterospec {
+
+namespace {
+
+double now_ms() {
+    using namespace std::chrono;
+    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+// State of the generation in progress.
+struct Generation {
+    GenerateParams params;
+    std::unique_ptr<Sampler> sampler;
+    std::unique_ptr<TextStream> text;
+    std::vector<int32_t> history;    // prompt followed by the generated tokens
+    std::vector<int32_t> tokens;     // generated tokens
+    std::string output;              // text released so far
+    llama_pos n_past = 0;            // tokens in the target's KV cache
+    bool done = true;
+    std::string finish_reason;
+    Stats stats;
+    double t_start = 0, t_first = 0;
+};
+
+struct Engine::Impl {
+    EngineOptions opts;
+    ModelPtr target;
+    ModelPtr draft;
+    ContextPtr target_ctx;
+    ContextPtr draft_ctx;
+    BatchPtr batch;
+    const llama_vocab * vocab = nullptr;
+    int32_t n_vocab = 0;
+    uint32_t n_ctx = 0;
+    std::mutex mu;
+    Generation gen;
+    std::vector<char> piece_buf = std::vector<char>(256);
+
+    std::string_view piece(int32_t token) {
+        int32_t n = llama_token_to_piece(vocab, token, piece_buf.data(), int32_t(piece_buf.size()), 0, false);
+        if (n < 0) {
+            piece_buf.resize(size_t(-n));
+            n = llama_token_to_piece(vocab, token, piece_buf.data(), int32_t(piece_buf.size()), 0, false);
+        }
+        return std::string_view(piece_buf.data(), size_t(std::max(n, 0)));
+    }
+
+    // Runs `tokens` through the target at positions n_past.., logits for the last one only.
+    void decode_target(const int32_t * tokens, size_t n) {
+        llama_context * ctx = target_ctx.get();
+        const size_t n_batch = llama_n_batch(ctx);
+        for (size_t i = 0; i < n; i += n_batch) {
+            const size_t m = std::min(n_batch, n - i);
+            llama_batch_ext_clear(batch.get());
+            for (size_t j = 0; j < m; ++j) {
+                const int32_t idx = llama_batch_ext_add_token(batch.get(), 0, tokens[i + j]);
+                const llama_pos pos = gen.n_past + llama_pos(j);
+                llama_batch_ext_set_pos(batch.get(), idx, &pos);
+            }
+            if (i + m == n) llama_batch_ext_set_output_logits(batch.get(), int32_t(m - 1), true);
+            const int32_t rc = llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, batch.get());
+            if (rc != 0) throw std::runtime_error("llama_decode failed (code " + std::to_string(rc) + ")");
+            gen.n_past += llama_pos(m);
+        }
+    }
+
+    // Adds one sampled token to the output. Returns false when generation must end here.
+    bool accept(int32_t token) {
+        Generation & g = gen;
+        if (!g.params.ignore_eos && llama_vocab_is_eog(vocab, token)) {
+            g.finish_reason = "stop";
+            return false;
+        }
+        g.tokens.push_back(token);
+        g.history.push_back(token);
+        if (g.tokens.size() == 1) g.t_first = now_ms();
+        if (g.text->push(piece(token))) {
+            g.finish_reason = "stop";
+            return false;
+        }
+        if (g.params.max_tokens >= 0 && int32_t(g.tokens.size()) >= g.params.max_tokens) {
+            g.finish_reason = "length";
+            return false;
+        }
+        return true;
+    }
+
+    // Plain autoregressive step: sample from the last logits, then feed the token back.
+    bool step_ar() {
+        const float * logits = llama_get_logits_ith(target_ctx.get(), -1);
+        if (!logits) throw std::runtime_error("no logits available from the target");
+        const int32_t token = gen.sampler->sample(logits, gen.history.data(), gen.history.size());
+        if (!accept(token)) return false;
+        if (uint32_t(gen.n_past) >= n_ctx) {  // no room to feed the token back
+            gen.finish_reason = "length";
+            return false;
+        }
+        decode_target(&token, 1);
+        gen.stats.target_calls++;
+        return true;
+    }
+
+    void finish() {
+        Generation & g = gen;
+        g.done = true;
+        const double t_end = now_ms();
+        if (g.t_first == 0) g.t_first = t_end;
+        g.stats.prompt_ms = g.t_first - g.t_start;
+        g.stats.decode_ms = t_end - g.t_first;
+        g.stats.generated_tokens = int32_t(g.tokens.size());
+    }
+};
+
+Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
+    Impl & m = *impl_;
+    validate(options);
+    m.opts = options;
+    set_log_verbose(options.verbose);
+
+    m.target = load_model(options.target);
+    if (!options.draft.path.empty()) {
+        m.draft = load_model(options.draft);
+        check_same_vocab(m.target.get(), m.draft.get());
+    }
+    m.vocab = llama_model_get_vocab(m.target.get());
+    m.n_vocab = llama_vocab_n_tokens(m.vocab);
+
+    ContextSpec spec;
+    spec.n_ctx = options.n_ctx ? options.n_ctx : default_n_ctx(m.target.get());
+    spec.n_batch = options.n_batch;
+    spec.n_threads = options.n_threads > 0 ? options.n_threads : default_threads();
+    spec.n_threads_batch = options.n_threads_batch > 0 ? options.n_threads_batch : spec.n_threads;
+    spec.flash_attn = options.flash_attn;
+    spec.cache_type_k = options.cache_type_k;
+    spec.cache_type_v = options.cache_type_v;
+    m.target_ctx = make_context(m.target.get(), spec);
+    if (m.draft) m.draft_ctx = make_context(m.draft.get(), spec);
+    m.n_ctx = llama_n_ctx(m.target_ctx.get());
+    m.batch.reset(llama_batch_ext_init(m.target_ctx.get()));
+}
+
+Engine::~Engine() = default;
+
+const EngineOptions & Engine::options() const { return impl_->opts; }
+int32_t Engine::n_vocab() const { return impl_->n_vocab; }
+uint32_t Engine::n_ctx() const { return impl_->n_ctx; }
+bool Engine::has_draft() const { return bool(impl_->draft); }
+
+std::string Engine::model_description() const {
+    char buf[256];
+    llama_model_desc(impl_->target.get(), buf, sizeof(buf));
+    return buf;
+}
+
+std::vector<int32_t> Engine::tokenize(const std::string & text, bool add_special, bool parse_special) const {
+    const llama_vocab * vocab = impl_->vocab;
+    if (text.size() > size_t(INT32_MAX / 2)) throw std::invalid_argument("text too long to tokenize");
+    std::vector<int32_t> out(text.size() + 8);
+    int32_t n = llama_tokenize(vocab, text.data(), int32_t(text.size()), out.data(), int32_t(out.size()),
+                               add_special, parse_special);
+    if (n < 0) {
+        if (n == INT32_MIN) throw std::invalid_argument("text too long to tokenize");
+        out.resize(size_t(-n));
+        n = llama_tokenize(vocab, text.data(), int32_t(text.size()), out.data(), int32_t(out.size()),
+                           add_special, parse_special);
+    }
+    out.resize(size_t(std::max(n, 0)));
+    return out;
+}
+
+std::string Engine::detokenize(const std::vector<int32_t> & tokens, bool special) const {
+    for (int32_t t : tokens)
+        if (t < 0 || t >= impl_->n_vocab)
+            throw std::invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
+                                        std::to_string(impl_->n_vocab - 1) + ")");
+    std::string out(tokens.size() * 8 + 16, '\0');
+    int32_t n = llama_detokenize(impl_->vocab, tokens.data(), int32_t(tokens.size()), out.data(),
+                                 int32_t(out.size()), false, special);
+    if (n < 0) {
+        out.resize(size_t(-n));
+        n = llama_detokenize(impl_->vocab, tokens.data(), int32_t(tokens.size()), out.data(),
+                             int32_t(out.size()), false, special);
+    }
+    out.resize(size_t(std::max(n, 0)));
+    return sanitize_utf8(out);
+}
+
+bool Engine::is_eog(int32_t token) const {
+    return token >= 0 && token < impl_->n_vocab && llama_vocab_is_eog(impl_->vocab, token);
+}
+
+std::string Engine::format_chat(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
+                                const std::string & tmpl) const {
+    const char * t = tmpl.empty() ? llama_model_chat_template(impl_->target.get(), nullptr) : tmpl.c_str();
+    if (!t) t = "chatml";  // llama.cpp's fallback for models without a template
+    std::vector<llama_chat_message> msgs;
+    size_t total = 0;
+    for (const auto & m : messages) {
+        msgs.push_back({m.role.c_str(), m.content.c_str()});
+        total += m.role.size() + m.content.size();
+    }
+    std::vector<char> buf(total * 2 + 256);
+    int32_t n = llama_chat_apply_template(t, msgs.data(), msgs.size(), add_generation_prompt, buf.data(), int32_t(buf.size()));
+    if (n > int32_t(buf.size())) {
+        buf.resize(size_t(n));
+        n = llama_chat_apply_template(t, msgs.data(), msgs.size(), add_generation_prompt, buf.data(), int32_t(buf.size()));
+    }
+    if (n < 0)
+        throw std::invalid_argument("the chat template is not one llama.cpp can apply; pass chat_template= "
+                                    "with a built-in name such as 'chatml', 'llama3' or 'mistral-v7'");
+    return std::string(buf.data(), size_t(n));
+}
+
+void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & params) {
+    Impl & m = *impl_;
+    validate(params);
+    if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
+    for (int32_t t : prompt)
+        if (t < 0 || t >= m.n_vocab)
+            throw std::invalid_argument("prompt token id " + std::to_string(t) + " is outside the vocabulary");
+    if (prompt.size() > m.n_ctx)
+        throw std::invalid_argument("the prompt has " + std::to_string(prompt.size()) +
+                                    " tokens but the context holds " + std::to_string(m.n_ctx) +
+                                    "; shorten it or raise n_ctx (-c)");
+
+    std::lock_guard<std::mutex> lock(m.mu);
+    Generation & g = m.gen;
+    g = Generation();
+    g.params = params;
+    g.sampler.reset(new Sampler(params.sampling, m.n_vocab));
+    g.text.reset(new TextStream(params.stop));
+    g.history = prompt;
+    g.stats.prompt_tokens = int32_t(prompt.size());
+    g.t_start = now_ms();
+    g.done = false;
+    if (params.max_tokens == 0) {
+        g.finish_reason = "length";
+        m.finish();
+        return;
+    }
+    llama_memory_clear(llama_get_memory(m.target_ctx.get()), false);
+    try {
+        m.decode_target(prompt.data(), prompt.size());
+    } catch (...) {
+        g.done = true;
+        throw;
+    }
+}
+
+StepOutput Engine::step() {
+    Impl & m = *impl_;
+    std::lock_guard<std::mutex> lock(m.mu);
+    Generation & g = m.gen;
+    StepOutput out;
+    if (g.done) {
+        out.done = true;
+        return out;
+    }
+    bool more;
+    try {
+        more = m.step_ar();
+    } catch (...) {
+        g.done = true;
+        throw;
+    }
+    out.text = g.text->take_ready();
+    if (!more) {
+        out.text += g.text->finish();
+        m.finish();
+    }
+    g.output += out.text;
+    out.done = g.done;
+    return out;
+}
+
+Result Engine::result() const {
+    const Generation & g = impl_->gen;
+    Result r;
+    r.text = g.output;
+    r.tokens = g.tokens;
+    r.finish_reason = g.finish_reason;
+    r.stats = g.stats;
+    return r;
+}
+
+Result Engine::generate(const std::vector<int32_t> & prompt, const GenerateParams & params) {
+    start(prompt, params);
+    while (!step().done) {}
+    return result();
+}
+
+}  // namespace heterospec

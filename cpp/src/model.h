@@ -1,0 +1,53 @@
+// Loading models and creating contexts: RAII over llama.cpp's handles, and every check that
+// must happen before llama.cpp sees a file or an option (llama.cpp aborts on some bad input).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "heterospec/config.h"
+#include "llama.h"
+
+namespace heterospec {
+
+struct ModelDeleter { void operator()(llama_model * m) const { llama_model_free(m); } };
+struct ContextDeleter { void operator()(llama_context * c) const { llama_free(c); } };
+struct BatchDeleter { void operator()(llama_batch_ext * b) const { llama_batch_ext_free(b); } };
+using ModelPtr = std::unique_ptr<llama_model, ModelDeleter>;
+using ContextPtr = std::unique_ptr<llama_context, ContextDeleter>;
+using BatchPtr = std::unique_ptr<llama_batch_ext, BatchDeleter>;
+
+// llama.cpp's log goes through here: kept in a short buffer so that load errors can quote it,
+// and forwarded to stderr only when verbose.
+void set_log_verbose(bool verbose);
+std::string recent_log_errors();   // the error/warning lines since the last clear
+void clear_log();
+
+// Checks that `path` is a readable GGUF file (throws FileNotFound / std::invalid_argument),
+// then loads it. Errors name the file and quote llama.cpp's reason.
+ModelPtr load_model(const ModelOptions & opts);
+
+struct ContextSpec {
+    uint32_t n_ctx;
+    uint32_t n_batch;
+    uint32_t n_seq_max = 1;
+    int32_t n_threads;
+    int32_t n_threads_batch;
+    std::string flash_attn;
+    std::string cache_type_k;
+    std::string cache_type_v;
+};
+ContextPtr make_context(llama_model * model, const ContextSpec & spec);
+
+// Throws std::invalid_argument naming the first difference (size, special tokens, token text).
+void check_same_vocab(const llama_model * target, const llama_model * draft);
+
+// Default thread count: physical cores (llama.cpp's habit), at least 1.
+int32_t default_threads();
+
+// "auto" context size: the model's training context, capped so that big-context models do
+// not allocate a huge cache by default.
+uint32_t default_n_ctx(const llama_model * model);
+
+}  // namespace heterospec

@@ -1,0 +1,111 @@
+"""The `heterospec` command line. Flags follow llama.cpp's names where it has them."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from . import __version__
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("-m", "--model", required=True, help="target model (GGUF)")
+    g.add_argument("-md", "--model-draft", help="draft model (GGUF) with the target's vocabulary")
+    g.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, dest="n_gpu_layers",
+                   help="layers of the target on the GPU (-1: all, the default)")
+    g.add_argument("-ngld", "--n-gpu-layers-draft", "--gpu-layers-draft", type=int, dest="n_gpu_layers_draft",
+                   help="layers of the draft on the GPU (default: as -ngl)")
+    g.add_argument("-c", "--ctx-size", type=int, dest="n_ctx", help="context size (0: the model's, at most 4096)")
+    g.add_argument("-b", "--batch-size", type=int, dest="n_batch", help="prompt tokens per decode call (512)")
+    g.add_argument("-t", "--threads", type=int, dest="n_threads", help="threads (default: physical cores)")
+    g.add_argument("-tb", "--threads-batch", type=int, dest="n_threads_batch", help="threads for prompt processing")
+    g.add_argument("-fa", "--flash-attn", choices=["on", "off", "auto"], dest="flash_attn", help="flash attention")
+    g.add_argument("-ctk", "--cache-type-k", dest="cache_type_k", help="KV cache type for K (f16)")
+    g.add_argument("-ctv", "--cache-type-v", dest="cache_type_v", help="KV cache type for V (f16)")
+    g.add_argument("-v", "--verbose", action="store_true", default=None, help="show llama.cpp's log")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("-n", "--n-predict", "--max-tokens", type=int, dest="max_tokens", default=-1,
+                   help="tokens to generate (-1: until end of generation or a full context)")
+    g.add_argument("--temp", "--temperature", type=float, dest="temperature", help="temperature (0.8; <= 0: greedy)")
+    g.add_argument("--top-k", type=int, dest="top_k", help="top-k (40; <= 0: off)")
+    g.add_argument("--top-p", type=float, dest="top_p", help="top-p (0.95; 1: off)")
+    g.add_argument("--min-p", type=float, dest="min_p", help="min-p (0.05; 0: off)")
+    g.add_argument("--repeat-penalty", type=float, dest="repeat_penalty", help="repetition penalty (1.0: off)")
+    g.add_argument("--repeat-last-n", type=int, dest="repeat_last_n", help="tokens the penalty looks back on (64)")
+    g.add_argument("-s", "--seed", type=int, help="random seed (-1: random)")
+    g.add_argument("-r", "--reverse-prompt", "--stop", action="append", dest="stop", metavar="TEXT",
+                   help="stop before this text (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true", default=None, help="do not stop at end-of-generation tokens")
+
+
+ENGINE_KEYS = ("n_gpu_layers", "n_gpu_layers_draft", "n_ctx", "n_batch", "n_threads", "n_threads_batch",
+               "flash_attn", "cache_type_k", "cache_type_v", "verbose")
+SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
+                 "seed", "stop", "ignore_eos")
+
+
+def _pick(args: argparse.Namespace, keys: Sequence[str]) -> dict:
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    if args.file:
+        with open(args.file, encoding="utf-8") as f:
+            prompt = f.read()
+    elif args.prompt is not None:
+        prompt = args.prompt
+    else:
+        raise ValueError("give a prompt with -p/--prompt or -f/--file")
+
+    with Engine(args.model, draft=args.model_draft, **_pick(args, ENGINE_KEYS)) as engine:
+        if args.display_prompt:
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+        for piece in engine.stream(prompt, **_pick(args, SAMPLING_KEYS)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        r = engine.last_result
+        s = r.stats
+        print(f"heterospec: {s.generated_tokens} tokens, {s.tokens_per_second:.1f} tok/s "
+              f"({s.decode_ms / 1e3:.2f} s), prompt {s.prompt_tokens} tokens at "
+              f"{s.prompt_tokens_per_second:.1f} tok/s, finish: {r.finish_reason}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="heterospec", description="Exact tree speculative decoding for GGUF models.")
+    ap.add_argument("--version", action="version", version=f"heterospec {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text from a prompt, streaming it to stdout")
+    _model_args(g)
+    g.add_argument("-p", "--prompt", help="prompt text")
+    g.add_argument("-f", "--file", help="read the prompt from a file")
+    g.add_argument("--no-display-prompt", dest="display_prompt", action="store_false",
+                   help="do not echo the prompt before the continuation")
+    _sampling_args(g)
+    g.set_defaults(func=cmd_generate)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        print(f"heterospec: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nheterospec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

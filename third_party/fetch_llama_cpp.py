@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Fetch the pinned llama.cpp source into third_party/llama.cpp (ignored by git).
+
+The source comes from the llama-cpp-python source distribution named in
+llama_cpp.pin, which vendors llama.cpp under vendor/llama.cpp. We download it
+with pip, check its sha256, and unpack only what the build needs. A later run
+finds the stamp file and does nothing, so builds after the first are offline.
+
+Usage: fetch_llama_cpp.py [--dest DIR] [--extra PATH ...]
+Prints the llama.cpp directory on success.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# What the library build needs from vendor/llama.cpp (about 36 MB).
+BUILD_MEMBERS = ("CMakeLists.txt", "cmake/", "ggml/", "src/", "include/", "vendor/",
+                 "licenses/", "LICENSE", "AUTHORS")
+
+
+def read_pin(path: Path = HERE / "llama_cpp.pin") -> dict[str, str]:
+    pin = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "=" in line:
+            key, value = (s.strip() for s in line.split("=", 1))
+            pin[key] = value
+    for key in ("package", "version", "sha256"):
+        if key not in pin:
+            raise SystemExit(f"{path}: missing '{key}'")
+    return pin
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pip_command() -> list[str]:
+    # Inside an isolated build environment pip may not be importable; fall back to the
+    # pip on PATH (the one that is running the build).
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    for name in ("pip3", "pip"):
+        exe = shutil.which(name)
+        if exe:
+            return [exe]
+    raise SystemExit("fetch_llama_cpp: pip is not available to download the pinned llama.cpp; "
+                     "install pip or point HETEROSPEC_LLAMA_CPP_DIR at a llama.cpp checkout")
+
+
+def download_sdist(pin: dict[str, str], downloads: Path) -> Path:
+    name = f"{pin['package'].replace('-', '_')}-{pin['version']}.tar.gz"
+    target = downloads / name
+    if target.exists() and sha256_of(target) == pin["sha256"]:
+        return target
+    downloads.mkdir(parents=True, exist_ok=True)
+    spec = f"{pin['package']}=={pin['version']}"
+    base = pip_command() + ["download", "--no-deps", "--no-binary", pin["package"],
+                            "--dest", str(downloads), spec]
+    # pip prepares the sdist's metadata; without isolation that is fast when
+    # scikit-build-core is importable, otherwise let pip make an isolated env.
+    for extra in (["--no-build-isolation"], []):
+        r = subprocess.run(base + extra, stdout=sys.stderr, stderr=sys.stderr)
+        if r.returncode == 0 and target.exists():
+            break
+    else:
+        raise SystemExit(f"fetch_llama_cpp: could not download {spec} with pip")
+    got = sha256_of(target)
+    if got != pin["sha256"]:
+        target.unlink()
+        raise SystemExit(f"fetch_llama_cpp: sha256 mismatch for {name}: expected {pin['sha256']}, "
+                         f"got {got}; the download was removed")
+    return target
+
+
+def unpack(sdist: Path, pin: dict[str, str], dest: Path, members: tuple[str, ...]) -> None:
+    prefix = f"{pin['package'].replace('-', '_')}-{pin['version']}/vendor/llama.cpp/"
+    tmp = Path(tempfile.mkdtemp(prefix=".llama.cpp-", dir=dest.parent))
+    try:
+        with tarfile.open(sdist, "r:gz") as tar:
+            picked = []
+            for m in tar.getmembers():
+                if not m.name.startswith(prefix):
+                    continue
+                rel = m.name[len(prefix):]
+                if not rel or not any(rel == p.rstrip("/") or rel.startswith(p) for p in members):
+                    continue
+                if m.issym() or m.islnk() or ".." in Path(rel).parts:
+                    continue  # never follow links out of the tree
+                m.name = rel
+                picked.append(m)
+            if not picked:
+                raise SystemExit(f"fetch_llama_cpp: {sdist.name} has no {prefix}")
+            tar.extractall(tmp, members=picked, filter="data") if hasattr(tarfile, "data_filter") \
+                else tar.extractall(tmp, members=picked)
+        (tmp / ".heterospec-pin").write_text(f"{pin['package']}=={pin['version']} {pin['sha256']}\n"
+                                             f"members: {' '.join(members)}\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_fresh(dest: Path, pin: dict[str, str], members: tuple[str, ...]) -> bool:
+    stamp = dest / ".heterospec-pin"
+    if not stamp.exists():
+        return False
+    lines = stamp.read_text().splitlines()
+    have = set(lines[1].split(":", 1)[1].split()) if len(lines) > 1 else set()
+    return lines[0].endswith(pin["sha256"]) and set(members) <= have
+
+
+def fetch(dest: Path, extra: tuple[str, ...] = ()) -> Path:
+    pin = read_pin()
+    members = tuple(dict.fromkeys(BUILD_MEMBERS + extra))
+    if is_fresh(dest, pin, members):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    downloads = HERE / "downloads"
+    sdist = download_sdist(pin, downloads)
+    print(f"fetch_llama_cpp: unpacking llama.cpp from {sdist.name} into {dest}", file=sys.stderr)
+    unpack(sdist, pin, dest, members)
+    if os.environ.get("HETEROSPEC_KEEP_SDIST") != "1":
+        sdist.unlink()
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dest", type=Path, default=HERE / "llama.cpp")
+    ap.add_argument("--extra", nargs="*", default=[],
+                    help="more paths under vendor/llama.cpp to unpack (e.g. common/ examples/)")
+    args = ap.parse_args()
+    print(fetch(args.dest.resolve(), tuple(args.extra)))
+
+
+if __name__ == "__main__":
+    main()
