@@ -9,7 +9,9 @@
 
 #include "heterospec/engine.h"
 #include "heterospec/errors.h"
+#include "draft_tree.h"
 #include "sampler.h"
+#include "topk.h"
 #include "text_stream.h"
 
 namespace nb = nanobind;
@@ -19,8 +21,12 @@ using namespace heterospec;
 using release_gil = nb::call_guard<nb::gil_scoped_release>;
 
 namespace heterospec {
-std::vector<int32_t> llama_cpp_greedy(const std::string & path, const std::vector<int32_t> & prompt,
-                                      int32_t n_predict, uint32_t n_ctx, int32_t n_threads);
+std::pair<std::vector<int32_t>, std::vector<float>>
+llama_cpp_greedy(const std::string & path, const std::vector<int32_t> & prompt,
+                 int32_t n_predict, uint32_t n_ctx, int32_t n_threads);
+std::pair<std::vector<std::vector<float>>, std::vector<std::vector<float>>>
+tree_vs_paths(const std::string & path, const std::vector<int32_t> & prompt,
+              const std::vector<int32_t> & parents, const std::vector<int32_t> & tokens, int32_t n_threads);
 }
 
 NB_MODULE(_core, m) {
@@ -50,6 +56,7 @@ NB_MODULE(_core, m) {
         .def_rw("flash_attn", &EngineOptions::flash_attn)
         .def_rw("cache_type_k", &EngineOptions::cache_type_k)
         .def_rw("cache_type_v", &EngineOptions::cache_type_v)
+        .def_rw("max_nodes", &EngineOptions::max_nodes)
         .def_rw("verbose", &EngineOptions::verbose);
 
     nb::class_<SamplingParams>(m, "SamplingParams")
@@ -62,9 +69,21 @@ NB_MODULE(_core, m) {
         .def_rw("repeat_last_n", &SamplingParams::repeat_last_n)
         .def_rw("seed", &SamplingParams::seed);
 
+    nb::class_<SpecParams>(m, "SpecParams")
+        .def(nb::init<>())
+        .def_rw("mode", &SpecParams::mode)
+        .def_rw("depth", &SpecParams::depth)
+        .def_rw("branching", &SpecParams::branching)
+        .def_rw("width", &SpecParams::width)
+        .def_rw("budget", &SpecParams::budget)
+        .def_rw("n_max", &SpecParams::n_max)
+        .def_rw("p_min", &SpecParams::p_min)
+        .def_rw("trace", &SpecParams::trace);
+
     nb::class_<GenerateParams>(m, "GenerateParams")
         .def(nb::init<>())
         .def_rw("sampling", &GenerateParams::sampling)
+        .def_rw("spec", &GenerateParams::spec)
         .def_rw("max_tokens", &GenerateParams::max_tokens)
         .def_rw("stop", &GenerateParams::stop)
         .def_rw("ignore_eos", &GenerateParams::ignore_eos);
@@ -74,7 +93,16 @@ NB_MODULE(_core, m) {
         .def_ro("generated_tokens", &Stats::generated_tokens)
         .def_ro("prompt_ms", &Stats::prompt_ms)
         .def_ro("decode_ms", &Stats::decode_ms)
+        .def_ro("mode", &Stats::mode)
+        .def_ro("steps", &Stats::steps)
         .def_ro("target_calls", &Stats::target_calls)
+        .def_ro("draft_calls", &Stats::draft_calls)
+        .def_ro("nodes_verified", &Stats::nodes_verified)
+        .def_ro("draft_ms", &Stats::draft_ms)
+        .def_ro("verify_ms", &Stats::verify_ms)
+        .def_ro("host_ms", &Stats::host_ms)
+        .def_prop_ro("mean_accepted", &Stats::mean_accepted)
+        .def_prop_ro("mean_nodes", &Stats::mean_nodes)
         .def_prop_ro("prompt_tokens_per_second", &Stats::prompt_tokens_per_second)
         .def_prop_ro("tokens_per_second", &Stats::tokens_per_second);
 
@@ -82,7 +110,12 @@ NB_MODULE(_core, m) {
         .def_ro("text", &Result::text)
         .def_ro("tokens", &Result::tokens)
         .def_ro("finish_reason", &Result::finish_reason)
-        .def_ro("stats", &Result::stats);
+        .def_ro("stats", &Result::stats)
+        .def_prop_ro("trace", [](const Result & r) {
+            std::vector<std::tuple<int32_t, int32_t, int32_t, int32_t>> out;
+            for (const auto & t : r.trace) out.emplace_back(t.depth, t.nodes, t.accepted, t.rank);
+            return out;
+        });
 
     nb::class_<Engine>(m, "Engine")
         .def(nb::init<const EngineOptions &>(), "options"_a, release_gil())
@@ -121,7 +154,10 @@ NB_MODULE(_core, m) {
           [](nb::bytes b) { return complete_utf8_prefix(std::string_view(b.c_str(), b.size())); });
 
     t.def("llama_cpp_greedy", &llama_cpp_greedy, "path"_a, "prompt"_a, "n_predict"_a, "n_ctx"_a, "n_threads"_a,
-          release_gil(), "llama.cpp's own greedy loop (examples/simple), as a reference");
+          release_gil(), "llama.cpp's own greedy loop (examples/simple): tokens and top-2 logit gaps");
+
+    t.def("tree_vs_paths", &tree_vs_paths, "path"_a, "prompt"_a, "parents"_a, "tokens"_a, "n_threads"_a,
+          release_gil(), "logits of one tree pass, and of each path decoded alone (node order)");
 
     nb::class_<TextStream>(t, "TextStream")
         .def(nb::init<std::vector<std::string>>(), "stop"_a = std::vector<std::string>())
@@ -130,6 +166,45 @@ NB_MODULE(_core, m) {
         .def("finish", &TextStream::finish)
         .def("text", &TextStream::text)
         .def_prop_ro("stopped", &TextStream::stopped);
+
+    // the draft tree and its batch layout
+    nb::class_<DraftTree>(t, "DraftTree")
+        .def(nb::init<>())
+        .def("reset", &DraftTree::reset, "root_token"_a)
+        .def("add", &DraftTree::add, "parent"_a, "token"_a, "q"_a)
+        .def("__len__", &DraftTree::size)
+        .def("node", [](const DraftTree & t, int32_t i) {
+            if (i < 0 || i >= t.size()) throw nb::index_error();
+            const DraftNode & n = t[i];
+            return nb::make_tuple(n.token, n.parent, n.depth, n.q, n.v);
+        })
+        .def("select", [](const DraftTree & t, size_t n) { std::vector<int32_t> out; t.select(n, out); return out; })
+        .def("top", [](const DraftTree & t, const std::vector<int32_t> & cand, size_t n) {
+            std::vector<int32_t> out; t.top(cand, n, out); return out; });
+
+    nb::class_<TreeBatch>(t, "TreeBatch")
+        .def(nb::init<>())
+        .def("build", &TreeBatch::build, "tree"_a, "selected"_a)
+        .def_ro("node", &TreeBatch::node)
+        .def_ro("token", &TreeBatch::token)
+        .def_ro("depth", &TreeBatch::depth)
+        .def_ro("parent", &TreeBatch::parent)
+        .def_ro("rank", &TreeBatch::rank)
+        .def_ro("path", &TreeBatch::path)
+        .def_ro("n_paths", &TreeBatch::n_paths)
+        .def("seqs_of", [](const TreeBatch & b, int32_t i) {
+            return std::vector<int32_t>(b.seqs.begin() + b.seq_begin[size_t(i)], b.seqs.begin() + b.seq_begin[size_t(i) + 1]); })
+        .def("children_of", [](const TreeBatch & b, int32_t i) {
+            return std::vector<int32_t>(b.children.begin() + b.child_begin[size_t(i)], b.children.begin() + b.child_begin[size_t(i) + 1]); })
+        .def("child_with_token", &TreeBatch::child_with_token);
+
+    t.def("softmax_top_k", [](nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu> logits, int32_t k) {
+        std::vector<TokenProb> out;
+        softmax_top_k(logits.data(), int32_t(logits.shape(0)), k, out);
+        std::vector<std::pair<int32_t, float>> r;
+        for (const auto & tp : out) r.push_back({tp.id, tp.p});
+        return r;
+    }, "logits"_a, "k"_a);
 
     nb::class_<Sampler>(t, "Sampler")
         .def(nb::init<const SamplingParams &, int32_t>(), "params"_a, "n_vocab"_a)

@@ -40,10 +40,12 @@ class GenerationResult:
     tokens: list[int]
     finish_reason: str  # "stop" (end of generation or a stop string) or "length"
     stats: Stats = field(repr=False)
+    trace: list = field(default_factory=list, repr=False)  # (depth, nodes, accepted, rank) per step
 
     @classmethod
     def _from_native(cls, r: "_core.Result") -> "GenerationResult":
-        return cls(text=r.text, tokens=list(r.tokens), finish_reason=r.finish_reason, stats=Stats(r.stats))
+        return cls(text=r.text, tokens=list(r.tokens), finish_reason=r.finish_reason, stats=Stats(r.stats),
+                   trace=list(r.trace))
 
 
 def _set(obj, **values) -> None:
@@ -76,13 +78,14 @@ class Engine:
                  n_threads: Optional[int] = None, n_threads_batch: Optional[int] = None,
                  flash_attn: Union[bool, str, None] = None,
                  cache_type_k: Optional[str] = None, cache_type_v: Optional[str] = None,
-                 verbose: Optional[bool] = None):
+                 max_nodes: Optional[int] = None, verbose: Optional[bool] = None):
         _check_int("n_ctx", n_ctx, 0)
         _check_int("n_batch", n_batch, 1)
         _check_int("n_threads", n_threads, 0)
         _check_int("n_threads_batch", n_threads_batch, 0)
         _check_int("n_gpu_layers", n_gpu_layers, -1)
         _check_int("n_gpu_layers_draft", n_gpu_layers_draft, -1)
+        _check_int("max_nodes", max_nodes, 1)
         if isinstance(flash_attn, bool):
             flash_attn = "on" if flash_attn else "off"
         opts = _core.EngineOptions()
@@ -92,7 +95,8 @@ class Engine:
             opts.draft.path = os.fspath(draft)
             _set(opts.draft, n_gpu_layers=n_gpu_layers_draft if n_gpu_layers_draft is not None else n_gpu_layers)
         _set(opts, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, n_threads_batch=n_threads_batch,
-             flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, verbose=verbose)
+             flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, max_nodes=max_nodes,
+             verbose=verbose)
         self._native: Optional[_core.Engine] = _core.Engine(opts)
         self._last: Optional[GenerationResult] = None
 
@@ -163,8 +167,15 @@ class Engine:
 
     @staticmethod
     def _params(max_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
-                repeat_penalty=None, repeat_last_n=None, seed=None, stop=None, ignore_eos=None):
+                repeat_penalty=None, repeat_last_n=None, seed=None, stop=None, ignore_eos=None,
+                mode=None, depth=None, branching=None, width=None, budget=None, n_max=None, p_min=None,
+                trace=None):
         p = _core.GenerateParams()
+        for name, value in (("depth", depth), ("branching", branching), ("width", width), ("budget", budget),
+                            ("n_max", n_max)):
+            _check_int(name, value, 0)
+        _set(p.spec, mode=mode, depth=depth, branching=branching, width=width, budget=budget, n_max=n_max,
+             p_min=p_min, trace=trace)
         if max_tokens is not None:
             _check_int("max_tokens", max_tokens, -1)
         _check_int("top_k", top_k, -(2**31))  # <= 0 disables top-k
@@ -185,14 +196,25 @@ class Engine:
                  top_k: Optional[int] = None, top_p: Optional[float] = None, min_p: Optional[float] = None,
                  repeat_penalty: Optional[float] = None, repeat_last_n: Optional[int] = None,
                  seed: Optional[int] = None, stop: Union[str, Sequence[str], None] = None,
-                 ignore_eos: Optional[bool] = None) -> GenerationResult:
+                 ignore_eos: Optional[bool] = None, mode: Optional[str] = None,
+                 depth: Optional[int] = None, branching: Optional[int] = None, width: Optional[int] = None,
+                 budget: Optional[int] = None, n_max: Optional[int] = None, p_min: Optional[float] = None,
+                 trace: Optional[bool] = None) -> GenerationResult:
         """Generates a continuation of `prompt` (text, or token ids).
 
-        Defaults: max_tokens=256 (-1: until end of generation or a full context), temperature=0.8
-        (<= 0: greedy), top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0 (off), seed=random.
+        Sampling defaults: max_tokens=256 (-1: until end of generation or a full context),
+        temperature=0.8 (<= 0: greedy), top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0 (off),
+        seed=random.
+
+        Speculation: mode="ar" (plain), "chain" (llama.cpp-style draft chain: n_max=4, p_min=0.75)
+        or "tree" (depth=4, branching=4, width=4, budget=8 nodes verified per step); the default
+        is "tree" when the engine has a draft model, else "ar". The output is the same in every
+        mode: token for token when greedy, in distribution when sampling. trace=True records one
+        (depth, nodes, accepted, rank) tuple per step in `result.trace`.
         """
         params = self._params(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty,
-                              repeat_last_n, seed, stop, ignore_eos)
+                              repeat_last_n, seed, stop, ignore_eos, mode, depth, branching, width,
+                              budget, n_max, p_min, trace)
         tokens = self._prompt_tokens(prompt)
         self._last = GenerationResult._from_native(self._engine.generate(tokens, params))
         return self._last

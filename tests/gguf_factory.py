@@ -9,6 +9,7 @@ Public API:
     Vocab, make_vocab(variant="a")
     write_llama(path, vocab=None, *, ...) -> Path
     read_weights(path) -> dict[str, np.ndarray]
+    read_vocab(path) -> Vocab
     write_unknown_arch(path) -> Path
     write_truncated(src, dst, keep_fraction=0.6) -> Path
     write_not_gguf(path) -> Path
@@ -23,6 +24,7 @@ import numpy as np
 import gguf
 
 SPACE = "\u2581"  # SentencePiece's "▁" word-boundary marker
+CONTROL_ROW_SCALE = 0.2  # output.weight row scale of control tokens (fresh models)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -59,13 +61,14 @@ class Vocab:
     add_bos: bool = True
     add_eos: bool = False
     chat_template: str = CHATML_TEMPLATE
-    variant: str = "a"
+    variant: str = "a"  # make_vocab variant; "" when read back from a file
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         self._index = {t: i for i, t in enumerate(self.tokens)}
-        # llama.cpp GGML_ASSERTs (aborts) on duplicate token texts: never emit them.
-        assert len(self._index) == len(self.tokens), "duplicate token text"
+        # llama.cpp GGML_ASSERTs (aborts the process) on duplicate token texts.
+        if len(self._index) != len(self.tokens):
+            raise ValueError("duplicate token text in vocabulary")
 
     @property
     def n_vocab(self) -> int:
@@ -147,7 +150,7 @@ def _shapes(n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff) -> dict[str, tupl
     return s
 
 
-def _random_weights(shapes, rng) -> dict[str, np.ndarray]:
+def _random_weights(shapes, rng, vocab: Vocab) -> dict[str, np.ndarray]:
     w = {}
     for name, shape in shapes.items():
         if len(shape) == 1:  # RMS-norm gains
@@ -167,6 +170,12 @@ def _random_weights(shapes, rng) -> dict[str, np.ndarray]:
         else:
             std = 1.0 / np.sqrt(fan_in)
         w[name] = (std * rng.standard_normal(shape)).astype(np.float32)
+    # Shrink the output rows of control tokens (<unk> <s> </s> <|im_start|>
+    # <|im_end|>) so greedy decoding practically never picks them: </s> and
+    # <|im_end|> are end-of-generation in llama.cpp and would end runs early
+    # at random. eos_boost re-enables </s> on purpose.
+    ctrl = [i for i, t in enumerate(vocab.types) if t in (gguf.TokenType.CONTROL, gguf.TokenType.UNKNOWN)]
+    w["output.weight"][ctrl] *= CONTROL_ROW_SCALE
     return w
 
 
@@ -180,37 +189,87 @@ def read_weights(path: Union[str, Path]) -> dict[str, np.ndarray]:
     }
 
 
+def _fields(path) -> dict:
+    r = gguf.GGUFReader(str(path))
+    return {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+
+
+def read_vocab(path: Union[str, Path]) -> Vocab:
+    """The Vocab stored in a GGUF written by write_llama."""
+    f = _fields(path)
+    toks = f["tokenizer.ggml.tokens"]
+    return Vocab(
+        tokens=list(toks), scores=[float(x) for x in f["tokenizer.ggml.scores"]],
+        types=[int(x) for x in f["tokenizer.ggml.token_type"]],
+        unk_id=f["tokenizer.ggml.unknown_token_id"], bos_id=f["tokenizer.ggml.bos_token_id"],
+        eos_id=f["tokenizer.ggml.eos_token_id"], eot_id=f.get("tokenizer.ggml.eot_token_id"),
+        im_start_id=toks.index("<|im_start|>") if "<|im_start|>" in toks else None,
+        add_bos=f["tokenizer.ggml.add_bos_token"], add_eos=f["tokenizer.ggml.add_eos_token"],
+        chat_template=f.get("tokenizer.chat_template", ""), variant="",
+    )
+
+
+_DEFAULTS = dict(n_embd=64, n_layer=2, n_head=4, n_head_kv=None, n_ff=128, n_ctx_train=256)
+
+
 def write_llama(
-    path, vocab: Vocab | None = None, *, n_embd=64, n_layer=2, n_head=4,
-    n_head_kv=None, n_ff=128, n_ctx_train=256, seed=0,
+    path, vocab: Vocab | None = None, *, n_embd=None, n_layer=None, n_head=None,
+    n_head_kv=None, n_ff=None, n_ctx_train=None, seed=0,
     base: Union[str, Path, Mapping[str, np.ndarray], None] = None,
     noise=0.0, eos_boost=0.0, dtype="f32", arch="llama", name="test",
 ) -> Path:
     """Write a random-weight Llama GGUF and return its path.
 
-    base:      a GGUF path (see read_weights) or a weights dict. The new model
-               gets base's weights plus Gaussian noise of std `noise` times each
-               tensor's RMS (noise=0 copies it exactly). The hyper-parameters
-               passed here must describe the same shapes as base (ValueError
-               otherwise); seed then only seeds the noise.
-    eos_boost: multiplies the EOS row of output.weight by (1 + eos_boost),
-               widening the spread of the EOS logit so greedy decoding picks
-               EOS for some contexts. ~1-2 makes EOS appear within tens of
-               tokens for some prompts.
+    Shape defaults: n_embd=64, n_layer=2, n_head=4, n_head_kv=n_head, n_ff=128,
+    n_ctx_train=256, vocab=make_vocab("a"). Deterministic for a given seed.
+
+    base:      a GGUF path or a weights dict (read_weights). The new model gets
+               base's weights plus Gaussian noise of std `noise` times each
+               tensor's RMS (noise=0 copies it exactly); seed seeds the noise.
+               With a path, vocab and unspecified hyper-parameters come from
+               the base file; with a dict they must be passed to match it.
+               Shape mismatch -> ValueError. Measured greedy agreement of
+               draft vs base (teacher-forced, per step, default sizes):
+               noise 0.005 -> ~95%, 0.01 -> ~90%, 0.02 -> ~80%,
+               0.05 -> ~60%, 0.1 -> ~37%.
+    eos_boost: grows the EOS row of output.weight (same direction) by
+               eos_boost times the RMS of an ordinary token's row, widening the
+               spread of the EOS logit so greedy decoding picks EOS in some
+               contexts. Fresh models start with all control-token rows
+               (EOS, <|im_end|>, ...) at CONTROL_ROW_SCALE, so with
+               eos_boost=0 they are practically never generated. Measured
+               (default sizes, 44 prompts, 64 tokens): 1.0 -> EOS for ~30% of
+               prompts, 1.2 -> ~60%, 1.5 -> ~80%, 2.0 -> nearly all, early.
+               Applied after base/noise, so a draft made from a boosted base
+               keeps the boost when eos_boost=0.
     dtype:     "f32" or "f16" for the 2-D tensors (norm gains stay f32, as in
-               llama.cpp's converters).
+               llama.cpp's converters: the CPU backend aborts on f16 norms).
     """
+    hp = dict(n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
+              n_ff=n_ff, n_ctx_train=n_ctx_train)
+    if isinstance(base, (str, Path)):
+        f = _fields(base)
+        a = f["general.architecture"]
+        stored = dict(n_embd=f[f"{a}.embedding_length"], n_layer=f[f"{a}.block_count"],
+                      n_head=f[f"{a}.attention.head_count"], n_head_kv=f[f"{a}.attention.head_count_kv"],
+                      n_ff=f[f"{a}.feed_forward_length"], n_ctx_train=f[f"{a}.context_length"])
+        hp = {k: stored[k] if v is None else v for k, v in hp.items()}
+        vocab = vocab or read_vocab(base)
+    hp = {k: _DEFAULTS[k] if v is None else v for k, v in hp.items()}
+    n_embd, n_layer, n_head, n_ff, n_ctx_train = (hp[k] for k in ("n_embd", "n_layer", "n_head", "n_ff", "n_ctx_train"))
+    n_head_kv = n_head if hp["n_head_kv"] is None else hp["n_head_kv"]
     vocab = vocab or make_vocab()
-    n_head_kv = n_head if n_head_kv is None else n_head_kv
-    if n_embd % n_head or n_head % n_head_kv:
-        raise ValueError("n_embd must divide by n_head, n_head by n_head_kv")
+    # llama.cpp GGML_ASSERTs (aborts) on a non-dividing GQA ratio when the
+    # context is created, and on an odd head dim (RoPE) at the first decode.
+    if n_embd % n_head or n_head % n_head_kv or (n_embd // n_head) % 2:
+        raise ValueError("need n_embd % n_head == 0, n_head % n_head_kv == 0, even head dim")
     if dtype not in ("f32", "f16"):
         raise ValueError(f"dtype must be 'f32' or 'f16', not {dtype!r}")
     shapes = _shapes(vocab.n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff)
     rng = np.random.default_rng(seed)
 
     if base is None:
-        weights = _random_weights(shapes, rng)
+        weights = _random_weights(shapes, rng, vocab)
     else:
         src = read_weights(base) if isinstance(base, (str, Path)) else base
         got = {k: tuple(v.shape) for k, v in src.items()}
@@ -223,8 +282,11 @@ def write_llama(
             weights[k] = (w + noise * rms * rng.standard_normal(w.shape)).astype(np.float32)
 
     if eos_boost:
-        weights["output.weight"] = weights["output.weight"].copy()
-        weights["output.weight"][vocab.eos_id] *= 1.0 + eos_boost
+        out = weights["output.weight"] = weights["output.weight"].copy()
+        ordinary = out[[i for i, t in enumerate(vocab.types) if t == gguf.TokenType.NORMAL]]
+        rms = lambda a: float(np.sqrt(np.mean(a * a)))
+        row = out[vocab.eos_id]
+        out[vocab.eos_id] = row * (1.0 + eos_boost * rms(ordinary) / max(rms(row), 1e-12))
 
     path = Path(path)
     w = gguf.GGUFWriter(str(path), arch)

@@ -8,7 +8,7 @@ from heterospec import Engine, _core
 def llama_cpp_greedy(engine: Engine, path, prompt: str, n: int):
     """llama.cpp's own greedy loop (examples/simple) on the same model and prompt."""
     tokens = engine.tokenize(prompt, add_special=True, parse_special=True)
-    return _core.testing.llama_cpp_greedy(str(path), tokens, n, engine.n_ctx, 2)
+    return _core.testing.llama_cpp_greedy(str(path), tokens, n, engine.n_ctx, 2)[0]
 
 
 # -- loading and generating ------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_generation_runs_up_to_the_context_limit(tiny):
         assert r.finish_reason == "length"
         # the last token is sampled from the logits at position n_ctx - 1
         assert len(prompt) + len(r.tokens) == e.n_ctx + 1
-        ref = _core.testing.llama_cpp_greedy(str(tiny.target), prompt, 1000, e.n_ctx, 1)
+        ref = _core.testing.llama_cpp_greedy(str(tiny.target), prompt, 1000, e.n_ctx, 1)[0]
         assert r.tokens[:len(ref)] == ref
         # a prompt that fills the context exactly still yields one token
         full = (prompt * e.n_ctx)[:e.n_ctx]

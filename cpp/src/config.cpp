@@ -16,6 +16,7 @@ void validate(const EngineOptions & o) {
     if (o.n_batch < 1) bad("n_batch must be at least 1");
     if (o.n_ctx != 0 && o.n_ctx < 8) bad("n_ctx must be 0 (the model's) or at least 8");
     if (o.n_threads < 0 || o.n_threads_batch < 0) bad("thread counts must be >= 0 (0: automatic)");
+    if (o.max_nodes < 1 || o.max_nodes > 255) bad("max_nodes must be in 1..255");
 }
 
 void validate(const GenerateParams & p) {
@@ -25,6 +26,15 @@ void validate(const GenerateParams & p) {
     if (!(s.min_p >= 0.0f && s.min_p <= 1.0f)) bad("min_p must be in [0, 1]");
     if (!(s.repeat_penalty > 0.0f) || !std::isfinite(s.repeat_penalty)) bad("repeat_penalty must be > 0");
     if (s.repeat_last_n < -1) bad("repeat_last_n must be >= -1 (-1: the whole context)");
+    const SpecParams & t = p.spec;
+    if (t.mode != "auto" && t.mode != "ar" && t.mode != "chain" && t.mode != "tree")
+        bad("mode must be 'ar', 'chain' or 'tree', not '" + t.mode + "'");
+    if (t.depth < 1 || t.depth > 64) bad("tree depth must be in 1..64");
+    if (t.branching < 1 || t.branching > 64) bad("tree branching must be in 1..64");
+    if (t.width < 1 || t.width > 64) bad("tree width must be in 1..64");
+    if (t.budget < 0) bad("tree budget must be >= 0");
+    if (t.n_max < 0 || t.n_max > 64) bad("chain n_max must be in 0..64");
+    if (!(t.p_min >= 0.0f && t.p_min <= 1.0f)) bad("chain p_min must be in [0, 1]");
     for (const auto & stop : p.stop)
         if (stop.empty()) bad("stop strings must not be empty");
 }

@@ -2,13 +2,17 @@
 // and statistics.
 #include "heterospec/engine.h"
 
+#include <algorithm>
 #include <chrono>
 #include <mutex>
 #include <stdexcept>
 
+#include "draft_tree.h"
+#include "drafters/draft_model.h"
 #include "model.h"
 #include "sampler.h"
 #include "text_stream.h"
+#include "verifier.h"
 
 namespace heterospec {
 
@@ -30,9 +34,12 @@ struct Generation {
     std::vector<int32_t> tokens;     // generated tokens
     std::string output;              // text released so far
     llama_pos n_past = 0;            // tokens in the target's KV cache
+    int32_t root = -1;               // speculative modes: newest committed token, not yet run
+    bool speculative = false;
     bool done = true;
     std::string finish_reason;
     Stats stats;
+    std::vector<StepTrace> trace;
     double t_start = 0, t_first = 0;
 };
 
@@ -46,8 +53,14 @@ struct Engine::Impl {
     const llama_vocab * vocab = nullptr;
     int32_t n_vocab = 0;
     uint32_t n_ctx = 0;
+    std::unique_ptr<Verifier> verifier;
+    std::unique_ptr<DraftModelDrafter> drafter;
     std::mutex mu;
     Generation gen;
+    // per-step buffers, reused
+    DraftTree tree;
+    TreeBatch tb;
+    std::vector<int32_t> selected, accepted;
     std::vector<char> piece_buf = std::vector<char>(256);
 
     std::string_view piece(int32_t token) {
@@ -111,7 +124,82 @@ struct Engine::Impl {
         }
         decode_target(&token, 1);
         gen.stats.target_calls++;
+        gen.stats.steps++;
         return true;
+    }
+
+    // One speculative step (algorithm section 1): draft a tree rooted at the newest committed
+    // token, verify it in one target pass, walk it with the target's sampler.
+    bool step_spec() {
+        Generation & g = gen;
+        const SpecParams & sp = g.params.spec;
+        const llama_pos P = g.n_past;   // the root's position
+        if (uint32_t(P) >= n_ctx) {     // no room to run the root: plain decoding stops here too
+            g.finish_reason = "length";
+            return false;
+        }
+        const double t0 = now_ms();
+        const double llama0 = verifier->llama_ms() + drafter->llama_ms();
+
+        // Shape, shrunk near the end of the context so that every node has a position and a
+        // cell in both caches, and so that the tree fits one batch.
+        const bool chain = sp.mode == "chain";
+        DraftShape shape;
+        shape.branching = chain ? 1 : sp.branching;
+        shape.width = chain ? 1 : sp.width;
+        shape.p_min = chain ? sp.p_min : 0.0f;
+        const int32_t room = int32_t(n_ctx) - 1 - P;
+        int32_t depth = std::min<int32_t>(chain ? sp.n_max : sp.depth, room);
+        int32_t budget = std::min<int32_t>({chain ? sp.n_max : sp.budget, room, int32_t(llama_n_batch(target_ctx.get())) - 1});
+        const int32_t draft_room = int32_t(llama_n_ctx(draft_ctx.get())) - 1 - P;
+        if (depth > 1 && shape.width * (depth - 1) > draft_room) depth = 1 + std::max(0, draft_room) / shape.width;
+        if (draft_room < 0) depth = 0;
+
+        tree.reset(g.root);
+        selected.clear();
+        if (depth >= 1 && budget >= 1) {
+            drafter->start(tree, shape, P, depth);
+            tree.select(size_t(budget), selected);
+        } else {
+            drafter->defer(g.root);
+        }
+        tb.build(tree, selected);
+        const double t1 = now_ms();
+
+        verifier->decode(tb, P);
+        g.stats.target_calls++;
+        const double t2 = now_ms();
+
+        // Walk: sample from the target at each node and follow the tree while it agrees.
+        accepted.clear();
+        int32_t e = 0;
+        int32_t emitted = 0;
+        bool more = true;
+        int32_t y;
+        for (;;) {
+            y = g.sampler->sample(verifier->logits(e), g.history.data(), g.history.size());
+            const int32_t c = tb.child_with_token(e, y);
+            emitted++;
+            if (!accept(y)) { more = false; break; }
+            if (c < 0) break;
+            accepted.push_back(tb.node[size_t(c)]);
+            e = c;
+        }
+        if (more) {
+            verifier->commit(tb, e, P);
+            if (!selected.empty()) drafter->commit(tree, accepted);
+            g.n_past = P + tb.depth[size_t(e)] + 1;
+            g.root = y;
+        }
+
+        const double t3 = now_ms();
+        g.stats.steps++;
+        g.stats.nodes_verified += tb.size() - 1;
+        g.stats.draft_ms += t1 - t0;
+        g.stats.verify_ms += t2 - t1;
+        g.stats.host_ms += (t3 - t0) - (verifier->llama_ms() + drafter->llama_ms() - llama0);
+        if (sp.trace) g.trace.push_back({tb.max_depth(), tb.size() - 1, emitted, tb.rank[size_t(e)]});
+        return more;
     }
 
     void finish() {
@@ -122,6 +210,7 @@ struct Engine::Impl {
         g.stats.prompt_ms = g.t_first - g.t_start;
         g.stats.decode_ms = t_end - g.t_first;
         g.stats.generated_tokens = int32_t(g.tokens.size());
+        if (g.speculative) g.stats.draft_calls = drafter->calls();
     }
 };
 
@@ -147,8 +236,19 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     spec.flash_attn = options.flash_attn;
     spec.cache_type_k = options.cache_type_k;
     spec.cache_type_v = options.cache_type_v;
+    if (m.draft) {
+        // tree attention through sequence ids: one sequence per path, in one unified cache
+        check_tree_capable(m.target.get(), options.target.path);
+        check_tree_capable(m.draft.get(), options.draft.path);
+        spec.n_seq_max = uint32_t(options.max_nodes);
+        spec.kv_unified = true;
+    }
     m.target_ctx = make_context(m.target.get(), spec);
-    if (m.draft) m.draft_ctx = make_context(m.draft.get(), spec);
+    if (m.draft) {
+        m.draft_ctx = make_context(m.draft.get(), spec);
+        m.verifier.reset(new Verifier(m.target_ctx.get(), options.max_nodes));
+        m.drafter.reset(new DraftModelDrafter(m.draft_ctx.get(), options.max_nodes));
+    }
     m.n_ctx = llama_n_ctx(m.target_ctx.get());
     m.batch.reset(llama_batch_ext_init(m.target_ctx.get()));
 }
@@ -237,10 +337,23 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
                                     " tokens but the context holds " + std::to_string(m.n_ctx) +
                                     "; shorten it or raise n_ctx (-c)");
 
+    std::string mode = params.spec.mode == "auto" ? (m.draft ? "tree" : "ar") : params.spec.mode;
+    if (mode != "ar" && !m.draft)
+        throw std::invalid_argument("mode '" + mode + "' needs a draft model (-md / draft=)");
+    const SpecParams & sp = params.spec;
+    if (mode == "tree" && (sp.budget > m.opts.max_nodes || sp.width > m.opts.max_nodes))
+        throw std::invalid_argument("tree budget and width must be at most max_nodes (" +
+                                    std::to_string(m.opts.max_nodes) + ")");
+    if (mode == "chain" && sp.n_max > m.opts.max_nodes)
+        throw std::invalid_argument("chain n_max must be at most max_nodes (" + std::to_string(m.opts.max_nodes) + ")");
+
     std::lock_guard<std::mutex> lock(m.mu);
     Generation & g = m.gen;
     g = Generation();
     g.params = params;
+    g.params.spec.mode = mode;
+    g.speculative = mode != "ar";
+    g.stats.mode = mode;
     g.sampler.reset(new Sampler(params.sampling, m.n_vocab));
     g.text.reset(new TextStream(params.stop));
     g.history = prompt;
@@ -252,9 +365,18 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
         m.finish();
         return;
     }
-    llama_memory_clear(llama_get_memory(m.target_ctx.get()), false);
     try {
-        m.decode_target(prompt.data(), prompt.size());
+        if (g.speculative) {
+            // the last prompt token is the first step's root
+            const std::vector<int32_t> prefix(prompt.begin(), prompt.end() - 1);
+            m.verifier->begin(prefix);
+            m.drafter->begin(prefix);
+            g.n_past = llama_pos(prefix.size());
+            g.root = prompt.back();
+        } else {
+            llama_memory_clear(llama_get_memory(m.target_ctx.get()), false);
+            m.decode_target(prompt.data(), prompt.size());
+        }
     } catch (...) {
         g.done = true;
         throw;
@@ -272,7 +394,7 @@ StepOutput Engine::step() {
     }
     bool more;
     try {
-        more = m.step_ar();
+        more = g.speculative ? m.step_spec() : m.step_ar();
     } catch (...) {
         g.done = true;
         throw;
@@ -294,6 +416,7 @@ Result Engine::result() const {
     r.tokens = g.tokens;
     r.finish_reason = g.finish_reason;
     r.stats = g.stats;
+    r.trace = g.trace;
     return r;
 }
 

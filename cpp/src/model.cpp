@@ -174,6 +174,8 @@ ContextPtr make_context(llama_model * model, const ContextSpec & spec) {
     cp.n_batch = spec.n_batch;
     cp.n_ubatch = spec.n_batch;
     cp.n_seq_max = spec.n_seq_max;
+    cp.kv_unified = spec.kv_unified;
+    cp.swa_full = true;   // sliding-window models keep every cell a path may need
     cp.n_threads = spec.n_threads;
     cp.n_threads_batch = spec.n_threads_batch;
     cp.flash_attn_type = flash_attn_type(spec.flash_attn);
@@ -187,6 +189,12 @@ ContextPtr make_context(llama_model * model, const ContextSpec & spec) {
     ContextPtr ctx(llama_init_from_model(model, cp));
     if (!ctx) throw std::runtime_error(quote_log("failed to create a llama.cpp context"));
     return ctx;
+}
+
+void check_tree_capable(const llama_model * model, const std::string & path) {
+    if (llama_model_is_recurrent(model) || llama_model_is_hybrid(model))
+        throw std::invalid_argument("'" + path + "' has a recurrent or hybrid memory, which cannot hold a draft "
+                                    "tree; speculative decoding needs attention-only models (use it without a draft)");
 }
 
 // ---------------------------------------------------------------------------------- vocab

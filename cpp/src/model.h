@@ -32,6 +32,7 @@ struct ContextSpec {
     uint32_t n_ctx;
     uint32_t n_batch;
     uint32_t n_seq_max = 1;
+    bool kv_unified = false;
     int32_t n_threads;
     int32_t n_threads_batch;
     std::string flash_attn;
@@ -39,6 +40,9 @@ struct ContextSpec {
     std::string cache_type_v;
 };
 ContextPtr make_context(llama_model * model, const ContextSpec & spec);
+
+// Tree verification branches the KV cache by sequence: recurrent and hybrid memories cannot.
+void check_tree_capable(const llama_model * model, const std::string & path);
 
 // Throws std::invalid_argument naming the first difference (size, special tokens, token text).
 void check_same_vocab(const llama_model * target, const llama_model * draft);

@@ -24,6 +24,8 @@ struct EngineOptions {
     std::string flash_attn = "auto";    // -fa: "on", "off" or "auto"
     std::string cache_type_k = "f16";   // -ctk
     std::string cache_type_v = "f16";   // -ctv (quantized V needs flash attention)
+    int32_t max_nodes = 64;         // largest verification budget a call may use (sizes the
+                                    // contexts' sequence count; at most 255)
     bool verbose = false;           // forward llama.cpp's log to stderr
 };
 
@@ -40,8 +42,23 @@ struct SamplingParams {
     bool greedy() const { return temperature <= 0.0f; }
 };
 
+// Speculative decoding (algorithm sections 2, 5 and 6).
+struct SpecParams {
+    std::string mode = "auto";      // "ar" (plain), "chain", "tree"; "auto": tree with a draft, else ar
+    // tree: depth d, branching k (top-k children per expanded node), frontier width W, budget N
+    int32_t depth = 4;
+    int32_t branching = 4;
+    int32_t width = 4;
+    int32_t budget = 8;
+    // chain (llama.cpp's draft-model speculation): up to n_max tokens, stop below p_min
+    int32_t n_max = 4;
+    float p_min = 0.75f;
+    bool trace = false;             // record one StepTrace per step
+};
+
 struct GenerateParams {
     SamplingParams sampling;
+    SpecParams spec;
     int32_t max_tokens = 256;       // < 0: until end of generation or a full context
     std::vector<std::string> stop;  // stop strings: output ends before the first one
     bool ignore_eos = false;        // keep going past end-of-generation tokens

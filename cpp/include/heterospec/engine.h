@@ -22,6 +22,7 @@ struct Result {
     std::vector<int32_t> tokens;     // generated tokens (end-of-generation token excluded)
     std::string finish_reason;       // "stop" (end of generation or stop string) or "length"
     Stats stats;
+    std::vector<StepTrace> trace;    // per step, when asked for (spec.trace)
 };
 
 struct StepOutput {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace heterospec {
 
@@ -11,7 +12,19 @@ struct Stats {
     double prompt_ms = 0;           // prompt processing, up to the first generated token
     double decode_ms = 0;           // everything after the first generated token
 
+    std::string mode;               // the decoding mode that ran: "ar", "chain" or "tree"
+    int32_t steps = 0;              // decoding steps (one target pass each, or one plain token)
     int32_t target_calls = 0;       // llama_decode calls on the target after the prompt
+    int32_t draft_calls = 0;        // llama_decode calls on the draft after the prompt
+    int64_t nodes_verified = 0;     // draft nodes sent to the target, root excluded
+    double draft_ms = 0;            // drafting: draft model passes and tree building
+    double verify_ms = 0;           // target passes over the trees
+    double host_ms = 0;             // decode time spent outside llama.cpp: tree building,
+                                    // sorting, KV bookkeeping, sampling
+
+    // Mean tokens emitted per step (tau), the extra token from the target included.
+    double mean_accepted() const { return steps ? double(generated_tokens) / steps : 0.0; }
+    double mean_nodes() const { return steps ? double(nodes_verified) / steps : 0.0; }
 
     // Prompt tokens per second.
     double prompt_tokens_per_second() const {
@@ -22,6 +35,14 @@ struct Stats {
     double tokens_per_second() const {
         return decode_ms > 0 && generated_tokens > 1 ? (generated_tokens - 1) * 1e3 / decode_ms : 0.0;
     }
+};
+
+// One speculative step, for calibration and plots.
+struct StepTrace {
+    int32_t depth;      // deepest node verified
+    int32_t nodes;      // nodes verified, root excluded
+    int32_t accepted;   // tokens emitted (accepted nodes plus the target's extra token)
+    int32_t rank;       // rank by V of the last accepted node among those verified (0: none)
 };
 
 }  // namespace heterospec

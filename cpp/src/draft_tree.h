@@ -1,0 +1,81 @@
+// The draft tree (algorithm section 2) and its layout as one verification batch (section 5).
+// Pure logic: no llama.cpp.
+//
+// Node 0 is the root: the last committed token, not yet run through the target. Every other
+// node is a draft candidate with its draft probability q (given its parent path) and value
+// V = product of q along the path. V never increases along a path, so the top-N nodes by V,
+// ties broken toward the shallower node, form a set closed under ancestors.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace heterospec {
+
+struct DraftNode {
+    int32_t token;
+    int32_t parent;   // -1 for the root
+    int32_t depth;    // 0 for the root
+    float q;          // draft probability given the parent path (1 for the root)
+    float v;          // product of q from the root
+};
+
+class DraftTree {
+public:
+    void reset(int32_t root_token);
+    int32_t add(int32_t parent, int32_t token, float q);
+
+    const DraftNode & operator[](int32_t i) const { return nodes_[size_t(i)]; }
+    int32_t size() const { return int32_t(nodes_.size()); }
+
+    // Whether node a ranks before node b: higher V, then shallower, then added earlier.
+    bool ranks_before(int32_t a, int32_t b) const {
+        const DraftNode & x = nodes_[size_t(a)];
+        const DraftNode & y = nodes_[size_t(b)];
+        if (x.v != y.v) return x.v > y.v;
+        if (x.depth != y.depth) return x.depth < y.depth;
+        return a < b;
+    }
+
+    // The best n of `cand` (node ids) by rank, best first, written to `out`.
+    void top(const std::vector<int32_t> & cand, size_t n, std::vector<int32_t> & out) const;
+
+    // The best n non-root nodes, best first: closed under ancestors.
+    void select(size_t n, std::vector<int32_t> & out) const;
+
+private:
+    std::vector<DraftNode> nodes_;
+    mutable std::vector<int32_t> scratch_;
+};
+
+// A selection laid out as one batch: entry 0 is the root, then the selected nodes in order of
+// depth (parents before children). Each root-to-leaf path gets a sequence id 0..n_paths-1 and
+// every entry carries the ids of all paths through it.
+struct TreeBatch {
+    std::vector<int32_t> node;       // tree node id of each entry
+    std::vector<int32_t> token;
+    std::vector<int32_t> depth;
+    std::vector<int32_t> parent;     // entry index of the parent, -1 for the root
+    std::vector<int32_t> rank;       // rank by V among the selected nodes (1 = best), 0 for the root
+    std::vector<int32_t> path;       // one path (sequence id) through each entry
+    std::vector<int32_t> seq_begin;  // entry i's path ids: seqs[seq_begin[i] .. seq_begin[i+1])
+    std::vector<int32_t> seqs;
+    std::vector<int32_t> child_begin;  // entry i's children: children[child_begin[i] .. child_begin[i+1])
+    std::vector<int32_t> children;
+    int32_t n_paths = 0;
+
+    int32_t size() const { return int32_t(node.size()); }
+    // The child entry of entry i whose token is t, or -1.
+    int32_t child_with_token(int32_t i, int32_t t) const {
+        for (int32_t c = child_begin[size_t(i)]; c < child_begin[size_t(i) + 1]; ++c)
+            if (token[size_t(children[size_t(c)])] == t) return children[size_t(c)];
+        return -1;
+    }
+    int32_t max_depth() const;
+
+    // Lays out the root and `selected` (node ids, best first, closed under ancestors).
+    void build(const DraftTree & tree, const std::vector<int32_t> & selected);
+};
+
+}  // namespace heterospec

@@ -1,0 +1,164 @@
+#include "drafters/draft_model.h"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+
+#include "topk.h"
+
+namespace heterospec {
+
+namespace {
+
+double now_ms() {
+    using namespace std::chrono;
+    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+DraftModelDrafter::DraftModelDrafter(llama_context * ctx, int32_t n_seq_max)
+    : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max),
+      n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)))) {}
+
+void DraftModelDrafter::decode_or_throw() {
+    const double t0 = now_ms();
+    const int32_t rc = llama_process(ctx_, LLAMA_PROCESS_TYPE_DECODE, batch_.get());
+    if (rc != 0) throw std::runtime_error("draft llama_decode failed (code " + std::to_string(rc) + ")");
+    llama_synchronize(ctx_);
+    llama_ms_ += now_ms() - t0;
+    calls_++;
+}
+
+void DraftModelDrafter::decode_committed(const std::vector<int32_t> & tokens, bool logits_for_last) {
+    const int32_t live = kv_.live();
+    const size_t n_batch = llama_n_batch(ctx_);
+    for (size_t i = 0; i < tokens.size(); i += n_batch) {
+        const size_t m = std::min(n_batch, tokens.size() - i);
+        llama_batch_ext_clear(batch_.get());
+        for (size_t j = 0; j < m; ++j) {
+            const int32_t idx = llama_batch_ext_add_token(batch_.get(), 0, tokens[i + j]);
+            for (llama_seq_id s = 1; s < live; ++s) llama_batch_ext_add_seq(batch_.get(), idx, s);
+            const llama_pos pos = n_past_ + llama_pos(j);
+            llama_batch_ext_set_pos(batch_.get(), idx, &pos);
+        }
+        if (logits_for_last && i + m == tokens.size())
+            llama_batch_ext_set_output_logits(batch_.get(), int32_t(m) - 1, true);
+        decode_or_throw();
+        n_past_ += llama_pos(m);
+    }
+}
+
+void DraftModelDrafter::begin(const std::vector<int32_t> & prefix) {
+    kv_.reset();
+    pending_.clear();
+    n_past_ = 0;
+    decode_committed(prefix, false);
+    calls_ = 0;
+    llama_ms_ = 0;
+}
+
+void DraftModelDrafter::start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) {
+    if (n_past_ + llama_pos(pending_.size()) != root_pos)
+        throw std::logic_error("draft cache out of step with the committed text");
+    shape_ = shape;
+    root_pos_ = root_pos;
+    kv_.ensure_live(shape.width);
+    const int32_t live = kv_.live();
+
+    // the unseen committed tokens and the root, in every live sequence; logits for the root only
+    pending_.push_back(tree[0].token);
+    decode_committed(pending_, true);
+    pending_.clear();
+
+    seq_of_.assign(size_t(tree.size()), -1);
+    seq_node_.assign(size_t(live), 0);   // every sequence holds the root's path
+    softmax_top_k(llama_get_logits_ith(ctx_, -1), n_vocab_, shape.branching, root_top_);
+    cand_.clear();
+    for (const auto & tp : root_top_) {
+        if (tp.p < shape.p_min) break;   // sorted: the rest are lower still
+        cand_.push_back(tree.add(0, tp.id, tp.p));
+    }
+    tree.top(cand_, size_t(shape.width), frontier_);
+    extend(tree, levels - 1);
+}
+
+int32_t DraftModelDrafter::extend(DraftTree & tree, int32_t levels) {
+    int32_t done = 0;
+    for (; done < levels && !frontier_.empty(); ++done) expand_frontier(tree);
+    return done;
+}
+
+void DraftModelDrafter::expand_frontier(DraftTree & tree) {
+    llama_memory_t mem = llama_get_memory(ctx_);
+    const int32_t depth = tree[frontier_[0]].depth;
+    const llama_pos step0 = root_pos_ + 1;   // first position of this step's temporary cells
+    seq_of_.resize(size_t(tree.size()), -1);
+
+    // Sequences: a node's first frontier child inherits its sequence; the others take free ones.
+    inherited_.assign(seq_node_.size(), 0);
+    std::vector<int32_t> & seq_for = next_;
+    seq_for.assign(frontier_.size(), -1);
+    for (size_t i = 0; i < frontier_.size(); ++i) {
+        const int32_t s = seq_of_[size_t(tree[frontier_[i]].parent)];
+        if (s >= 0 && !inherited_[size_t(s)]) {
+            inherited_[size_t(s)] = 1;
+            seq_for[i] = s;
+        }
+    }
+    size_t free_s = 0;
+    for (size_t i = 0; i < frontier_.size(); ++i) {
+        if (seq_for[i] >= 0) continue;
+        while (inherited_[free_s]) ++free_s;
+        const int32_t s = int32_t(free_s);
+        inherited_[free_s] = 1;
+        seq_for[i] = s;
+        const int32_t parent = tree[frontier_[i]].parent;
+        llama_memory_seq_rm(mem, s, step0, -1);
+        if (parent != 0) llama_memory_seq_cp(mem, seq_of_[size_t(parent)], s, step0, root_pos_ + depth);
+    }
+
+    llama_batch_ext_clear(batch_.get());
+    for (size_t i = 0; i < frontier_.size(); ++i) {
+        const int32_t f = frontier_[i];
+        seq_of_[size_t(f)] = seq_for[i];
+        seq_node_[size_t(seq_for[i])] = f;
+        const int32_t idx = llama_batch_ext_add_token(batch_.get(), seq_for[i], tree[f].token);
+        const llama_pos pos = root_pos_ + depth;
+        llama_batch_ext_set_pos(batch_.get(), idx, &pos);
+        llama_batch_ext_set_output_logits(batch_.get(), idx, true);
+    }
+    decode_or_throw();
+
+    cand_.clear();
+    for (size_t i = 0; i < frontier_.size(); ++i) {
+        softmax_top_k(llama_get_logits_ith(ctx_, int32_t(i)), n_vocab_, shape_.branching, top_);
+        for (const auto & tp : top_) {
+            if (tp.p < shape_.p_min) break;
+            cand_.push_back(tree.add(frontier_[i], tp.id, tp.p));
+        }
+    }
+    tree.top(cand_, size_t(shape_.width), frontier_);
+}
+
+void DraftModelDrafter::commit(const DraftTree & tree, const std::vector<int32_t> & accepted) {
+    // the live sequence whose path shares the longest prefix with the accepted path
+    int32_t best_seq = 0, best_len = 0;
+    std::vector<int32_t> & chain = cand_;
+    for (int32_t s = 0; s < int32_t(seq_node_.size()); ++s) {
+        chain.clear();
+        for (int32_t n = seq_node_[size_t(s)]; n > 0; n = tree[n].parent) chain.push_back(n);
+        std::reverse(chain.begin(), chain.end());
+        int32_t len = 0;
+        while (len < int32_t(std::min(chain.size(), accepted.size())) && chain[size_t(len)] == accepted[size_t(len)]) ++len;
+        if (len > best_len) { best_len = len; best_seq = s; }
+    }
+    kv_.commit(best_seq, root_pos_ + 1, root_pos_ + 1 + best_len);
+    n_past_ = root_pos_ + 1 + best_len;
+    for (size_t i = size_t(best_len); i < accepted.size(); ++i) pending_.push_back(tree[accepted[i]].token);
+}
+
+void DraftModelDrafter::defer(int32_t token) { pending_.push_back(token); }
+
+}  // namespace heterospec

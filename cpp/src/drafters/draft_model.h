@@ -1,0 +1,79 @@
+// Drafting with a separate, smaller model of the same vocabulary (algorithm section 2).
+//
+// Level 1 runs the draft on the tokens it has not seen yet (at least the root) and gives the
+// root its top-k children. Each further level runs the whole frontier in ONE llama_decode, tree
+// attention through sequence ids: a frontier node runs in a sequence that holds exactly its
+// ancestors. The first child of a node inherits its parent's sequence; other children take a
+// free sequence and get the parent's path copied into it (metadata only).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "draft_tree.h"
+#include "kv_paths.h"
+#include "llama.h"
+#include "model.h"
+#include "sampler.h"
+
+namespace heterospec {
+
+struct DraftShape {
+    int32_t branching = 4;   // children per expanded node
+    int32_t width = 4;       // frontier width
+    float p_min = 0.0f;      // chain mode: do not draft a token the draft gives less than p_min
+};
+
+class DraftModelDrafter {
+public:
+    DraftModelDrafter(llama_context * ctx, int32_t n_seq_max);
+
+    // New generation: processes `prefix` (the prompt without its last token) in sequence 0.
+    void begin(const std::vector<int32_t> & prefix);
+
+    // Starts a step's tree at `tree` (already reset to the root, the newest committed token,
+    // at position root_pos) and drafts `levels` levels (>= 1).
+    void start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels);
+    // Drafts more levels on the same tree (extended drafting). Returns the levels added.
+    int32_t extend(DraftTree & tree, int32_t levels);
+
+    // After verification: `accepted` are the accepted tree nodes (root excluded, in path order).
+    // Keeps the longest accepted prefix already in the draft's cache and queues the rest, to be
+    // run with the next root.
+    void commit(const DraftTree & tree, const std::vector<int32_t> & accepted);
+    // A step that drafted nothing: its root is committed but the draft has not run it.
+    void defer(int32_t root_token);
+
+    int32_t calls() const { return calls_; }
+    double llama_ms() const { return llama_ms_; }
+    const std::vector<TokenProb> & root_top() const { return root_top_; }
+
+private:
+    void decode_or_throw();
+    // Runs committed tokens at n_past.. in every live sequence.
+    void decode_committed(const std::vector<int32_t> & tokens, bool logits_for_last);
+    void expand_frontier(DraftTree & tree);
+
+    llama_context * ctx_;
+    BatchPtr batch_;
+    KvPaths kv_;
+    int32_t n_vocab_;
+    std::vector<int32_t> pending_;   // committed tokens not yet in the draft's cache
+    llama_pos n_past_ = 0;           // committed tokens in the draft's cache
+
+    // the step in progress
+    DraftShape shape_;
+    llama_pos root_pos_ = 0;
+    std::vector<int32_t> frontier_;       // tree nodes to expand next, best first
+    std::vector<int32_t> frontier_out_;   // their batch output indices
+    std::vector<int32_t> seq_of_;         // per tree node: its draft sequence, -1 if not run
+    std::vector<int32_t> seq_node_;       // per sequence: the deepest node whose path it holds
+    std::vector<int32_t> cand_, next_;
+    std::vector<TokenProb> top_, root_top_;
+    std::vector<uint8_t> inherited_;
+
+    int32_t calls_ = 0;
+    double llama_ms_ = 0;
+};
+
+}  // namespace heterospec

@@ -1,0 +1,29 @@
+#include "kv_paths.h"
+
+#include <stdexcept>
+
+namespace heterospec {
+
+void KvPaths::reset() {
+    llama_memory_clear(llama_get_memory(ctx_), false);
+    live_ = 1;
+}
+
+void KvPaths::ensure_live(int32_t n) {
+    if (n > n_seq_max_) throw std::logic_error("kv_paths: more path sequences than the context has");
+    llama_memory_t mem = llama_get_memory(ctx_);
+    for (; live_ < n; ++live_) llama_memory_seq_cp(mem, 0, live_, -1, -1);
+}
+
+void KvPaths::commit(llama_seq_id keep, llama_pos p0, llama_pos p_end) {
+    if (keep < 0 || keep >= live_) throw std::logic_error("kv_paths: kept sequence is not live");
+    llama_memory_t mem = llama_get_memory(ctx_);
+    llama_memory_seq_rm(mem, keep, p_end, -1);
+    for (llama_seq_id s = 0; s < live_; ++s) {
+        if (s == keep) continue;
+        llama_memory_seq_rm(mem, s, p0, -1);
+        if (p_end > p0) llama_memory_seq_cp(mem, keep, s, p0, p_end);
+    }
+}
+
+}  // namespace heterospec

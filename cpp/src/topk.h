@@ -1,0 +1,15 @@
+// The k most likely tokens of softmax(logits), without sorting or copying the vocabulary row:
+// one pass keeps the k largest logits and the maximum, one pass sums the normaliser.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "sampler.h"
+
+namespace heterospec {
+
+// Writes the top k (token, probability) pairs, most likely first, ties to the lower id.
+void softmax_top_k(const float * logits, int32_t n_vocab, int32_t k, std::vector<TokenProb> & out);
+
+}  // namespace heterospec

@@ -1,0 +1,71 @@
+#include "verifier.h"
+
+#include <chrono>
+#include <stdexcept>
+#include <string>
+
+namespace heterospec {
+
+namespace {
+
+double now_ms() {
+    using namespace std::chrono;
+    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+Verifier::Verifier(llama_context * ctx, int32_t n_seq_max)
+    : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max) {}
+
+void Verifier::run() {
+    const double t0 = now_ms();
+    const int32_t rc = llama_process(ctx_, LLAMA_PROCESS_TYPE_DECODE, batch_.get());
+    if (rc != 0) throw std::runtime_error("target llama_decode failed (code " + std::to_string(rc) + ")");
+    llama_synchronize(ctx_);
+    llama_ms_ += now_ms() - t0;
+}
+
+void Verifier::begin(const std::vector<int32_t> & prefix) {
+    kv_.reset();
+    llama_ms_ = 0;
+    const size_t n_batch = llama_n_batch(ctx_);
+    for (size_t i = 0; i < prefix.size(); i += n_batch) {
+        const size_t m = std::min(n_batch, prefix.size() - i);
+        llama_batch_ext_clear(batch_.get());
+        for (size_t j = 0; j < m; ++j) {
+            const int32_t idx = llama_batch_ext_add_token(batch_.get(), 0, prefix[i + j]);
+            const llama_pos pos = llama_pos(i + j);
+            llama_batch_ext_set_pos(batch_.get(), idx, &pos);
+        }
+        run();
+    }
+}
+
+void Verifier::decode(const TreeBatch & tb, llama_pos root_pos) {
+    kv_.ensure_live(tb.n_paths);
+    llama_batch_ext_clear(batch_.get());
+    for (int32_t i = 0; i < tb.size(); ++i) {
+        const int32_t * s = tb.seqs.data() + tb.seq_begin[size_t(i)];
+        const int32_t n = tb.seq_begin[size_t(i) + 1] - tb.seq_begin[size_t(i)];
+        const int32_t idx = llama_batch_ext_add_token(batch_.get(), s[0], tb.token[size_t(i)]);
+        if (idx != i) throw std::logic_error("verification batch does not fit the context's batch size");
+        for (int32_t j = 1; j < n; ++j) llama_batch_ext_add_seq(batch_.get(), idx, s[j]);
+        const llama_pos pos = root_pos + tb.depth[size_t(i)];
+        llama_batch_ext_set_pos(batch_.get(), idx, &pos);
+        llama_batch_ext_set_output_logits(batch_.get(), idx, true);
+    }
+    run();
+}
+
+const float * Verifier::logits(int32_t entry) const {
+    const float * l = llama_get_logits_ith(ctx_, entry);
+    if (!l) throw std::runtime_error("no target logits for tree entry " + std::to_string(entry));
+    return l;
+}
+
+void Verifier::commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos) {
+    kv_.commit(tb.path[size_t(last_entry)], root_pos, root_pos + tb.depth[size_t(last_entry)] + 1);
+}
+
+}  // namespace heterospec

@@ -1,0 +1,40 @@
+// Verification (algorithm sections 5 and 6, target side): one target pass over the root and
+// the selected nodes with tree attention through path sequences, then KV pruning to the
+// accepted path. The walk itself lives in the engine loop, which owns the sampler and the stop
+// conditions; it reads the logits of each visited entry from here.
+#pragma once
+
+#include <vector>
+
+#include "draft_tree.h"
+#include "kv_paths.h"
+#include "llama.h"
+#include "model.h"
+
+namespace heterospec {
+
+class Verifier {
+public:
+    Verifier(llama_context * ctx, int32_t n_seq_max);
+
+    // New generation: the prompt without its last token, in sequence 0, no logits.
+    void begin(const std::vector<int32_t> & prefix);
+    // Runs the batch: entry i at position root_pos + depth, in the sequences of its paths.
+    void decode(const TreeBatch & tb, llama_pos root_pos);
+    const float * logits(int32_t entry) const;
+    // Keeps the root and the accepted path ending at `last_entry` in every live sequence.
+    void commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos);
+
+    double llama_ms() const { return llama_ms_; }
+    int32_t max_paths() const { return kv_.n_seq_max(); }
+
+private:
+    void run();
+
+    llama_context * ctx_;
+    BatchPtr batch_;
+    KvPaths kv_;
+    double llama_ms_ = 0;
+};
+
+}  // namespace heterospec
