@@ -78,7 +78,8 @@ NB_MODULE(_core, m) {
         .def_rw("budget", &SpecParams::budget)
         .def_rw("n_max", &SpecParams::n_max)
         .def_rw("p_min", &SpecParams::p_min)
-        .def_rw("trace", &SpecParams::trace);
+        .def_rw("trace", &SpecParams::trace)
+        .def_rw("test_wrong_rule", &SpecParams::test_wrong_rule);
 
     nb::class_<GenerateParams>(m, "GenerateParams")
         .def(nb::init<>())
@@ -145,6 +146,8 @@ NB_MODULE(_core, m) {
                  return nb::make_tuple(out.text, out.done);
              })
         .def("result", &Engine::result)
+        .def("debug_kv_state", &Engine::debug_kv_state)
+        .def("debug_n_past", &Engine::debug_n_past)
         .def("generate", &Engine::generate, "prompt"_a, "params"_a, release_gil());
 
     // Pure logic, exposed for unit tests.

@@ -177,7 +177,8 @@ struct Engine::Impl {
         bool more = true;
         int32_t y;
         for (;;) {
-            y = g.sampler->sample(verifier->logits(e), g.history.data(), g.history.size());
+            y = sp.test_wrong_rule ? wrong_rule_draw(e)
+                                   : g.sampler->sample(verifier->logits(e), g.history.data(), g.history.size());
             const int32_t c = tb.child_with_token(e, y);
             emitted++;
             if (!accept(y)) { more = false; break; }
@@ -200,6 +201,17 @@ struct Engine::Impl {
         g.stats.host_ms += (t3 - t0) - (verifier->llama_ms() + drafter->llama_ms() - llama0);
         if (sp.trace) g.trace.push_back({tb.max_depth(), tb.size() - 1, emitted, tb.rank[size_t(e)]});
         return more;
+    }
+
+    int32_t wrong_rule_draw(int32_t e) {
+        const auto & dist = gen.sampler->distribution(verifier->logits(e), gen.history.data(), gen.history.size());
+        if (tb.child_begin[size_t(e)] == tb.child_begin[size_t(e) + 1]) return gen.sampler->draw(dist);
+        const int32_t c = tb.children[size_t(tb.child_begin[size_t(e)])];
+        float p = 0.0f;
+        for (const auto & tp : dist) if (tp.id == tb.token[size_t(c)]) p = tp.p;
+        const float q = tree[tb.node[size_t(c)]].q;
+        if (gen.sampler->uniform() < std::min(1.0f, p / q)) return tb.token[size_t(c)];
+        return gen.sampler->draw(dist);
     }
 
     void finish() {
@@ -408,6 +420,21 @@ StepOutput Engine::step() {
     out.done = g.done;
     return out;
 }
+
+std::vector<std::vector<std::pair<int32_t, int32_t>>> Engine::debug_kv_state() const {
+    std::vector<std::vector<std::pair<int32_t, int32_t>>> out;
+    for (llama_context * ctx : {impl_->target_ctx.get(), impl_->draft_ctx.get()}) {
+        if (!ctx) continue;
+        llama_memory_t mem = llama_get_memory(ctx);
+        std::vector<std::pair<int32_t, int32_t>> seqs;
+        for (llama_seq_id s = 0; s < int32_t(llama_n_seq_max(ctx)); ++s)
+            seqs.push_back({llama_memory_seq_pos_min(mem, s), llama_memory_seq_pos_max(mem, s)});
+        out.push_back(seqs);
+    }
+    return out;
+}
+
+int32_t Engine::debug_n_past() const { return impl_->gen.n_past; }
 
 Result Engine::result() const {
     const Generation & g = impl_->gen;

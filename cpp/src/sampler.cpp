@@ -100,7 +100,7 @@ int32_t Sampler::draw(const std::vector<TokenProb> & dist) {
     if (dist.empty()) throw std::logic_error("sampler: empty distribution");
     if (dist.size() == 1) return dist[0].id;  // greedy draws consume no randomness
     // 53-bit uniform in [0, 1) from the 64-bit engine, identical on every platform
-    const double u = double(rng_() >> 11) * 0x1.0p-53;
+    const double u = uniform();
     double cum = 0;
     for (const auto & tp : dist) {
         cum += tp.p;

@@ -38,6 +38,9 @@ public:
         return draw(distribution(logits, history, n_history));
     }
 
+    // A uniform number in [0, 1) from the same stream.
+    double uniform() { return double(rng_() >> 11) * 0x1.0p-53; }
+
     const SamplingParams & params() const { return params_; }
     uint64_t seed() const { return seed_; }
     int32_t n_vocab() const { return n_vocab_; }

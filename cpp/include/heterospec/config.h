@@ -54,6 +54,10 @@ struct SpecParams {
     int32_t n_max = 4;
     float p_min = 0.75f;
     bool trace = false;             // record one StepTrace per step
+    // Tests only: 1 replaces the exact walk with a plausible but wrong rule (accept the best
+    // child with probability min(1, p/q), else sample from p instead of the residual), so the
+    // statistical test can show that it catches one.
+    int32_t test_wrong_rule = 0;
 };
 
 struct GenerateParams {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "heterospec/config.h"
@@ -60,6 +61,11 @@ public:
 
     // start() + step() until done.
     Result generate(const std::vector<int32_t> & prompt, const GenerateParams & params);
+
+    // Tests: (pos_min, pos_max) of every sequence of the target's and the draft's cache, and the
+    // number of committed tokens in the target's cache.
+    std::vector<std::vector<std::pair<int32_t, int32_t>>> debug_kv_state() const;
+    int32_t debug_n_past() const;
 
     struct Impl;
 

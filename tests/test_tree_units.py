@@ -1,0 +1,105 @@
+"""Draft tree, selection and batch layout: pure logic, no model."""
+import numpy as np
+import pytest
+
+from heterospec import _core
+
+T = _core.testing
+
+
+def build(spec):
+    """spec: list of (parent, token, q) in insertion order; node ids start at 1."""
+    t = T.DraftTree()
+    t.reset(100)
+    for parent, token, q in spec:
+        t.add(parent, token, q)
+    return t
+
+
+SPEC = [(0, 1, 0.6), (0, 2, 0.3), (0, 3, 0.1),   # 1 2 3: depth 1
+        (1, 4, 0.9), (1, 5, 0.05),               # 4 5: under 1
+        (2, 6, 0.5),                             # 6: under 2
+        (4, 7, 0.8), (4, 8, 0.2)]                # 7 8: under 4
+
+
+def test_values_are_products_of_q_along_the_path():
+    t = build(SPEC)
+    assert t.node(0) == (100, -1, 0, 1.0, 1.0)
+    token, parent, depth, q, v = t.node(7)
+    assert (token, parent, depth) == (7, 4, 3)
+    assert v == pytest.approx(0.6 * 0.9 * 0.8)
+
+
+def test_selection_is_top_n_by_value_and_closed_under_ancestors():
+    t = build(SPEC)
+    values = {i: t.node(i)[4] for i in range(1, len(t))}
+    for n in range(0, len(t) + 2):
+        sel = t.select(n)
+        assert len(sel) == min(n, len(t) - 1)
+        assert sorted(sel, key=lambda i: -values[i]) == sel            # best first
+        chosen = set(sel)
+        assert all(values[i] >= values[j] for i in chosen for j in set(values) - chosen)
+        for i in sel:                                                    # ancestors included
+            p = t.node(i)[1]
+            assert p == 0 or p in chosen
+
+
+def test_ties_go_to_the_shallower_node():
+    # q = 1 makes a child's value equal to its parent's
+    t = build([(0, 1, 0.5), (1, 2, 1.0), (2, 3, 1.0), (0, 4, 0.5)])
+    assert t.select(1) == [1]
+    assert t.select(2) == [1, 4]      # equal V: depth 1 before depth 2
+    sel = t.select(3)
+    assert sel == [1, 4, 2]
+
+
+def test_batch_layout_paths_and_children():
+    t = build(SPEC)
+    sel = t.select(6)   # values: 1:.6 4:.54 7:.432 2:.3 6:.15 3:.1 8:.108 5:.03
+    assert sel == [1, 4, 7, 2, 6, 8]
+    b = T.TreeBatch()
+    b.build(t, sel)
+    assert b.node == [0, 1, 2, 4, 6, 7, 8]                  # root, then by depth
+    assert b.depth == [0, 1, 1, 2, 2, 3, 3]
+    assert b.token == [100, 1, 2, 4, 6, 7, 8]
+    assert b.parent == [-1, 0, 0, 1, 2, 3, 3]
+    assert b.rank == [0, 1, 4, 2, 5, 3, 6]
+    # leaves: 6 (entry 4), 7 (entry 5), 8 (entry 6): three paths
+    assert b.n_paths == 3
+    leaves = {e for e in range(len(b.node)) if not b.children_of(e)}
+    assert leaves == {4, 5, 6}
+    assert sorted(b.seqs_of(0)) == [0, 1, 2]                  # the root is on every path
+    for e in range(len(b.node)):
+        seqs = set(b.seqs_of(e))
+        assert b.path[e] in seqs
+        # an entry's paths are exactly the union of its children's
+        kids = b.children_of(e)
+        if kids:
+            assert seqs == set().union(*(set(b.seqs_of(c)) for c in kids))
+        # each path id appears at most once per depth
+    for s in range(b.n_paths):
+        depths = [b.depth[e] for e in range(len(b.node)) if s in b.seqs_of(e)]
+        assert depths == list(range(len(depths)))               # a chain from the root
+    assert b.child_with_token(0, 2) == 2 and b.child_with_token(0, 3) == -1
+    assert b.child_with_token(3, 7) == 5
+
+
+def test_empty_selection_is_the_root_alone():
+    t = build(SPEC)
+    b = T.TreeBatch()
+    b.build(t, [])
+    assert b.node == [0] and b.n_paths == 1 and b.seqs_of(0) == [0]
+
+
+def test_softmax_top_k_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=1000).astype(np.float32) * 3
+    logits[17] = logits[18] = logits.max() + 1          # a tie at the top: lower id first
+    got = T.softmax_top_k(logits, 5)
+    p = np.exp(logits.astype(np.float64) - logits.max())
+    p /= p.sum()
+    order = sorted(range(1000), key=lambda i: (-logits[i], i))[:5]
+    assert [t for t, _ in got] == order
+    for t, q in got:
+        assert q == pytest.approx(p[t], rel=1e-5)
+    assert len(T.softmax_top_k(logits, 5000)) == 1000
