@@ -23,6 +23,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-fa", "--flash-attn", choices=["on", "off", "auto"], dest="flash_attn", help="flash attention")
     g.add_argument("-ctk", "--cache-type-k", dest="cache_type_k", help="KV cache type for K (f16)")
     g.add_argument("-ctv", "--cache-type-v", dest="cache_type_v", help="KV cache type for V (f16)")
+    g.add_argument("--max-nodes", type=int, dest="max_nodes", help="largest tree budget a call may use (64)")
     g.add_argument("-v", "--verbose", action="store_true", default=None, help="show llama.cpp's log")
 
 
@@ -42,10 +43,25 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ignore-eos", action="store_true", default=None, help="do not stop at end-of-generation tokens")
 
 
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speculative decoding (needs -md)")
+    g.add_argument("--mode", choices=["ar", "chain", "tree"],
+                   help="ar: plain decoding; chain: llama.cpp-style draft chain; tree: draft trees "
+                        "(default: tree with a draft model, else ar)")
+    g.add_argument("--tree-depth", type=int, dest="depth", help="tree depth d (4)")
+    g.add_argument("--tree-branching", type=int, dest="branching", help="children per expanded node k (4)")
+    g.add_argument("--tree-width", type=int, dest="width", help="frontier width W (4)")
+    g.add_argument("--tree-budget", type=int, dest="budget", help="nodes verified per step N (8)")
+    g.add_argument("--spec-draft-n-max", "--draft-max", "--draft", type=int, dest="n_max",
+                   help="chain: most tokens drafted per step (4)")
+    g.add_argument("--spec-draft-p-min", "--draft-p-min", type=float, dest="p_min",
+                   help="chain: stop drafting below this draft probability (0.75)")
+
+
 ENGINE_KEYS = ("n_gpu_layers", "n_gpu_layers_draft", "n_ctx", "n_batch", "n_threads", "n_threads_batch",
-               "flash_attn", "cache_type_k", "cache_type_v", "verbose")
+               "flash_attn", "cache_type_k", "cache_type_v", "max_nodes", "verbose")
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
-                 "seed", "stop", "ignore_eos")
+                 "seed", "stop", "ignore_eos", "mode", "depth", "branching", "width", "budget", "n_max", "p_min")
 
 
 def _pick(args: argparse.Namespace, keys: Sequence[str]) -> dict:
@@ -73,10 +89,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         r = engine.last_result
         s = r.stats
+        spec = (f", {s.mode}: {s.mean_accepted:.2f} tokens/step over {s.steps} steps, "
+                f"{s.mean_nodes:.1f} nodes verified/step" if s.mode != "ar" else "")
         print(f"heterospec: {s.generated_tokens} tokens, {s.tokens_per_second:.1f} tok/s "
               f"({s.decode_ms / 1e3:.2f} s), prompt {s.prompt_tokens} tokens at "
-              f"{s.prompt_tokens_per_second:.1f} tok/s, finish: {r.finish_reason}", file=sys.stderr)
+              f"{s.prompt_tokens_per_second:.1f} tok/s{spec}, finish: {r.finish_reason}", file=sys.stderr)
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-display-prompt", dest="display_prompt", action="store_false",
                    help="do not echo the prompt before the continuation")
     _sampling_args(g)
+    _spec_args(g)
     g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="measure decoding modes side by side (greedy)")
+    b.add_argument("-m", "--model", required=True, help="target model (GGUF)")
+    b.add_argument("-md", "--model-draft", help="draft model (GGUF)")
+    b.add_argument("--prompts", required=True, help="JSONL file with a 'prompt' or 'turns' field per line")
+    b.add_argument("--limit", type=int, help="use the first N prompts")
+    b.add_argument("-n", "--max-tokens", type=int, default=96, dest="max_tokens", help="tokens per prompt (96)")
+    b.add_argument("--repeats", type=int, default=3, help="repeats, interleaved across modes (3)")
+    b.add_argument("--modes", nargs="+", default=["ar", "chain", "tree"],
+                   help="modes, e.g. ar chain:n_max=4,p_min=0.75 tree:depth=6,budget=16")
+    b.add_argument("-t", "--threads", type=int, dest="n_threads")
+    b.add_argument("-c", "--ctx-size", type=int, dest="n_ctx")
+    b.add_argument("-ngl", "--n-gpu-layers", type=int, dest="n_gpu_layers")
+    b.add_argument("--json", help="write every figure to this JSON file")
+    b.set_defaults(func=cmd_bench)
     return ap
 
 

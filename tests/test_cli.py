@@ -51,3 +51,17 @@ def test_main_in_process(tiny, capsys):
     assert main(["generate", "-m", str(tiny.target), "-p", "hi", "-n", "3", "--temp", "0", "-t", "1"]) == 0
     out = capsys.readouterr()
     assert out.out.startswith("hi") and "3 tokens" in out.err
+
+
+def test_speculative_flags(tiny, tiny_engine):
+    expected = tiny_engine.generate("hello world", max_tokens=16, temperature=0).text
+    for flags in (["--mode", "tree", "--tree-depth", "3", "--tree-branching", "2", "--tree-width", "2",
+                   "--tree-budget", "5"],
+                  ["--mode", "chain", "--spec-draft-n-max", "3", "--spec-draft-p-min", "0.1"]):
+        p = run("generate", "-m", tiny.target, "-md", tiny.draft, "-p", "hello world", "-n", 16, "--temp", 0,
+                "-t", 1, "--no-display-prompt", *flags)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == expected + "\n"
+        assert "tokens/step" in p.stderr and flags[1] in p.stderr
+    p = run("generate", "-m", tiny.target, "-p", "x", "--mode", "tree")
+    assert p.returncode == 1 and "needs a draft model" in p.stderr
