@@ -78,6 +78,8 @@ NB_MODULE(_core, m) {
         .def_rw("budget", &SpecParams::budget)
         .def_rw("n_max", &SpecParams::n_max)
         .def_rw("p_min", &SpecParams::p_min)
+        .def_rw("policy_thresholds", &SpecParams::policy_thresholds)
+        .def_rw("policy_gamma", &SpecParams::policy_gamma)
         .def_rw("trace", &SpecParams::trace)
         .def_rw("test_wrong_rule", &SpecParams::test_wrong_rule);
 
@@ -113,8 +115,8 @@ NB_MODULE(_core, m) {
         .def_ro("finish_reason", &Result::finish_reason)
         .def_ro("stats", &Result::stats)
         .def_prop_ro("trace", [](const Result & r) {
-            std::vector<std::tuple<int32_t, int32_t, int32_t, int32_t>> out;
-            for (const auto & t : r.trace) out.emplace_back(t.depth, t.nodes, t.accepted, t.rank);
+            std::vector<std::tuple<int32_t, int32_t, int32_t, int32_t, float, int32_t>> out;
+            for (const auto & t : r.trace) out.emplace_back(t.depth, t.nodes, t.accepted, t.rank, t.entropy, t.bin);
             return out;
         });
 

@@ -40,7 +40,7 @@ class GenerationResult:
     tokens: list[int]
     finish_reason: str  # "stop" (end of generation or a stop string) or "length"
     stats: Stats = field(repr=False)
-    trace: list = field(default_factory=list, repr=False)  # (depth, nodes, accepted, rank) per step
+    trace: list = field(default_factory=list, repr=False)  # (depth, nodes, accepted, rank, entropy, bin) per step
 
     @classmethod
     def _from_native(cls, r: "_core.Result") -> "GenerationResult":
@@ -169,8 +169,13 @@ class Engine:
     def _params(max_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
                 repeat_penalty=None, repeat_last_n=None, seed=None, stop=None, ignore_eos=None,
                 mode=None, depth=None, branching=None, width=None, budget=None, n_max=None, p_min=None,
-                trace=None):
+                trace=None, policy=None):
         p = _core.GenerateParams()
+        if policy is not None:
+            from .policy import load_policy
+            pol = load_policy(policy)
+            p.spec.policy_thresholds = [float(x) for x in pol["thresholds"]]
+            p.spec.policy_gamma = [float(x) for x in pol.get("gamma", (0.3, 0.6, 1.0))]
         for name, value in (("depth", depth), ("branching", branching), ("width", width), ("budget", budget),
                             ("n_max", n_max)):
             _check_int(name, value, 0)
@@ -199,7 +204,7 @@ class Engine:
                  ignore_eos: Optional[bool] = None, mode: Optional[str] = None,
                  depth: Optional[int] = None, branching: Optional[int] = None, width: Optional[int] = None,
                  budget: Optional[int] = None, n_max: Optional[int] = None, p_min: Optional[float] = None,
-                 trace: Optional[bool] = None) -> GenerationResult:
+                 trace: Optional[bool] = None, policy=None) -> GenerationResult:
         """Generates a continuation of `prompt` (text, or token ids).
 
         Sampling defaults: max_tokens=256 (-1: until end of generation or a full context),
@@ -207,14 +212,16 @@ class Engine:
         seed=random.
 
         Speculation: mode="ar" (plain), "chain" (llama.cpp-style draft chain: n_max=4, p_min=0.75)
-        or "tree" (depth=4, branching=4, width=4, budget=8 nodes verified per step); the default
-        is "tree" when the engine has a draft model, else "ar". The output is the same in every
-        mode: token for token when greedy, in distribution when sampling. trace=True records one
-        (depth, nodes, accepted, rank) tuple per step in `result.trace`.
+        "tree" (depth=4, branching=4, width=4, budget=8 nodes verified per step) or "heterospec"
+        (the tree, allocated per step by its entropy bin; `policy`: a policy JSON file from
+        `heterospec calibrate`, or its dict; default: built-in thresholds). The default is "tree"
+        when the engine has a draft model, else "ar". The output is the same in every mode: token
+        for token when greedy, in distribution when sampling. trace=True records one
+        (depth, nodes, accepted, rank, entropy, bin) tuple per step in `result.trace`.
         """
         params = self._params(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty,
                               repeat_last_n, seed, stop, ignore_eos, mode, depth, branching, width,
-                              budget, n_max, p_min, trace)
+                              budget, n_max, p_min, trace, policy)
         tokens = self._prompt_tokens(prompt)
         self._last = GenerationResult._from_native(self._engine.generate(tokens, params))
         return self._last

@@ -25,6 +25,7 @@ import gguf
 
 SPACE = "\u2581"  # SentencePiece's "▁" word-boundary marker
 CONTROL_ROW_SCALE = 0.2  # output.weight row scale of control tokens (fresh models)
+ANTI_REPEAT = 1.5  # see _random_weights
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -170,6 +171,13 @@ def _random_weights(shapes, rng, vocab: Vocab) -> dict[str, np.ndarray]:
         else:
             std = 1.0 / np.sqrt(fan_in)
         w[name] = (std * rng.standard_normal(shape)).astype(np.float32)
+    # Random Llamas like to lock onto one token ("x x x x ..."): the current
+    # token dominates the residual stream and some tokens predict themselves.
+    # Subtracting a multiple of each token's own embedding from its output row
+    # penalises immediate repetition (runs of >=4 equal tokens in 64 greedy
+    # steps went from 21/144 to 0/144 over 12 seeds).
+    e = w["token_embd.weight"]
+    w["output.weight"] -= (ANTI_REPEAT / np.sqrt(e.shape[1])) * e
     # Shrink the output rows of control tokens (<unk> <s> </s> <|im_start|>
     # <|im_end|>) so greedy decoding practically never picks them: </s> and
     # <|im_end|> are end-of-generation in llama.cpp and would end runs early

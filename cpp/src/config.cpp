@@ -1,6 +1,9 @@
 #include "heterospec/config.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "policy.h"
 #include <stdexcept>
 
 namespace heterospec {
@@ -27,8 +30,15 @@ void validate(const GenerateParams & p) {
     if (!(s.repeat_penalty > 0.0f) || !std::isfinite(s.repeat_penalty)) bad("repeat_penalty must be > 0");
     if (s.repeat_last_n < -1) bad("repeat_last_n must be >= -1 (-1: the whole context)");
     const SpecParams & t = p.spec;
-    if (t.mode != "auto" && t.mode != "ar" && t.mode != "chain" && t.mode != "tree")
-        bad("mode must be 'ar', 'chain' or 'tree', not '" + t.mode + "'");
+    if (t.mode != "auto" && t.mode != "ar" && t.mode != "chain" && t.mode != "tree" && t.mode != "heterospec")
+        bad("mode must be 'ar', 'chain', 'tree' or 'heterospec', not '" + t.mode + "'");
+    if (!t.policy_thresholds.empty() || t.policy_gamma.size() != 3) {
+        Policy pol;
+        pol.thresholds = t.policy_thresholds;
+        if (t.policy_gamma.size() != 3) bad("policy gamma needs 3 values");
+        std::copy(t.policy_gamma.begin(), t.policy_gamma.end(), pol.gamma.begin());
+        pol.validate();
+    }
     if (t.depth < 1 || t.depth > 64) bad("tree depth must be in 1..64");
     if (t.branching < 1 || t.branching > 64) bad("tree branching must be in 1..64");
     if (t.width < 1 || t.width > 64) bad("tree width must be in 1..64");

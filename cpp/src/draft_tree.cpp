@@ -7,12 +7,12 @@ namespace heterospec {
 
 void DraftTree::reset(int32_t root_token) {
     nodes_.clear();
-    nodes_.push_back({root_token, -1, 0, 1.0f, 1.0f});
+    nodes_.push_back({root_token, -1, 0, 1.0f, 1.0f, -1.0f});
 }
 
 int32_t DraftTree::add(int32_t parent, int32_t token, float q) {
     const DraftNode & p = nodes_[size_t(parent)];
-    nodes_.push_back({token, parent, p.depth + 1, q, p.v * q});
+    nodes_.push_back({token, parent, p.depth + 1, q, p.v * q, -1.0f});
     return int32_t(nodes_.size()) - 1;
 }
 
@@ -39,12 +39,14 @@ void TreeBatch::build(const DraftTree & tree, const std::vector<int32_t> & selec
     node.assign(1, 0);
     node.insert(node.end(), selected.begin(), selected.end());
     // rank by V before reordering by depth
-    std::vector<int32_t> rank_of(size_t(tree.size()), 0);
+    std::vector<int32_t> & rank_of = rank_of_;
+    rank_of.assign(size_t(tree.size()), 0);
     for (size_t i = 0; i < selected.size(); ++i) rank_of[size_t(selected[i])] = int32_t(i) + 1;
     std::stable_sort(node.begin() + 1, node.end(),
                      [&](int32_t a, int32_t b) { return tree[a].depth < tree[b].depth; });
 
-    std::vector<int32_t> entry_of(size_t(tree.size()), -1);
+    std::vector<int32_t> & entry_of = entry_of_;
+    entry_of.assign(size_t(tree.size()), -1);
     token.resize(n); depth.resize(n); parent.resize(n); rank.resize(n); path.resize(n);
     for (size_t i = 0; i < n; ++i) {
         const DraftNode & d = tree[node[i]];
@@ -60,11 +62,13 @@ void TreeBatch::build(const DraftTree & tree, const std::vector<int32_t> & selec
     for (size_t i = 1; i < n; ++i) child_begin[size_t(parent[i]) + 1]++;
     std::partial_sum(child_begin.begin(), child_begin.end(), child_begin.begin());
     children.resize(n - 1);
-    std::vector<int32_t> fill(child_begin.begin(), child_begin.end() - 1);
+    std::vector<int32_t> & fill = fill_;
+    fill.assign(child_begin.begin(), child_begin.end() - 1);
     for (size_t i = 1; i < n; ++i) children[size_t(fill[size_t(parent[i])]++)] = int32_t(i);
 
     // one sequence per leaf; each entry carries the sequences of the leaves below it
-    std::vector<int32_t> leaves_below(n, 0);
+    std::vector<int32_t> & leaves_below = leaves_below_;
+    leaves_below.assign(n, 0);
     for (size_t i = n; i-- > 0;) {
         if (child_begin[i] == child_begin[i + 1]) leaves_below[i] = 1;
         if (i > 0) leaves_below[size_t(parent[i])] += leaves_below[i];

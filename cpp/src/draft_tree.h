@@ -19,12 +19,14 @@ struct DraftNode {
     int32_t depth;    // 0 for the root
     float q;          // draft probability given the parent path (1 for the root)
     float v;          // product of q from the root
+    float h;          // top-K entropy of the draft distribution at this node, -1 if not expanded
 };
 
 class DraftTree {
 public:
     void reset(int32_t root_token);
     int32_t add(int32_t parent, int32_t token, float q);
+    void set_entropy(int32_t i, float h) { nodes_[size_t(i)].h = h; }
 
     const DraftNode & operator[](int32_t i) const { return nodes_[size_t(i)]; }
     int32_t size() const { return int32_t(nodes_.size()); }
@@ -76,6 +78,9 @@ struct TreeBatch {
 
     // Lays out the root and `selected` (node ids, best first, closed under ancestors).
     void build(const DraftTree & tree, const std::vector<int32_t> & selected);
+
+private:
+    std::vector<int32_t> entry_of_, rank_of_, leaves_below_, fill_;   // reused between steps
 };
 
 }  // namespace heterospec

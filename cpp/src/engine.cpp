@@ -9,7 +9,9 @@
 
 #include "draft_tree.h"
 #include "drafters/draft_model.h"
+#include "entropy.h"
 #include "model.h"
+#include "policy.h"
 #include "sampler.h"
 #include "text_stream.h"
 #include "verifier.h"
@@ -60,6 +62,7 @@ struct Engine::Impl {
     // per-step buffers, reused
     DraftTree tree;
     TreeBatch tb;
+    Policy policy;
     std::vector<int32_t> selected, accepted;
     std::vector<char> piece_buf = std::vector<char>(256);
 
@@ -157,8 +160,21 @@ struct Engine::Impl {
 
         tree.reset(g.root);
         selected.clear();
+        float entropy = 0.0f;
+        int32_t bin = -1;
         if (depth >= 1 && budget >= 1) {
             drafter->start(tree, shape, P, depth);
+            entropy = meta_path_entropy(tree);
+            if (sp.mode == "heterospec") {
+                // allocate by entropy bin: predictable contexts draft deeper and verify fewer
+                bin = policy.bin(entropy);
+                const Allocation a = policy.decide(bin, depth, budget);
+                int32_t extra = std::min(a.depth, room) - depth;
+                extra = std::min(extra, (draft_room - shape.width * (depth - 1)) / shape.width);
+                if (extra > 0) drafter->extend(tree, extra);
+                budget = std::min(a.budget, room);
+                budget = std::min(budget, int32_t(llama_n_batch(target_ctx.get())) - 1);
+            }
             tree.select(size_t(budget), selected);
         } else {
             drafter->defer(g.root);
@@ -199,7 +215,7 @@ struct Engine::Impl {
         g.stats.draft_ms += t1 - t0;
         g.stats.verify_ms += t2 - t1;
         g.stats.host_ms += (t3 - t0) - (verifier->llama_ms() + drafter->llama_ms() - llama0);
-        if (sp.trace) g.trace.push_back({tb.max_depth(), tb.size() - 1, emitted, tb.rank[size_t(e)]});
+        if (sp.trace) g.trace.push_back({tb.max_depth(), tb.size() - 1, emitted, tb.rank[size_t(e)], entropy, bin});
         return more;
     }
 
@@ -353,7 +369,8 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
     if (mode != "ar" && !m.draft)
         throw std::invalid_argument("mode '" + mode + "' needs a draft model (-md / draft=)");
     const SpecParams & sp = params.spec;
-    if (mode == "tree" && (sp.budget > m.opts.max_nodes || sp.width > m.opts.max_nodes))
+    if ((mode == "tree" || mode == "heterospec") &&
+        (sp.budget + Policy::alpha(sp.depth) > m.opts.max_nodes || sp.width > m.opts.max_nodes))
         throw std::invalid_argument("tree budget and width must be at most max_nodes (" +
                                     std::to_string(m.opts.max_nodes) + ")");
     if (mode == "chain" && sp.n_max > m.opts.max_nodes)
@@ -366,6 +383,9 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
     g.params.spec.mode = mode;
     g.speculative = mode != "ar";
     g.stats.mode = mode;
+    m.policy = sp.policy_thresholds.empty() ? Policy::builtin() : Policy();
+    if (!sp.policy_thresholds.empty()) m.policy.thresholds = sp.policy_thresholds;
+    std::copy(sp.policy_gamma.begin(), sp.policy_gamma.end(), m.policy.gamma.begin());
     g.sampler.reset(new Sampler(params.sampling, m.n_vocab));
     g.text.reset(new TextStream(params.stop));
     g.history = prompt;

@@ -44,7 +44,8 @@ struct SamplingParams {
 
 // Speculative decoding (algorithm sections 2, 5 and 6).
 struct SpecParams {
-    std::string mode = "auto";      // "ar" (plain), "chain", "tree"; "auto": tree with a draft, else ar
+    std::string mode = "auto";      // "ar" (plain), "chain", "tree", "heterospec";
+                                    // "auto": tree with a draft, else ar
     // tree: depth d, branching k (top-k children per expanded node), frontier width W, budget N
     int32_t depth = 4;
     int32_t branching = 4;
@@ -53,6 +54,9 @@ struct SpecParams {
     // chain (llama.cpp's draft-model speculation): up to n_max tokens, stop below p_min
     int32_t n_max = 4;
     float p_min = 0.75f;
+    // heterospec: entropy partition (7 ascending thresholds; empty: built-in) and gamma
+    std::vector<float> policy_thresholds;
+    std::vector<float> policy_gamma = {0.3f, 0.6f, 1.0f};
     bool trace = false;             // record one StepTrace per step
     // Tests only: 1 replaces the exact walk with a plausible but wrong rule (accept the best
     // child with probability min(1, p/q), else sample from p instead of the residual), so the

@@ -43,6 +43,8 @@ struct StepTrace {
     int32_t nodes;      // nodes verified, root excluded
     int32_t accepted;   // tokens emitted (accepted nodes plus the target's extra token)
     int32_t rank;       // rank by V of the last accepted node among those verified (0: none)
+    float entropy;      // H(P*) of the base tree (tree and heterospec modes)
+    int32_t bin;        // heterospec: entropy bin, -1 otherwise
 };
 
 }  // namespace heterospec

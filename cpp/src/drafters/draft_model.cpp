@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "entropy.h"
 #include "topk.h"
 
 namespace heterospec {
@@ -75,6 +76,7 @@ void DraftModelDrafter::start(DraftTree & tree, const DraftShape & shape, llama_
     seq_of_.assign(size_t(tree.size()), -1);
     seq_node_.assign(size_t(live), 0);   // every sequence holds the root's path
     softmax_top_k(llama_get_logits_ith(ctx_, -1), n_vocab_, shape.branching, root_top_);
+    tree.set_entropy(0, topk_entropy(root_top_.data(), root_top_.size()));
     cand_.clear();
     for (const auto & tp : root_top_) {
         if (tp.p < shape.p_min) break;   // sorted: the rest are lower still
@@ -134,6 +136,7 @@ void DraftModelDrafter::expand_frontier(DraftTree & tree) {
     cand_.clear();
     for (size_t i = 0; i < frontier_.size(); ++i) {
         softmax_top_k(llama_get_logits_ith(ctx_, int32_t(i)), n_vocab_, shape_.branching, top_);
+        tree.set_entropy(frontier_[i], topk_entropy(top_.data(), top_.size()));
         for (const auto & tp : top_) {
             if (tp.p < shape_.p_min) break;
             cand_.push_back(tree.add(frontier_[i], tp.id, tp.p));
