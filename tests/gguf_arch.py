@@ -34,8 +34,14 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["write_mamba", "write_gemma2"]
 
-POST_NORM_GAIN = 40.0
-LOGIT_STD = 4.0
+# Gemma-2 weight scales (fresh models). The head is tied to token_embd and the
+# residual stream starts at token_embd[tok] * sqrt(n_embd), so with ordinary
+# gains greedy decoding just repeats the current token (its own row wins).
+# Post-attention/post-FFN norm gains of ~POST_NORM_GAIN make the blocks'
+# outputs dominate the residual: varied, context-dependent text. LOGIT_STD is
+# the std of the logits (before the final soft-cap of 30).
+POST_NORM_GAIN = 30.0
+LOGIT_STD = 5.0
 
 
 def _control_ids(vocab: Vocab) -> list[int]:
