@@ -16,13 +16,14 @@ from typing import Optional
 
 from .engine import Engine
 
-SPEC_KEYS = {"depth": int, "branching": int, "width": int, "budget": int, "n_max": int, "p_min": float}
+SPEC_KEYS = {"depth": int, "branching": int, "width": int, "budget": int, "n_max": int, "p_min": float,
+             "policy": str}
 
 
 def parse_mode(text: str) -> tuple[str, dict]:
     name, _, rest = text.partition(":")
-    if name not in ("ar", "chain", "tree"):
-        raise ValueError(f"unknown mode {name!r} in {text!r} (ar, chain or tree)")
+    if name not in ("ar", "chain", "tree", "heterospec"):
+        raise ValueError(f"unknown mode {name!r} in {text!r} (ar, chain, tree or heterospec)")
     kw = {"mode": name}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")

@@ -45,7 +45,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speculative decoding (needs -md)")
-    g.add_argument("--mode", choices=["ar", "chain", "tree"],
+    g.add_argument("--mode", choices=["ar", "chain", "tree", "heterospec"],
                    help="ar: plain decoding; chain: llama.cpp-style draft chain; tree: draft trees "
                         "(default: tree with a draft model, else ar)")
     g.add_argument("--tree-depth", type=int, dest="depth", help="tree depth d (4)")
@@ -56,12 +56,13 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                    help="chain: most tokens drafted per step (4)")
     g.add_argument("--spec-draft-p-min", "--draft-p-min", type=float, dest="p_min",
                    help="chain: stop drafting below this draft probability (0.75)")
+    g.add_argument("--policy", help="heterospec: policy JSON from 'heterospec calibrate' (default: built-in)")
 
 
 ENGINE_KEYS = ("n_gpu_layers", "n_gpu_layers_draft", "n_ctx", "n_batch", "n_threads", "n_threads_batch",
                "flash_attn", "cache_type_k", "cache_type_v", "max_nodes", "verbose")
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
-                 "seed", "stop", "ignore_eos", "mode", "depth", "branching", "width", "budget", "n_max", "p_min")
+                 "seed", "stop", "ignore_eos", "mode", "depth", "branching", "width", "budget", "n_max", "p_min", "policy")
 
 
 def _pick(args: argparse.Namespace, keys: Sequence[str]) -> dict:
@@ -102,6 +103,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import run
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="heterospec", description="Exact tree speculative decoding for GGUF models.")
     ap.add_argument("--version", action="version", version=f"heterospec {__version__}")
@@ -131,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-ngl", "--n-gpu-layers", type=int, dest="n_gpu_layers")
     b.add_argument("--json", help="write every figure to this JSON file")
     b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("calibrate", help="fit the entropy partition (policy JSON) for a model pair")
+    c.add_argument("-m", "--model", required=True, help="target model (GGUF)")
+    c.add_argument("-md", "--model-draft", required=True, help="draft model (GGUF)")
+    c.add_argument("--prompts", required=True, help="JSONL file with a 'prompt' or 'turns' field per line")
+    c.add_argument("--limit", type=int, help="use the first N prompts")
+    c.add_argument("-n", "--max-tokens", type=int, default=128, dest="max_tokens", help="tokens per prompt (128)")
+    c.add_argument("--tree-depth", type=int, default=4, dest="depth")
+    c.add_argument("--tree-branching", type=int, default=4, dest="branching")
+    c.add_argument("--tree-width", type=int, default=4, dest="width")
+    c.add_argument("--tree-budget", type=int, default=8, dest="budget")
+    c.add_argument("-t", "--threads", type=int, dest="n_threads")
+    c.add_argument("-c", "--ctx-size", type=int, dest="n_ctx")
+    c.add_argument("-o", "--output", default="policy.json", help="policy file to write (policy.json)")
+    c.set_defaults(func=cmd_calibrate)
     return ap
 
 
