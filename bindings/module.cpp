@@ -10,6 +10,8 @@
 #include "heterospec/engine.h"
 #include "heterospec/errors.h"
 #include "draft_tree.h"
+#include "entropy.h"
+#include "policy.h"
 #include "sampler.h"
 #include "topk.h"
 #include "text_stream.h"
@@ -177,6 +179,7 @@ NB_MODULE(_core, m) {
         .def(nb::init<>())
         .def("reset", &DraftTree::reset, "root_token"_a)
         .def("add", &DraftTree::add, "parent"_a, "token"_a, "q"_a)
+        .def("set_entropy", &DraftTree::set_entropy, "node"_a, "h"_a)
         .def("__len__", &DraftTree::size)
         .def("node", [](const DraftTree & t, int32_t i) {
             if (i < 0 || i >= t.size()) throw nb::index_error();
@@ -202,6 +205,23 @@ NB_MODULE(_core, m) {
         .def("children_of", [](const TreeBatch & b, int32_t i) {
             return std::vector<int32_t>(b.children.begin() + b.child_begin[size_t(i)], b.children.begin() + b.child_begin[size_t(i) + 1]); })
         .def("child_with_token", &TreeBatch::child_with_token);
+
+    t.def("topk_entropy", [](const std::vector<float> & probs) {
+        std::vector<TokenProb> v;
+        for (size_t i = 0; i < probs.size(); ++i) v.push_back({int32_t(i), probs[i]});
+        return topk_entropy(v.data(), v.size());
+    }, "probs"_a);
+    t.def("meta_path_entropy", &meta_path_entropy, "tree"_a);
+    t.def("policy_decide", [](const std::vector<float> & thresholds, const std::vector<float> & gamma, float h,
+                              int32_t depth, int32_t budget) {
+        Policy p;
+        p.thresholds = thresholds;
+        std::copy(gamma.begin(), gamma.end(), p.gamma.begin());
+        p.validate();
+        const int32_t b = p.bin(h);
+        const Allocation a = p.decide(b, depth, budget);
+        return nb::make_tuple(b, a.depth, a.budget);
+    }, "thresholds"_a, "gamma"_a, "h"_a, "depth"_a, "budget"_a);
 
     t.def("softmax_top_k", [](nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu> logits, int32_t k) {
         std::vector<TokenProb> out;

@@ -98,6 +98,7 @@ class Engine:
              flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, max_nodes=max_nodes,
              verbose=verbose)
         self._native: Optional[_core.Engine] = _core.Engine(opts)
+        self._paths = (opts.target.path, opts.draft.path if draft is not None else None)
         self._last: Optional[GenerationResult] = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -165,15 +166,16 @@ class Engine:
             return self.tokenize(prompt, add_special=True, parse_special=True)
         return [int(t) for t in prompt]
 
-    @staticmethod
-    def _params(max_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
+    def _params(self, max_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
                 repeat_penalty=None, repeat_last_n=None, seed=None, stop=None, ignore_eos=None,
                 mode=None, depth=None, branching=None, width=None, budget=None, n_max=None, p_min=None,
-                trace=None, policy=None):
+                trace=None, policy=None, force_policy=False):
         p = _core.GenerateParams()
         if policy is not None:
-            from .policy import load_policy
+            from .policy import check_pair, load_policy
             pol = load_policy(policy)
+            if self._paths[1] is not None:
+                check_pair(pol, *self._paths, force=force_policy)
             p.spec.policy_thresholds = [float(x) for x in pol["thresholds"]]
             p.spec.policy_gamma = [float(x) for x in pol.get("gamma", (0.3, 0.6, 1.0))]
         for name, value in (("depth", depth), ("branching", branching), ("width", width), ("budget", budget),
@@ -204,7 +206,7 @@ class Engine:
                  ignore_eos: Optional[bool] = None, mode: Optional[str] = None,
                  depth: Optional[int] = None, branching: Optional[int] = None, width: Optional[int] = None,
                  budget: Optional[int] = None, n_max: Optional[int] = None, p_min: Optional[float] = None,
-                 trace: Optional[bool] = None, policy=None) -> GenerationResult:
+                 trace: Optional[bool] = None, policy=None, force_policy: bool = False) -> GenerationResult:
         """Generates a continuation of `prompt` (text, or token ids).
 
         Sampling defaults: max_tokens=256 (-1: until end of generation or a full context),
@@ -214,14 +216,15 @@ class Engine:
         Speculation: mode="ar" (plain), "chain" (llama.cpp-style draft chain: n_max=4, p_min=0.75)
         "tree" (depth=4, branching=4, width=4, budget=8 nodes verified per step) or "heterospec"
         (the tree, allocated per step by its entropy bin; `policy`: a policy JSON file from
-        `heterospec calibrate`, or its dict; default: built-in thresholds). The default is "tree"
+        `heterospec calibrate`, or its dict; default: built-in thresholds; a policy fitted for
+        another model pair is refused unless force_policy=True). The default is "tree"
         when the engine has a draft model, else "ar". The output is the same in every mode: token
         for token when greedy, in distribution when sampling. trace=True records one
         (depth, nodes, accepted, rank, entropy, bin) tuple per step in `result.trace`.
         """
         params = self._params(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty,
                               repeat_last_n, seed, stop, ignore_eos, mode, depth, branching, width,
-                              budget, n_max, p_min, trace, policy)
+                              budget, n_max, p_min, trace, policy, force_policy)
         tokens = self._prompt_tokens(prompt)
         self._last = GenerationResult._from_native(self._engine.generate(tokens, params))
         return self._last

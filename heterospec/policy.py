@@ -1,6 +1,7 @@
 """Policy files: the entropy partition fitted by `heterospec calibrate`, tied to a model pair."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -10,17 +11,22 @@ from typing import Mapping, Union
 PolicyLike = Union[str, os.PathLike, Mapping]
 
 
-def model_fingerprint(path: Union[str, os.PathLike]) -> dict:
-    """Name, size and a hash of the first and last MiB: cheap, and different for different models."""
-    p = Path(path)
-    size = p.stat().st_size
+@functools.lru_cache(maxsize=16)
+def _fingerprint(path: str, size: int, mtime: float) -> str:
     h = hashlib.sha256()
-    with open(p, "rb") as f:
+    with open(path, "rb") as f:
         h.update(f.read(1 << 20))
         if size > 2 << 20:
             f.seek(-(1 << 20), os.SEEK_END)
             h.update(f.read(1 << 20))
-    return {"file": p.name, "size": size, "sha256_head_tail": h.hexdigest()}
+    return h.hexdigest()
+
+
+def model_fingerprint(path: Union[str, os.PathLike]) -> dict:
+    """Name, size and a hash of the first and last MiB: cheap, and different for different models."""
+    p = Path(path)
+    st = p.stat()
+    return {"file": p.name, "size": st.st_size, "sha256_head_tail": _fingerprint(str(p.resolve()), st.st_size, st.st_mtime)}
 
 
 def load_policy(policy: PolicyLike) -> dict:

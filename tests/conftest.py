@@ -23,7 +23,7 @@ class TinyModels:
     def __init__(self, root: Path):
         self.root = root
         self.target = factory.write_llama(root / "target.gguf", seed=1, n_ctx_train=512)
-        self.draft = factory.write_llama(root / "draft.gguf", base=self.target, noise=0.3, seed=2,
+        self.draft = factory.write_llama(root / "draft.gguf", base=self.target, noise=0.05, seed=2,
                                          n_ctx_train=512)
         self.eos = factory.write_llama(root / "eos.gguf", seed=3, eos_boost=2.0, n_ctx_train=512)
         self.other_vocab = factory.write_llama(root / "other_vocab.gguf", factory.make_vocab("b"), seed=4)

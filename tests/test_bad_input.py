@@ -142,3 +142,50 @@ def test_closed_engine(tiny):
     e.close()
     with pytest.raises(RuntimeError, match="closed"):
         e.generate("hello")
+
+
+def _gguf(path, kv=(), tensors=(), tokens=None):
+    """A minimal GGUF: metadata and tensors as given (enough for the pre-load checks)."""
+    import gguf
+    import numpy as np
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, value in kv:
+        w.add_uint32(key, value)
+    if tokens is not None:
+        w.add_token_list(tokens)
+    for name, array in tensors:
+        w.add_tensor(name, array)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("no_layers", "0 layers"),
+    ("heads", "not a multiple of its KV head count"),
+    ("odd_rope", "rotary dimension count is odd"),
+    ("duplicate_token", "twice"),
+    ("f16_norm", "1-D tensors must be F32"),
+    ("int_weight", "float or quantized"),
+])
+def test_models_llama_cpp_would_abort_on_are_refused_first(tmp_path, kind, message):
+    """Each of these makes llama.cpp assert (kill the process) rather than return an error."""
+    import numpy as np
+    path = tmp_path / f"{kind}.gguf"
+    if kind == "no_layers":
+        _gguf(path, [("llama.block_count", 0)])
+    elif kind == "heads":
+        _gguf(path, [("llama.block_count", 1), ("llama.attention.head_count", 6),
+                     ("llama.attention.head_count_kv", 4)])
+    elif kind == "odd_rope":
+        _gguf(path, [("llama.rope.dimension_count", 7)])
+    elif kind == "duplicate_token":
+        _gguf(path, tokens=["a", "b", "a"])
+    elif kind == "f16_norm":
+        _gguf(path, tensors=[("output_norm.weight", np.ones(8, dtype=np.float16))])
+    else:
+        _gguf(path, tensors=[("output.weight", np.ones((4, 8), dtype=np.int32))])
+    with pytest.raises(ValueError, match=message):
+        Engine(path)

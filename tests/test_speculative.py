@@ -260,5 +260,29 @@ def test_statistics_and_trace(tiny_pair):
     assert s.mean_accepted == pytest.approx(48 / s.steps)
     assert s.nodes_verified == sum(t[1] for t in r.trace)
     assert s.draft_calls >= s.steps and s.draft_ms > 0 and s.verify_ms > 0 and 0 <= s.host_ms < s.decode_ms
-    for depth, nodes, accepted, rank in r.trace:
-        assert 1 <= accepted <= depth + 1 and 0 <= rank <= nodes
+    for depth, nodes, accepted, rank, entropy, bin_ in r.trace:
+        assert 1 <= accepted <= depth + 1 and 0 <= rank <= nodes and entropy >= 0 and bin_ == -1
+
+
+def test_recurrent_models_are_refused_for_speculation(tmp_path, tiny):
+    import gguf_arch
+    mamba = gguf_arch.write_mamba(tmp_path / "mamba.gguf")
+    with Engine(mamba, n_threads=1) as e:                       # plain decoding works
+        assert len(e.generate("hello world", max_tokens=8, temperature=0).tokens) == 8
+    for target, draft in ((mamba, mamba), (mamba, tiny.target), (tiny.target, mamba)):
+        with pytest.raises(ValueError, match="recurrent"):
+            Engine(target, draft=draft)
+
+
+def test_sliding_window_models_speculate_exactly(tmp_path):
+    import gguf_arch
+    target = gguf_arch.write_gemma2(tmp_path / "g.gguf", sliding_window=8)
+    draft = gguf_arch.write_gemma2(tmp_path / "gd.gguf", base=target, noise=0.02, seed=1)
+    with Engine(target, draft=draft, n_threads=1) as e:
+        for prompt in PROMPTS[:8]:
+            ids = e.tokenize(prompt, parse_special=True)
+            ref = e.generate(ids, max_tokens=40, temperature=0, mode="ar")   # 40 tokens: well past the window
+            for shape in (dict(mode="tree"), dict(mode="chain", p_min=0.0)):
+                got = e.generate(ids, max_tokens=40, temperature=0, **shape)
+                check_greedy(e, target, ids, got, ref, f"gemma2 {shape} {prompt}")
+                assert shape["mode"] == "chain" or got.stats.mean_accepted > 1.3

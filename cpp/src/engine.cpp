@@ -295,6 +295,15 @@ std::string Engine::model_description() const {
 }
 
 std::vector<int32_t> Engine::tokenize(const std::string & text, bool add_special, bool parse_special) const {
+    try {
+        return tokenize_unchecked(text, add_special, parse_special);
+    } catch (const std::out_of_range &) {
+        // an SPM vocabulary without byte tokens meets a character it cannot spell
+        throw std::invalid_argument("the model's vocabulary cannot encode this text");
+    }
+}
+
+std::vector<int32_t> Engine::tokenize_unchecked(const std::string & text, bool add_special, bool parse_special) const {
     const llama_vocab * vocab = impl_->vocab;
     if (text.size() > size_t(INT32_MAX / 2)) throw std::invalid_argument("text too long to tokenize");
     std::vector<int32_t> out(text.size() + 8);
@@ -369,8 +378,8 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
     if (mode != "ar" && !m.draft)
         throw std::invalid_argument("mode '" + mode + "' needs a draft model (-md / draft=)");
     const SpecParams & sp = params.spec;
-    if ((mode == "tree" || mode == "heterospec") &&
-        (sp.budget + Policy::alpha(sp.depth) > m.opts.max_nodes || sp.width > m.opts.max_nodes))
+    const int32_t most_nodes = sp.budget + (mode == "heterospec" ? Policy::alpha(sp.depth) : 0);
+    if ((mode == "tree" || mode == "heterospec") && (most_nodes > m.opts.max_nodes || sp.width > m.opts.max_nodes))
         throw std::invalid_argument("tree budget and width must be at most max_nodes (" +
                                     std::to_string(m.opts.max_nodes) + ")");
     if (mode == "chain" && sp.n_max > m.opts.max_nodes)

@@ -8,7 +8,9 @@
 #include <fstream>
 #include <mutex>
 #include <set>
+#include <string_view>
 #include <thread>
+#include <unordered_set>
 #include <utility>
 
 #include "gguf.h"
@@ -87,6 +89,61 @@ std::string quote_log(const std::string & prefix) {
     return log.empty() ? prefix : prefix + " (llama.cpp: " + log + ")";
 }
 
+// An integer metadata value, whatever its stored integer type; false if absent or not an integer.
+bool get_int(const gguf_context * g, const std::string & key, int64_t & out) {
+    const int64_t id = gguf_find_key(g, key.c_str());
+    if (id < 0) return false;
+    switch (gguf_get_kv_type(g, id)) {
+        case GGUF_TYPE_UINT8:  out = gguf_get_val_u8(g, id);  return true;
+        case GGUF_TYPE_INT8:   out = gguf_get_val_i8(g, id);  return true;
+        case GGUF_TYPE_UINT16: out = gguf_get_val_u16(g, id); return true;
+        case GGUF_TYPE_INT16:  out = gguf_get_val_i16(g, id); return true;
+        case GGUF_TYPE_UINT32: out = gguf_get_val_u32(g, id); return true;
+        case GGUF_TYPE_INT32:  out = gguf_get_val_i32(g, id); return true;
+        case GGUF_TYPE_UINT64: out = int64_t(gguf_get_val_u64(g, id)); return true;
+        case GGUF_TYPE_INT64:  out = gguf_get_val_i64(g, id); return true;
+        default: return false;
+    }
+}
+
+// Metadata that llama.cpp asserts on (killing the process) instead of failing the load.
+void check_model_shape(const gguf_context * g, const std::string & path) {
+    auto bad = [&](const std::string & why) { return std::invalid_argument("'" + path + "' cannot be used: " + why); };
+    const std::string arch = gguf_get_val_str(g, gguf_find_key(g, "general.architecture"));
+    int64_t n_layer = 0, n_head = 0, n_head_kv = 0, n_embd = 0, n_rot = 0, key_len = 0;
+    if (get_int(g, arch + ".block_count", n_layer) && (n_layer < 1 || n_layer > 512))
+        throw bad("it declares " + std::to_string(n_layer) + " layers (1 to 512 are supported)");
+    const bool has_head = get_int(g, arch + ".attention.head_count", n_head) && n_head > 0;
+    if (has_head && get_int(g, arch + ".attention.head_count_kv", n_head_kv) && (n_head_kv <= 0 || n_head % n_head_kv != 0))
+        throw bad("its head count " + std::to_string(n_head) + " is not a multiple of its KV head count " +
+                  std::to_string(n_head_kv));
+    if (get_int(g, arch + ".rope.dimension_count", n_rot) && n_rot % 2 != 0)
+        throw bad("its rotary dimension count is odd");
+    if (has_head && get_int(g, arch + ".embedding_length", n_embd) && !get_int(g, arch + ".attention.key_length", key_len)) {
+        if (n_embd % n_head != 0) throw bad("its embedding length is not a multiple of its head count");
+        if ((n_embd / n_head) % 2 != 0 && n_rot == 0) throw bad("its attention head size is odd");
+    }
+
+    const int64_t tok = gguf_find_key(g, "tokenizer.ggml.tokens");
+    if (tok >= 0 && gguf_get_kv_type(g, tok) == GGUF_TYPE_ARRAY && gguf_get_arr_type(g, tok) == GGUF_TYPE_STRING) {
+        std::unordered_set<std::string_view> seen;
+        const size_t n = gguf_get_arr_n(g, tok);
+        for (size_t i = 0; i < n; ++i)
+            if (!seen.insert(gguf_get_arr_str(g, tok, i)).second)
+                throw bad("its vocabulary lists the token text '" + std::string(gguf_get_arr_str(g, tok, i)) + "' twice");
+    }
+
+    for (int64_t i = 0; i < gguf_get_n_tensors(g); ++i) {
+        const ggml_type t = gguf_get_tensor_type(g, i);
+        const int64_t * ne = gguf_get_tensor_ne(g, i);
+        const bool one_d = ne[1] == 1 && ne[2] == 1 && ne[3] == 1;
+        const bool is_int = t == GGML_TYPE_I8 || t == GGML_TYPE_I16 || t == GGML_TYPE_I32 || t == GGML_TYPE_I64;
+        if (is_int || (one_d && t != GGML_TYPE_F32))
+            throw bad(std::string("tensor '") + gguf_get_tensor_name(g, i) + "' is stored as " + ggml_type_name(t) +
+                      (one_d ? " (1-D tensors must be F32)" : " (weights must be float or quantized)"));
+    }
+}
+
 // Reads the GGUF header and tensor table without loading weights, and checks that every
 // tensor's data lies inside the file: llama.cpp memory-maps the file, and reading past its
 // end would kill the process (SIGBUS) instead of failing.
@@ -114,6 +171,8 @@ void check_gguf(const std::string & path) {
     const int64_t arch_key = gguf_find_key(g, "general.architecture");
     if (arch_key < 0 || gguf_get_kv_type(g, arch_key) != GGUF_TYPE_STRING)
         throw std::invalid_argument("'" + path + "' has no general.architecture: not a model file");
+
+    check_model_shape(g, path);
 
     uint64_t data_end = 0;
     const uint64_t data_offset = gguf_get_data_offset(g);

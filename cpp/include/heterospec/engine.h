@@ -70,6 +70,7 @@ public:
     struct Impl;
 
 private:
+    std::vector<int32_t> tokenize_unchecked(const std::string & text, bool add_special, bool parse_special) const;
     std::unique_ptr<Impl> impl_;
 };
 

@@ -1,0 +1,147 @@
+"""HeteroSpec allocation: entropy, policy, calibration, and exactness of mode='heterospec'."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from heterospec import Engine, _core
+from heterospec.calibrate import fit_thresholds
+from heterospec.policy import check_pair, load_policy
+from test_speculative import PROMPTS, check_greedy
+
+T = _core.testing
+
+
+def H(ps):
+    ps = np.asarray(ps, dtype=float) / np.sum(ps)
+    return float(-(ps[ps > 0] * np.log(ps[ps > 0])).sum())
+
+
+@pytest.mark.parametrize("probs", [[1.0], [0.5, 0.5], [0.25] * 4, [0.7, 0.2, 0.05, 0.05], [0.3, 0.1], [0.9, 0.0]])
+def test_topk_entropy_against_hand_computed_values(probs):
+    assert T.topk_entropy(probs) == pytest.approx(H(probs), abs=1e-6)
+    if len(probs) == 4 and probs[0] == 0.25:
+        assert T.topk_entropy(probs) == pytest.approx(math.log(4))
+
+
+def test_meta_path_entropy_follows_the_most_confident_deepest_candidate():
+    t = T.DraftTree()
+    t.reset(0)
+    a = t.add(0, 1, 0.6); b = t.add(0, 2, 0.4)                # depth 1
+    c = t.add(a, 3, 0.5); d = t.add(b, 4, 0.9)                # depth 2: d has the highest q
+    t.set_entropy(0, 0.7); t.set_entropy(a, 0.2); t.set_entropy(b, 1.1)
+    # P* = root, b, d: H(root) + H(b)
+    assert T.meta_path_entropy(t) == pytest.approx(0.7 + 1.1)
+    e = t.add(c, 5, 0.1)                                      # a deeper candidate wins regardless of q
+    t.set_entropy(c, 0.3)
+    assert T.meta_path_entropy(t) == pytest.approx(0.7 + 0.2 + 0.3)
+
+
+def test_policy_bins_and_allocation():
+    th = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    g = [0.3, 0.6, 1.0]
+    d, n = 4, 20                         # alpha = ceil(4 / 2) = 2
+    assert T.policy_decide(th, g, 0.1, d, n) == (0, 6, 8)     # round(0.3*20) + 2
+    assert T.policy_decide(th, g, 0.5, d, n) == (1, 5, 13)    # round(0.6*20) + 1
+    assert T.policy_decide(th, g, 1.2, d, n) == (2, 4, 20)    # round(1.0*20) + 0
+    for h, b in ((1.5, 3), (2.7, 5), (9.0, 7)):
+        assert T.policy_decide(th, g, h, d, n) == (b, d, n)
+    assert T.policy_decide(th, g, 0.0, 7, 10)[1:] == (11, 7)  # alpha = 4: depth 11, round(3) + 4
+    with pytest.raises(ValueError, match="ascending"):
+        T.policy_decide([1, 0, 2, 3, 4, 5, 6], g, 0.0, d, n)
+    with pytest.raises(ValueError, match="7 thresholds"):
+        T.policy_decide([1, 2], g, 0.0, d, n)
+
+
+def test_regression_tree_recovers_known_thresholds():
+    rng = np.random.default_rng(0)
+    cuts = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    x = rng.uniform(0, 4, 4000)
+    y = np.searchsorted(cuts, x) * 2.0 + rng.normal(0, 0.5, x.size)
+    got = fit_thresholds(x, y)
+    assert len(got) == 7
+    assert np.allclose(got, cuts, atol=0.05), got
+    # with too little data the tree stops early instead of inventing splits
+    assert len(fit_thresholds(x[:10], y[:10])) < 7
+
+
+@pytest.fixture(scope="module")
+def pair(tiny):
+    with Engine(tiny.target, draft=tiny.draft, n_threads=2) as e:
+        yield e
+
+
+def test_heterospec_greedy_equals_plain_decoding(tiny, pair):
+    policy = {"thresholds": [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0]}   # wide low bins: exercise extension
+    ties = 0
+    bins = set()
+    for prompt in PROMPTS:
+        ids = pair.tokenize(prompt, parse_special=True)
+        ref = pair.generate(ids, max_tokens=40, temperature=0, mode="ar")
+        got = pair.generate(ids, max_tokens=40, temperature=0, mode="heterospec", policy=policy, trace=True)
+        ties += check_greedy(pair, tiny.target, ids, got, ref, prompt) == "tie"
+        bins |= {t[5] for t in got.trace}
+        for depth, nodes, accepted, rank, h, b in got.trace:
+            assert 0 <= b <= 7
+    assert ties <= 2
+    assert bins & {0, 1, 2} and bins & {3, 4, 5, 6, 7}, bins
+
+
+def test_heterospec_sampling_matches_plain_sampling(pair):
+    from test_speculative import chi2_threshold, two_sample_chi2
+    prompt = pair.tokenize("the value", parse_special=True)
+    draws = {}
+    for mode, seed0 in (("ar", 0), ("heterospec", 10**6)):
+        out = []
+        for i in range(1200):
+            p = pair._params(max_tokens=3, temperature=1.0, top_k=5, top_p=1.0, min_p=0.0, seed=seed0 + i,
+                             mode=mode, policy={"thresholds": [1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0]})
+            out.append(tuple(pair._engine.generate(prompt, p).tokens[1:3]))
+        draws[mode] = out
+    stat, df = two_sample_chi2(draws["ar"], draws["heterospec"])
+    assert stat < chi2_threshold(df), (stat, df)
+
+
+def test_calibration_end_to_end(tiny, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "category": "test"}) + "\n" for p in PROMPTS)
+                       + "not json\n" + json.dumps({"turns": ["hello there"]}) + "\n")
+    out = tmp_path / "policy.json"
+    p = subprocess.run([sys.executable, "-m", "heterospec", "calibrate", "-m", str(tiny.target), "-md",
+                        str(tiny.draft), "--prompts", str(prompts), "-n", "48", "-t", "2", "-o", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "skipped" in p.stderr                           # the bad line is reported, not fatal
+    doc = load_policy(out)
+    th = doc["thresholds"]
+    assert len(th) == 7 and th == sorted(th)
+    assert sum(b["steps"] for b in doc["bins"]) == doc["settings"]["steps"] > 100
+    assert "thresholds" in p.stdout and "bin" in p.stdout
+    # the engine loads it and decodes with it
+    with Engine(tiny.target, draft=tiny.draft, n_threads=2) as e:
+        r = e.generate("hello world", max_tokens=24, temperature=0, mode="heterospec", policy=out)
+        assert r.tokens == e.generate("hello world", max_tokens=24, temperature=0, mode="ar").tokens
+    # a policy fitted for one pair is refused for another unless forced
+    check_pair(doc, tiny.target, tiny.draft)
+    with pytest.raises(ValueError, match="fitted for"):
+        check_pair(doc, tiny.eos, tiny.draft)
+    check_pair(doc, tiny.eos, tiny.draft, force=True)
+    with Engine(tiny.eos, draft=tiny.draft, n_threads=2) as e:
+        with pytest.raises(ValueError, match="fitted for target"):
+            e.generate("hello", mode="heterospec", policy=out)
+        assert e.generate("hello", max_tokens=4, mode="heterospec", policy=out, force_policy=True).tokens
+
+
+def test_bad_policies(pair, tmp_path):
+    with pytest.raises(ValueError, match="7 thresholds"):
+        pair.generate("hi", mode="heterospec", policy={"thresholds": [1, 2]})
+    with pytest.raises(ValueError, match="ascending"):
+        pair.generate("hi", mode="heterospec", policy={"thresholds": [7, 6, 5, 4, 3, 2, 1]})
+    with pytest.raises(FileNotFoundError):
+        pair.generate("hi", mode="heterospec", policy=tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not a policy"):
+        pair.generate("hi", mode="heterospec", policy=tmp_path / "bad.json")
