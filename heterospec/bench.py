@@ -33,13 +33,13 @@ def parse_mode(text: str) -> tuple[str, dict]:
     return text, kw
 
 
-def load_prompts(path: str, engine: Engine, limit: Optional[int] = None) -> list[tuple[str, str]]:
+def load_prompts(path: str, engine: Engine, limit: Optional[int] = None, skip: int = 0) -> list[tuple[str, str]]:
     """(category, prompt text) from a JSONL file with a `prompt` or `turns` field; bad lines are
     reported and skipped."""
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            if not line.strip():
+            if not line.strip() or n <= skip:
                 continue
             try:
                 rec = json.loads(line)
@@ -62,7 +62,7 @@ def run(args) -> int:
     modes = [parse_mode(m) for m in args.modes]
     engine_kw = {k: getattr(args, k) for k in ("n_threads", "n_ctx", "n_gpu_layers") if getattr(args, k) is not None}
     with Engine(args.model, draft=args.model_draft, **engine_kw) as engine:
-        prompts = load_prompts(args.prompts, engine, args.limit)
+        prompts = load_prompts(args.prompts, engine, args.limit, args.skip)
         room = engine.n_ctx - args.max_tokens - 1
         token_prompts = [(cat, engine.tokenize(p, parse_special=True)[-room:]) for cat, p in prompts]
         runs = {name: [] for name, _ in modes}

@@ -75,7 +75,7 @@ def run(args) -> int:
     records = []   # (H, tcr, accepted)
     interrupted = False
     with Engine(args.model, draft=args.model_draft, n_threads=args.n_threads, n_ctx=args.n_ctx) as engine:
-        prompts = load_prompts(args.prompts, engine, args.limit)
+        prompts = load_prompts(args.prompts, engine, args.limit, args.skip)
         room = engine.n_ctx - args.max_tokens - 1
         t0 = time.time()
         try:

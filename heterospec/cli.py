@@ -53,9 +53,9 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tree-width", type=int, dest="width", help="frontier width W (4)")
     g.add_argument("--tree-budget", type=int, dest="budget", help="nodes verified per step N (8)")
     g.add_argument("--spec-draft-n-max", "--draft-max", "--draft", type=int, dest="n_max",
-                   help="chain: most tokens drafted per step (4)")
+                   help="chain: most tokens drafted per step (3, as llama.cpp)")
     g.add_argument("--spec-draft-p-min", "--draft-p-min", type=float, dest="p_min",
-                   help="chain: stop drafting below this draft probability (0.75)")
+                   help="chain: stop drafting below this draft probability (0.0, as llama.cpp)")
     g.add_argument("--policy", help="heterospec: policy JSON from 'heterospec calibrate' (default: built-in)")
     g.add_argument("--force-policy", action="store_true", default=None, dest="force_policy",
                    help="use a policy fitted for another model pair")
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-md", "--model-draft", help="draft model (GGUF)")
     b.add_argument("--prompts", required=True, help="JSONL file with a 'prompt' or 'turns' field per line")
     b.add_argument("--limit", type=int, help="use the first N prompts")
+    b.add_argument("--skip", type=int, default=0, help="skip the first N lines (e.g. those used to calibrate)")
     b.add_argument("-n", "--max-tokens", type=int, default=96, dest="max_tokens", help="tokens per prompt (96)")
     b.add_argument("--repeats", type=int, default=3, help="repeats, interleaved across modes (3)")
     b.add_argument("--modes", nargs="+", default=["ar", "chain", "tree"],
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-md", "--model-draft", required=True, help="draft model (GGUF)")
     c.add_argument("--prompts", required=True, help="JSONL file with a 'prompt' or 'turns' field per line")
     c.add_argument("--limit", type=int, help="use the first N prompts")
+    c.add_argument("--skip", type=int, default=0, help="skip the first N lines")
     c.add_argument("-n", "--max-tokens", type=int, default=128, dest="max_tokens", help="tokens per prompt (128)")
     c.add_argument("--tree-depth", type=int, default=4, dest="depth")
     c.add_argument("--tree-branching", type=int, default=4, dest="branching")

@@ -213,7 +213,7 @@ class Engine:
         temperature=0.8 (<= 0: greedy), top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0 (off),
         seed=random.
 
-        Speculation: mode="ar" (plain), "chain" (llama.cpp-style draft chain: n_max=4, p_min=0.75)
+        Speculation: mode="ar" (plain), "chain" (llama.cpp-style draft chain: n_max=3, p_min=0.0, its defaults)
         "tree" (depth=4, branching=4, width=4, budget=8 nodes verified per step) or "heterospec"
         (the tree, allocated per step by its entropy bin; `policy`: a policy JSON file from
         `heterospec calibrate`, or its dict; default: built-in thresholds; a policy fitted for

@@ -9,6 +9,9 @@
 
 namespace heterospec {
 
+// sum over i of exp(x[i] - mx), for x[i] <= mx (fast, vectorised).
+float sum_exp(const float * x, int32_t n, float mx);
+
 // Writes the top k (token, probability) pairs, most likely first, ties to the lower id.
 void softmax_top_k(const float * logits, int32_t n_vocab, int32_t k, std::vector<TokenProb> & out);
 

@@ -51,9 +51,10 @@ struct SpecParams {
     int32_t branching = 4;
     int32_t width = 4;
     int32_t budget = 8;
-    // chain (llama.cpp's draft-model speculation): up to n_max tokens, stop below p_min
-    int32_t n_max = 4;
-    float p_min = 0.75f;
+    // chain (llama.cpp's draft-model speculation, with its defaults at the pin): up to n_max
+    // tokens, stop below draft probability p_min
+    int32_t n_max = 3;
+    float p_min = 0.0f;
     // heterospec: entropy partition (7 ascending thresholds; empty: built-in) and gamma
     std::vector<float> policy_thresholds;
     std::vector<float> policy_gamma = {0.3f, 0.6f, 1.0f};
