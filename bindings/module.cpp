@@ -82,6 +82,7 @@ NB_MODULE(_core, m) {
         .def_rw("p_min", &SpecParams::p_min)
         .def_rw("policy_thresholds", &SpecParams::policy_thresholds)
         .def_rw("policy_gamma", &SpecParams::policy_gamma)
+        .def_rw("cost_aware", &SpecParams::cost_aware)
         .def_rw("trace", &SpecParams::trace)
         .def_rw("test_wrong_rule", &SpecParams::test_wrong_rule);
 
@@ -152,6 +153,7 @@ NB_MODULE(_core, m) {
         .def("result", &Engine::result)
         .def("debug_kv_state", &Engine::debug_kv_state)
         .def("debug_n_past", &Engine::debug_n_past)
+        .def("cost_profile", &Engine::cost_profile, "width"_a = 4, release_gil())
         .def("generate", &Engine::generate, "prompt"_a, "params"_a, release_gil());
 
     // Pure logic, exposed for unit tests.

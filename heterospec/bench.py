@@ -17,7 +17,7 @@ from typing import Optional
 from .engine import Engine
 
 SPEC_KEYS = {"depth": int, "branching": int, "width": int, "budget": int, "n_max": int, "p_min": float,
-             "policy": str}
+             "policy": str, "cost_aware": lambda v: v.lower() in ("1", "true", "yes", "on")}
 
 
 def parse_mode(text: str) -> tuple[str, dict]:

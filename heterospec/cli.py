@@ -57,6 +57,8 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spec-draft-p-min", "--draft-p-min", type=float, dest="p_min",
                    help="chain: stop drafting below this draft probability (0.0, as llama.cpp)")
     g.add_argument("--policy", help="heterospec: policy JSON from 'heterospec calibrate' (default: built-in)")
+    g.add_argument("--no-cost-aware", dest="cost_aware", action="store_false", default=None,
+                   help="heterospec: keep the paper's fixed gamma instead of the cost-aware budget")
     g.add_argument("--force-policy", action="store_true", default=None, dest="force_policy",
                    help="use a policy fitted for another model pair")
 
@@ -64,7 +66,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 ENGINE_KEYS = ("n_gpu_layers", "n_gpu_layers_draft", "n_ctx", "n_batch", "n_threads", "n_threads_batch",
                "flash_attn", "cache_type_k", "cache_type_v", "max_nodes", "verbose")
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
-                 "seed", "stop", "ignore_eos", "mode", "depth", "branching", "width", "budget", "n_max", "p_min", "policy", "force_policy")
+                 "seed", "stop", "ignore_eos", "mode", "depth", "branching", "width", "budget", "n_max", "p_min", "policy", "force_policy", "cost_aware")
 
 
 def _pick(args: argparse.Namespace, keys: Sequence[str]) -> dict:

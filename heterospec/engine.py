@@ -169,7 +169,7 @@ class Engine:
     def _params(self, max_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
                 repeat_penalty=None, repeat_last_n=None, seed=None, stop=None, ignore_eos=None,
                 mode=None, depth=None, branching=None, width=None, budget=None, n_max=None, p_min=None,
-                trace=None, policy=None, force_policy=False):
+                trace=None, policy=None, force_policy=False, cost_aware=None):
         p = _core.GenerateParams()
         if policy is not None:
             from .policy import check_pair, load_policy
@@ -182,7 +182,7 @@ class Engine:
                             ("n_max", n_max)):
             _check_int(name, value, 0)
         _set(p.spec, mode=mode, depth=depth, branching=branching, width=width, budget=budget, n_max=n_max,
-             p_min=p_min, trace=trace)
+             p_min=p_min, trace=trace, cost_aware=cost_aware)
         if max_tokens is not None:
             _check_int("max_tokens", max_tokens, -1)
         _check_int("top_k", top_k, -(2**31))  # <= 0 disables top-k
@@ -206,7 +206,8 @@ class Engine:
                  ignore_eos: Optional[bool] = None, mode: Optional[str] = None,
                  depth: Optional[int] = None, branching: Optional[int] = None, width: Optional[int] = None,
                  budget: Optional[int] = None, n_max: Optional[int] = None, p_min: Optional[float] = None,
-                 trace: Optional[bool] = None, policy=None, force_policy: bool = False) -> GenerationResult:
+                 trace: Optional[bool] = None, policy=None, force_policy: bool = False,
+                 cost_aware: Optional[bool] = None) -> GenerationResult:
         """Generates a continuation of `prompt` (text, or token ids).
 
         Sampling defaults: max_tokens=256 (-1: until end of generation or a full context),
@@ -217,14 +218,17 @@ class Engine:
         "tree" (depth=4, branching=4, width=4, budget=8 nodes verified per step) or "heterospec"
         (the tree, allocated per step by its entropy bin; `policy`: a policy JSON file from
         `heterospec calibrate`, or its dict; default: built-in thresholds; a policy fitted for
-        another model pair is refused unless force_policy=True). The default is "tree"
+        another model pair is refused unless force_policy=True; cost_aware=True, the default,
+        picks each step's budget from measured costs and calibrated acceptance and pauses
+        speculation while it does not pay, cost_aware=False keeps the paper's fixed gamma).
+        The default is "tree"
         when the engine has a draft model, else "ar". The output is the same in every mode: token
         for token when greedy, in distribution when sampling. trace=True records one
         (depth, nodes, accepted, rank, entropy, bin) tuple per step in `result.trace`.
         """
         params = self._params(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty,
                               repeat_last_n, seed, stop, ignore_eos, mode, depth, branching, width,
-                              budget, n_max, p_min, trace, policy, force_policy)
+                              budget, n_max, p_min, trace, policy, force_policy, cost_aware)
         tokens = self._prompt_tokens(prompt)
         self._last = GenerationResult._from_native(self._engine.generate(tokens, params))
         return self._last

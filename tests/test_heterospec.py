@@ -133,7 +133,8 @@ def test_calibration_end_to_end(tiny, tmp_path):
     with Engine(tiny.eos, draft=tiny.draft, n_threads=2) as e:
         with pytest.raises(ValueError, match="fitted for target"):
             e.generate("hello", mode="heterospec", policy=out)
-        assert e.generate("hello", max_tokens=4, mode="heterospec", policy=out, force_policy=True).tokens
+        assert len(e.generate("hello", max_tokens=4, mode="heterospec", policy=out, force_policy=True,
+                              ignore_eos=True).tokens) == 4
 
 
 def test_bad_policies(pair, tmp_path):

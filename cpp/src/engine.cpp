@@ -9,6 +9,7 @@
 
 #include "draft_tree.h"
 #include "drafters/draft_model.h"
+#include "cost_model.h"
 #include "entropy.h"
 #include "model.h"
 #include "policy.h"
@@ -63,6 +64,24 @@ struct Engine::Impl {
     DraftTree tree;
     TreeBatch tb;
     Policy policy;
+    CostProfile profile;
+    AcceptanceModel acceptance;
+    SpeculationGate gate;
+    // cost-aware state, kept across generations (same models, same machine)
+    double spec_rate = -1;       // EMA of realised tokens per ms of speculative steps
+    double draft_call_ms = -1;   // EMA of realised drafting time per draft pass
+    double verify_scale = -1;    // EMA of realised / profiled verification time
+
+    // Optimistic bound: could a tree of some depth up to max_depth, every token accepted, beat
+    // plain decoding with the costs seen so far?
+    bool could_pay(int32_t max_depth) const {
+        const double level = draft_call_ms > 0 ? draft_call_ms : profile.draft_level_ms;
+        const double scale = verify_scale > 0 ? verify_scale : 1.0;
+        for (int32_t d = 1; d <= max_depth; ++d)
+            if ((1.0 + d) / (d * level + scale * profile.verify(d + 1)) * profile.verify(1) > 1.0) return true;
+        return false;
+    }
+    std::vector<float> values;
     std::vector<int32_t> selected, accepted;
     std::vector<char> piece_buf = std::vector<char>(256);
 
@@ -143,6 +162,7 @@ struct Engine::Impl {
         }
         const double t0 = now_ms();
         const double llama0 = verifier->llama_ms() + drafter->llama_ms();
+        const int32_t calls0 = drafter->calls();
 
         // Shape, shrunk near the end of the context so that every node has a position and a
         // cell in both caches, and so that the tree fits one batch.
@@ -162,7 +182,11 @@ struct Engine::Impl {
         selected.clear();
         float entropy = 0.0f;
         int32_t bin = -1;
-        if (depth >= 1 && budget >= 1) {
+        const bool cost_aware = sp.mode == "heterospec" && sp.cost_aware;
+        if (cost_aware && (!gate.speculate() || !could_pay(depth + Policy::alpha(depth))))
+            depth = 0;   // a plain step: speculation is paused, or cannot pay even when all is accepted
+        const bool drafted = depth >= 1 && budget >= 1;
+        if (drafted) {
             drafter->start(tree, shape, P, depth);
             entropy = meta_path_entropy(tree);
             if (sp.mode == "heterospec") {
@@ -176,13 +200,20 @@ struct Engine::Impl {
                 budget = std::min(budget, int32_t(llama_n_batch(target_ctx.get())) - 1);
             }
             tree.select(size_t(budget), selected);
+            if (cost_aware) {
+                // the bin bounds the budget; measured costs and calibrated acceptance choose it
+                values.clear();
+                for (int32_t n : selected) values.push_back(tree[n].v);
+                const BudgetChoice c = choose_budget(profile, acceptance, values, budget, now_ms() - t0);
+                selected.resize(size_t(c.budget));
+            }
         } else {
             drafter->defer(g.root);
         }
         tb.build(tree, selected);
         const double t1 = now_ms();
 
-        verifier->decode(tb, P);
+        verifier->decode(tb, P, tb.size() - 1);   // as many sequences as nodes: fixed per budget
         g.stats.target_calls++;
         const double t2 = now_ms();
 
@@ -202,14 +233,30 @@ struct Engine::Impl {
             accepted.push_back(tb.node[size_t(c)]);
             e = c;
         }
+        if (sp.mode == "heterospec" && sp.cost_aware) {
+            // calibrate acceptance against what the target accepted
+            for (int32_t i = 1; i < tb.size(); ++i) {
+                bool on_path = false;
+                for (int32_t a = e; a > 0; a = tb.parent[size_t(a)]) on_path |= a == i;
+                acceptance.observe(tree[tb.node[size_t(i)]].v, on_path);
+            }
+        }
         if (more) {
             verifier->commit(tb, e, P);
-            if (!selected.empty()) drafter->commit(tree, accepted);
+            if (drafted) drafter->commit(tree, accepted);   // also when no node was kept for verification
             g.n_past = P + tb.depth[size_t(e)] + 1;
             g.root = y;
         }
 
         const double t3 = now_ms();
+        if (cost_aware && drafted) {
+            // speculation pays when its realised rate beats plain decoding's measured one
+            auto ema = [](double & avg, double x) { avg = avg < 0 ? x : 0.8 * avg + 0.2 * x; };
+            ema(spec_rate, emitted / (t3 - t0));
+            ema(draft_call_ms, (t1 - t0) / std::max(1, drafter->calls() - calls0));
+            ema(verify_scale, (t2 - t1) / profile.verify(tb.size()));
+            gate.report(spec_rate * profile.verify(1) >= 1.0);
+        }
         g.stats.steps++;
         g.stats.nodes_verified += tb.size() - 1;
         g.stats.draft_ms += t1 - t0;
@@ -217,6 +264,43 @@ struct Engine::Impl {
         g.stats.host_ms += (t3 - t0) - (verifier->llama_ms() + drafter->llama_ms() - llama0);
         if (sp.trace) g.trace.push_back({tb.max_depth(), tb.size() - 1, emitted, tb.rank[size_t(e)], entropy, bin});
         return more;
+    }
+
+    // Times one pass of n tokens (all with logits) on an empty cache, best of a few.
+    static double time_pass(llama_context * ctx, llama_batch_ext * batch, int32_t n, int32_t token) {
+        double best = 1e30;
+        for (int rep = 0; rep < 3; ++rep) {
+            llama_memory_clear(llama_get_memory(ctx), false);
+            llama_batch_ext_clear(batch);
+            for (int32_t i = 0; i < n; ++i) {
+                const int32_t idx = llama_batch_ext_add_token(batch, 0, token);
+                const llama_pos pos = i;
+                llama_batch_ext_set_pos(batch, idx, &pos);
+                llama_batch_ext_set_output_logits(batch, idx, true);
+            }
+            const double t0 = now_ms();
+            if (llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, batch) != 0) throw std::runtime_error("profiling pass failed");
+            llama_synchronize(ctx);
+            best = std::min(best, now_ms() - t0);
+        }
+        llama_memory_clear(llama_get_memory(ctx), false);
+        return best;
+    }
+
+    // The cost ladder t_verify(n) of the target and the cost of a draft level, once per engine.
+    void measure_profile(int32_t width) {
+        if (!profile.empty()) return;
+        const int32_t token = std::max(0, llama_vocab_bos(vocab));
+        const int32_t most = std::min<int32_t>(opts.max_nodes + 1, int32_t(llama_n_batch(target_ctx.get())));
+        time_pass(target_ctx.get(), batch.get(), 1, token);   // warm-up
+        for (int32_t n : {1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256}) {
+            if (n > most) break;
+            profile.sizes.push_back(n);
+            profile.verify_ms.push_back(time_pass(target_ctx.get(), batch.get(), n, token));
+        }
+        BatchPtr db(llama_batch_ext_init(draft_ctx.get()));
+        time_pass(draft_ctx.get(), db.get(), width, token);
+        profile.draft_level_ms = time_pass(draft_ctx.get(), db.get(), width, token);
     }
 
     int32_t wrong_rule_draw(int32_t e) {
@@ -407,6 +491,7 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
         return;
     }
     try {
+        if (mode == "heterospec" && sp.cost_aware) m.measure_profile(sp.width);
         if (g.speculative) {
             // the last prompt token is the first step's root
             const std::vector<int32_t> prefix(prompt.begin(), prompt.end() - 1);
@@ -464,6 +549,15 @@ std::vector<std::vector<std::pair<int32_t, int32_t>>> Engine::debug_kv_state() c
 }
 
 int32_t Engine::debug_n_past() const { return impl_->gen.n_past; }
+
+std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profile(int32_t width) {
+    Impl & m = *impl_;
+    if (!m.draft) throw std::invalid_argument("the cost profile needs a draft model");
+    std::lock_guard<std::mutex> lock(m.mu);
+    m.gen.done = true;   // measuring clears the caches: any generation in progress ends
+    m.measure_profile(width);
+    return {m.profile.sizes, m.profile.verify_ms, m.profile.draft_level_ms};
+}
 
 Result Engine::result() const {
     const Generation & g = impl_->gen;

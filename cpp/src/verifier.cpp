@@ -1,5 +1,6 @@
 #include "verifier.h"
 
+#include <algorithm>
 #include <chrono>
 #include <stdexcept>
 #include <string>
@@ -42,8 +43,9 @@ void Verifier::begin(const std::vector<int32_t> & prefix) {
     }
 }
 
-void Verifier::decode(const TreeBatch & tb, llama_pos root_pos) {
-    kv_.ensure_live(tb.n_paths);
+void Verifier::decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs) {
+    n_seqs = std::min(std::max(n_seqs, tb.n_paths), kv_.n_seq_max());
+    kv_.ensure_live(n_seqs);
     llama_batch_ext_clear(batch_.get());
     for (int32_t i = 0; i < tb.size(); ++i) {
         const int32_t * s = tb.seqs.data() + tb.seq_begin[size_t(i)];
@@ -51,6 +53,10 @@ void Verifier::decode(const TreeBatch & tb, llama_pos root_pos) {
         const int32_t idx = llama_batch_ext_add_token(batch_.get(), s[0], tb.token[size_t(i)]);
         if (idx != i) throw std::logic_error("verification batch does not fit the context's batch size");
         for (int32_t j = 1; j < n; ++j) llama_batch_ext_add_seq(batch_.get(), idx, s[j]);
+        // The root (on every path) also carries the unused sequences, so that every step of a
+        // shape has the same sequence count and llama.cpp can reuse its compute graph.
+        if (i == 0)
+            for (int32_t j = tb.n_paths; j < n_seqs; ++j) llama_batch_ext_add_seq(batch_.get(), idx, j);
         const llama_pos pos = root_pos + tb.depth[size_t(i)];
         llama_batch_ext_set_pos(batch_.get(), idx, &pos);
         llama_batch_ext_set_output_logits(batch_.get(), idx, true);

@@ -19,8 +19,9 @@ public:
 
     // New generation: the prompt without its last token, in sequence 0, no logits.
     void begin(const std::vector<int32_t> & prefix);
-    // Runs the batch: entry i at position root_pos + depth, in the sequences of its paths.
-    void decode(const TreeBatch & tb, llama_pos root_pos);
+    // Runs the batch: entry i at position root_pos + depth, in the sequences of its paths; the
+    // root also runs in sequences n_paths..n_seqs-1 (padding for graph reuse).
+    void decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs = 0);
     const float * logits(int32_t entry) const;
     // Keeps the root and the accepted path ending at `last_entry` in every live sequence.
     void commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos);

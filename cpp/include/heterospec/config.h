@@ -58,6 +58,9 @@ struct SpecParams {
     // heterospec: entropy partition (7 ascending thresholds; empty: built-in) and gamma
     std::vector<float> policy_thresholds;
     std::vector<float> policy_gamma = {0.3f, 0.6f, 1.0f};
+    // heterospec: choose each step's budget by measured cost and calibrated acceptance, and
+    // pause speculation while it does not pay (false: the paper's fixed gamma fractions)
+    bool cost_aware = true;
     bool trace = false;             // record one StepTrace per step
     // Tests only: 1 replaces the exact walk with a plausible but wrong rule (accept the best
     // child with probability min(1, p/q), else sample from p instead of the residual), so the

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -66,6 +67,9 @@ public:
     // number of committed tokens in the target's cache.
     std::vector<std::vector<std::pair<int32_t, int32_t>>> debug_kv_state() const;
     int32_t debug_n_past() const;
+
+    // Measured once per engine: batch sizes n, t_verify(n) in ms, and one draft level in ms.
+    std::tuple<std::vector<int32_t>, std::vector<double>, double> cost_profile(int32_t width = 4);
 
     struct Impl;
 

@@ -1,0 +1,81 @@
+#include "cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace heterospec {
+
+double CostProfile::verify(int32_t n) const {
+    if (sizes.empty()) return 0.0;
+    if (n <= sizes.front()) return verify_ms.front();
+    for (size_t i = 1; i < sizes.size(); ++i) {
+        if (n <= sizes[i]) {
+            const double f = double(n - sizes[i - 1]) / double(sizes[i] - sizes[i - 1]);
+            return verify_ms[i - 1] + f * (verify_ms[i] - verify_ms[i - 1]);
+        }
+    }
+    // beyond the ladder: extend the last segment's slope
+    const size_t k = sizes.size() - 1;
+    const double slope = k ? (verify_ms[k] - verify_ms[k - 1]) / double(sizes[k] - sizes[k - 1]) : verify_ms[k];
+    return verify_ms[k] + slope * double(n - sizes[k]);
+}
+
+int AcceptanceModel::bin_of(float v) {
+    // bins of width 0.5 in log2 V: [1, 0.71), [0.71, 0.5), ... ; the last bin takes the rest
+    if (!(v > 0.0f)) return kBins - 1;
+    const int b = int(-std::log2(std::min(v, 1.0f)) * 2.0f);
+    return std::min(b, kBins - 1);
+}
+
+float AcceptanceModel::estimate(float v) const {
+    const int b = bin_of(v);
+    const double prior_weight = 4.0;   // the prior P(accept) = V counts as four observations
+    return float((accepted_[size_t(b)] + prior_weight * v) / (seen_[size_t(b)] + prior_weight));
+}
+
+void AcceptanceModel::observe(float v, bool accepted) {
+    const int b = bin_of(v);
+    seen_[size_t(b)] += 1;
+    accepted_[size_t(b)] += accepted ? 1 : 0;
+}
+
+void AcceptanceModel::reset() {
+    seen_.fill(0);
+    accepted_.fill(0);
+}
+
+BudgetChoice choose_budget(const CostProfile & profile, const AcceptanceModel & acc,
+                           const std::vector<float> & values, int32_t max_budget, double draft_ms) {
+    // n = 0 verifies the root alone: one token for the drafting already spent and one pass
+    BudgetChoice best{0, 1.0, 1.0 / (draft_ms + profile.verify(1))};
+    double sum = 1.0;
+    size_t taken = 0;
+    for (int32_t size : profile.sizes) {
+        const int32_t n = size - 1;                  // the root rides along
+        if (n < 1) continue;
+        if (n > max_budget || size_t(n) > values.size()) break;
+        for (; taken < size_t(n); ++taken) sum += acc.estimate(values[taken]);
+        const double rate = sum / (draft_ms + profile.verify(size));
+        if (rate > best.expected_rate) best = {n, sum, rate};
+    }
+    return best;
+}
+
+bool SpeculationGate::speculate() {
+    if (wait_ > 0) {
+        --wait_;
+        return false;
+    }
+    return true;
+}
+
+void SpeculationGate::report(bool paid) {
+    if (paid) {
+        pause_ = 1;
+        return;
+    }
+    wait_ = pause_;
+    pause_ = std::min(pause_ * 2, 64);
+}
+
+}  // namespace heterospec

@@ -1,0 +1,70 @@
+// Cost-aware budget (beyond the paper; algorithm section 4). Pure logic.
+//
+// The engine measures, for the models and machine at hand, what verifying n tokens costs
+// (t_verify(n), for a ladder of n) and what one draft level costs. Each step it picks the
+// budget that maximises expected tokens per second,
+//     N* = argmax_n (1 + sum of the n best acceptance estimates) / (t_draft + t_verify(n + 1)),
+// where a node's acceptance estimate comes from its draft value V, calibrated online against
+// what the target actually accepted. Budgets snap to the ladder so that llama.cpp can reuse
+// its compute graphs. When even the best budget is expected to be slower than plain decoding,
+// speculation pauses for a number of steps that doubles while it keeps losing.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+namespace heterospec {
+
+struct CostProfile {
+    std::vector<int32_t> sizes;       // ladder of batch sizes n (ascending, starting at 1)
+    std::vector<double> verify_ms;    // t_verify(n) for each size
+    double draft_level_ms = 0;        // one draft pass over a frontier
+
+    bool empty() const { return sizes.empty(); }
+    // t_verify(n), interpolated linearly between ladder sizes.
+    double verify(int32_t n) const;
+};
+
+// Maps a draft value V to the probability that the target accepts the node, from counts kept
+// in bins of log V. Starts from the prior P(accept) = V.
+class AcceptanceModel {
+public:
+    static constexpr int kBins = 24;
+    float estimate(float v) const;
+    void observe(float v, bool accepted);
+    void reset();
+
+private:
+    static int bin_of(float v);
+    std::array<double, kBins> seen_{};
+    std::array<double, kBins> accepted_{};
+};
+
+struct BudgetChoice {
+    int32_t budget;         // nodes to verify (0: a plain step)
+    double expected_tokens; // 1 + sum of acceptance estimates
+    double expected_rate;   // tokens per ms
+};
+
+// The budget (0, or a ladder size minus the root, at most max_budget) that maximises expected
+// tokens per ms given the drafting time already spent, for nodes whose values are given best
+// first. Compare expected_rate with 1 / verify(1) to know whether the step paid for itself.
+BudgetChoice choose_budget(const CostProfile & profile, const AcceptanceModel & acc,
+                           const std::vector<float> & values_best_first, int32_t max_budget,
+                           double draft_ms);
+
+// Pauses speculation while it does not pay: after a losing step, the next `pause` steps run
+// plain, and `pause` doubles (up to a cap) each time speculation loses again.
+class SpeculationGate {
+public:
+    bool speculate();                 // call once per step
+    void report(bool paid);           // after a speculative step
+    void reset() { wait_ = 0; pause_ = 1; }
+
+private:
+    int32_t wait_ = 0;
+    int32_t pause_ = 1;
+};
+
+}  // namespace heterospec
