@@ -10,6 +10,7 @@
 #include "heterospec/engine.h"
 #include "heterospec/errors.h"
 #include "draft_tree.h"
+#include "cost_model.h"
 #include "entropy.h"
 #include "policy.h"
 #include "sampler.h"
@@ -224,6 +225,13 @@ NB_MODULE(_core, m) {
         const Allocation a = p.decide(b, depth, budget);
         return nb::make_tuple(b, a.depth, a.budget);
     }, "thresholds"_a, "gamma"_a, "h"_a, "depth"_a, "budget"_a);
+
+    t.def("choose_budget", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
+                              const std::vector<float> & values, int32_t max_budget, double draft_ms) {
+        CostProfile p{sizes, verify_ms, 0.0};
+        AcceptanceModel acc;   // fresh: the estimate is the prior V itself
+        return choose_budget(p, acc, values, max_budget, draft_ms).budget;
+    }, "sizes"_a, "verify_ms"_a, "values"_a, "max_budget"_a, "draft_ms"_a);
 
     t.def("softmax_top_k", [](nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu> logits, int32_t k) {
         std::vector<TokenProb> out;

@@ -81,12 +81,17 @@ def test_heterospec_greedy_equals_plain_decoding(tiny, pair):
     for prompt in PROMPTS:
         ids = pair.tokenize(prompt, parse_special=True)
         ref = pair.generate(ids, max_tokens=40, temperature=0, mode="ar")
-        got = pair.generate(ids, max_tokens=40, temperature=0, mode="heterospec", policy=policy, trace=True)
+        # the paper's fixed gamma: every step drafts, and the low bins extend the tree
+        got = pair.generate(ids, max_tokens=40, temperature=0, mode="heterospec", policy=policy, trace=True,
+                            cost_aware=False)
         ties += check_greedy(pair, tiny.target, ids, got, ref, prompt) == "tie"
         bins |= {t[5] for t in got.trace}
         for depth, nodes, accepted, rank, h, b in got.trace:
             assert 0 <= b <= 7
-    assert ties <= 2
+        # the cost-aware budget (the default): same output, whatever it chooses per step
+        got = pair.generate(ids, max_tokens=40, temperature=0, mode="heterospec", policy=policy)
+        ties += check_greedy(pair, tiny.target, ids, got, ref, prompt + " (cost-aware)") == "tie"
+    assert ties <= 4
     assert bins & {0, 1, 2} and bins & {3, 4, 5, 6, 7}, bins
 
 
@@ -147,3 +152,39 @@ def test_bad_policies(pair, tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="not a policy"):
         pair.generate("hi", mode="heterospec", policy=tmp_path / "bad.json")
+
+
+def test_budget_choice_against_a_synthetic_cost_curve():
+    """choose_budget maximises (1 + sum of acceptance estimates) / (t_draft + t_verify(n + 1))."""
+    from heterospec._core import testing as T
+    sizes = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16]
+    values = [0.9, 0.8, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01]
+
+    def brute(verify, draft_ms, bound):
+        best = (0, 1.0 / (draft_ms + verify[0]))
+        for size, t in zip(sizes, verify):
+            n = size - 1
+            if 1 <= n <= min(bound, len(values)):
+                rate = (1 + sum(values[:n])) / (draft_ms + t)
+                if rate > best[1]:
+                    best = (n, rate)
+        return best[0]
+
+    flat = [1.0 + 0.01 * s for s in sizes]          # GPU-like: verifying more costs little
+    steep = [1.0 * s for s in sizes]                # CPU-like: cost grows with every token
+    for verify in (flat, steep):
+        for bound in (3, 8, 15):
+            assert T.choose_budget(sizes, verify, values, bound, 0.5) == brute(verify, 0.5, bound)
+    assert T.choose_budget(sizes, flat, values, 15, 0.5) >= 9        # flat: verify nearly all
+    assert T.choose_budget(sizes, steep, values, 15, 0.5) <= 2       # steep: verify very few
+
+
+def test_cost_aware_mode_is_never_much_slower_than_plain(code_target, code_draft, code_prompts):
+    """On the small code pair on a CPU, speculation cannot pay (a draft pass costs about what a
+    target pass does); the cost-aware mode must then run plain steps. Timing-free check: it
+    should verify (nearly) no nodes and use about one target call per token."""
+    with Engine(code_target, draft=code_draft, n_threads=2) as e:
+        for prompt in code_prompts[20:26]:
+            r = e.generate(e.tokenize(prompt)[-200:], max_tokens=64, temperature=0, mode="heterospec")
+        s = r.stats
+        assert s.nodes_verified <= 3 * 8 and s.target_calls >= 56, s
