@@ -155,6 +155,7 @@ NB_MODULE(_core, m) {
         .def("debug_kv_state", &Engine::debug_kv_state)
         .def("debug_n_past", &Engine::debug_n_past)
         .def("cost_profile", &Engine::cost_profile, "width"_a = 4, release_gil())
+        .def("set_cost_profile", &Engine::set_cost_profile, "sizes"_a, "verify_ms"_a, "draft_level_ms"_a)
         .def("generate", &Engine::generate, "prompt"_a, "params"_a, release_gil());
 
     // Pure logic, exposed for unit tests.

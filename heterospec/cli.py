@@ -51,7 +51,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tree-depth", type=int, dest="depth", help="tree depth d (4)")
     g.add_argument("--tree-branching", type=int, dest="branching", help="children per expanded node k (4)")
     g.add_argument("--tree-width", type=int, dest="width", help="frontier width W (4)")
-    g.add_argument("--tree-budget", type=int, dest="budget", help="nodes verified per step N (8)")
+    g.add_argument("--tree-budget", type=int, dest="budget", help="nodes verified per step N (7)")
     g.add_argument("--spec-draft-n-max", "--draft-max", "--draft", type=int, dest="n_max",
                    help="chain: most tokens drafted per step (3, as llama.cpp)")
     g.add_argument("--spec-draft-p-min", "--draft-p-min", type=float, dest="p_min",
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tree-depth", type=int, default=4, dest="depth")
     c.add_argument("--tree-branching", type=int, default=4, dest="branching")
     c.add_argument("--tree-width", type=int, default=4, dest="width")
-    c.add_argument("--tree-budget", type=int, default=8, dest="budget")
+    c.add_argument("--tree-budget", type=int, default=7, dest="budget")
     c.add_argument("-t", "--threads", type=int, dest="n_threads")
     c.add_argument("-c", "--ctx-size", type=int, dest="n_ctx")
     c.add_argument("-o", "--output", default="policy.json", help="policy file to write (policy.json)")

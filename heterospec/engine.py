@@ -78,7 +78,8 @@ class Engine:
                  n_threads: Optional[int] = None, n_threads_batch: Optional[int] = None,
                  flash_attn: Union[bool, str, None] = None,
                  cache_type_k: Optional[str] = None, cache_type_v: Optional[str] = None,
-                 max_nodes: Optional[int] = None, verbose: Optional[bool] = None):
+                 max_nodes: Optional[int] = None, verbose: Optional[bool] = None,
+                 cost_profile_cache: Union[bool, str, os.PathLike] = True):
         _check_int("n_ctx", n_ctx, 0)
         _check_int("n_batch", n_batch, 1)
         _check_int("n_threads", n_threads, 0)
@@ -99,6 +100,11 @@ class Engine:
              verbose=verbose)
         self._native: Optional[_core.Engine] = _core.Engine(opts)
         self._paths = (opts.target.path, opts.draft.path if draft is not None else None)
+        self._profile_cache = cost_profile_cache
+        self._profile_ready = False
+        self._engine_opts = {"n_threads": opts.n_threads, "n_batch": opts.n_batch, "n_ctx": self._native.n_ctx,
+                             "n_gpu_layers": opts.target.n_gpu_layers, "flash_attn": opts.flash_attn,
+                             "max_nodes": opts.max_nodes}
         self._last: Optional[GenerationResult] = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -161,6 +167,17 @@ class Engine:
 
     # -- generation ----------------------------------------------------------------------------
 
+    def _ensure_profile(self, params) -> None:
+        """The cost-aware budget needs the machine's cost profile: measured once per model pair and
+        machine (about a second), then cached on disk (see heterospec/profile_cache.py)."""
+        if self._profile_ready or params.spec.mode != "heterospec" or not params.spec.cost_aware:
+            return
+        if self._paths[1] is None:
+            return
+        from .profile_cache import cached_profile
+        cached_profile(self._engine, self._paths, self._engine_opts, params.spec.width, self._profile_cache)
+        self._profile_ready = True
+
     def _prompt_tokens(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenize(prompt, add_special=True, parse_special=True)
@@ -215,7 +232,7 @@ class Engine:
         seed=random.
 
         Speculation: mode="ar" (plain), "chain" (llama.cpp-style draft chain: n_max=3, p_min=0.0, its defaults)
-        "tree" (depth=4, branching=4, width=4, budget=8 nodes verified per step) or "heterospec"
+        "tree" (depth=4, branching=4, width=4, budget=7 nodes verified per step) or "heterospec"
         (the tree, allocated per step by its entropy bin; `policy`: a policy JSON file from
         `heterospec calibrate`, or its dict; default: built-in thresholds; a policy fitted for
         another model pair is refused unless force_policy=True; cost_aware=True, the default,
@@ -230,6 +247,7 @@ class Engine:
                               repeat_last_n, seed, stop, ignore_eos, mode, depth, branching, width,
                               budget, n_max, p_min, trace, policy, force_policy, cost_aware)
         tokens = self._prompt_tokens(prompt)
+        self._ensure_profile(params)
         self._last = GenerationResult._from_native(self._engine.generate(tokens, params))
         return self._last
 
@@ -238,6 +256,7 @@ class Engine:
         outcome once the iterator is exhausted."""
         params = self._params(**kwargs)
         tokens = self._prompt_tokens(prompt)
+        self._ensure_profile(params)
         engine = self._engine
         engine.start(tokens, params)
         return self._drain(engine)

@@ -30,6 +30,15 @@ class TinyModels:
         self.f16 = factory.write_llama(root / "f16.gguf", seed=5, dtype="f16", n_embd=32, n_ff=64)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def profile_cache_dir(tmp_path_factory):
+    """Cost profiles go to a temporary cache, never to the user's ~/.cache."""
+    import os
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["HETEROSPEC_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> TinyModels:
     return TinyModels(tmp_path_factory.mktemp("models"))

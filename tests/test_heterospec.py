@@ -188,3 +188,28 @@ def test_cost_aware_mode_is_never_much_slower_than_plain(code_target, code_draft
             r = e.generate(e.tokenize(prompt)[-200:], max_tokens=64, temperature=0, mode="heterospec")
         s = r.stats
         assert s.nodes_verified <= 3 * 8 and s.target_calls >= 56, s
+
+
+def test_cost_profile_is_measured_once_and_cached(tiny, profile_cache_dir):
+    import heterospec.profile_cache as pc
+    for f in profile_cache_dir.glob("profile-*.json"):
+        f.unlink()
+    with Engine(tiny.target, draft=tiny.draft, n_threads=1) as e:
+        e.generate("hello", max_tokens=4, mode="heterospec")
+        files = list(profile_cache_dir.glob("profile-*.json"))
+        assert len(files) == 1
+        doc = json.loads(files[0].read_text())
+        assert doc["sizes"][0] == 1 and len(doc["sizes"]) == len(doc["verify_ms"]) and doc["draft_level_ms"] > 0
+    # a second engine on the same pair and settings loads it instead of measuring
+    files[0].write_text(json.dumps({**doc, "verify_ms": [123.0] * len(doc["sizes"])}))
+    with Engine(tiny.target, draft=tiny.draft, n_threads=1) as e:
+        e.generate("hello", max_tokens=4, mode="heterospec")
+        sizes, verify_ms, _ = e._engine.cost_profile(4)
+        assert verify_ms == [123.0] * len(sizes)
+    # other settings, another profile; cost_profile_cache=False measures without caching
+    with Engine(tiny.target, draft=tiny.draft, n_threads=2) as e:
+        e.generate("hello", max_tokens=4, mode="heterospec")
+    assert len(list(profile_cache_dir.glob("profile-*.json"))) == 2
+    with Engine(tiny.target, draft=tiny.draft, n_threads=3, cost_profile_cache=False) as e:
+        e.generate("hello", max_tokens=4, mode="heterospec")
+    assert len(list(profile_cache_dir.glob("profile-*.json"))) == 2

@@ -550,6 +550,17 @@ std::vector<std::vector<std::pair<int32_t, int32_t>>> Engine::debug_kv_state() c
 
 int32_t Engine::debug_n_past() const { return impl_->gen.n_past; }
 
+void Engine::set_cost_profile(const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
+                              double draft_level_ms) {
+    if (sizes.empty() || sizes.size() != verify_ms.size() || sizes[0] != 1 || !(draft_level_ms >= 0))
+        throw std::invalid_argument("a cost profile needs matching sizes (starting at 1) and timings");
+    for (size_t i = 0; i < sizes.size(); ++i)
+        if ((i > 0 && sizes[i] <= sizes[i - 1]) || !(verify_ms[i] > 0))
+            throw std::invalid_argument("cost profile sizes must ascend and timings be positive");
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->profile = {sizes, verify_ms, draft_level_ms};
+}
+
 std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profile(int32_t width) {
     Impl & m = *impl_;
     if (!m.draft) throw std::invalid_argument("the cost profile needs a draft model");

@@ -50,7 +50,7 @@ struct SpecParams {
     int32_t depth = 4;
     int32_t branching = 4;
     int32_t width = 4;
-    int32_t budget = 8;
+    int32_t budget = 7;             // 8 tokens with the root: CPU kernels favour multiples of 4
     // chain (llama.cpp's draft-model speculation, with its defaults at the pin): up to n_max
     // tokens, stop below draft probability p_min
     int32_t n_max = 3;

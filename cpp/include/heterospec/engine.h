@@ -70,6 +70,9 @@ public:
 
     // Measured once per engine: batch sizes n, t_verify(n) in ms, and one draft level in ms.
     std::tuple<std::vector<int32_t>, std::vector<double>, double> cost_profile(int32_t width = 4);
+    // A profile measured earlier (cached by the caller per model pair and machine).
+    void set_cost_profile(const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
+                          double draft_level_ms);
 
     struct Impl;
 
