@@ -3,7 +3,6 @@
 #include "heterospec/engine.h"
 
 #include <algorithm>
-#include <chrono>
 #include <mutex>
 #include <stdexcept>
 
@@ -18,15 +17,6 @@
 #include "verifier.h"
 
 namespace heterospec {
-
-namespace {
-
-double now_ms() {
-    using namespace std::chrono;
-    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
-}
-
-}  // namespace
 
 // State of the generation in progress.
 struct Generation {
@@ -107,7 +97,7 @@ struct Engine::Impl {
                 llama_batch_ext_set_pos(batch.get(), idx, &pos);
             }
             if (i + m == n) llama_batch_ext_set_output_logits(batch.get(), int32_t(m - 1), true);
-            const int32_t rc = llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, batch.get());
+            const int32_t rc = llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, batch.get());   // async: no sync
             if (rc != 0) throw std::runtime_error("llama_decode failed (code " + std::to_string(rc) + ")");
             gen.n_past += llama_pos(m);
         }
@@ -278,10 +268,7 @@ struct Engine::Impl {
                 llama_batch_ext_set_pos(batch, idx, &pos);
                 llama_batch_ext_set_output_logits(batch, idx, true);
             }
-            const double t0 = now_ms();
-            if (llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, batch) != 0) throw std::runtime_error("profiling pass failed");
-            llama_synchronize(ctx);
-            best = std::min(best, now_ms() - t0);
+            best = std::min(best, decode_timed(ctx, batch, "profiling"));
         }
         llama_memory_clear(llama_get_memory(ctx), false);
         return best;

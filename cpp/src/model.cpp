@@ -1,6 +1,7 @@
 #include "model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -285,6 +286,21 @@ void check_same_vocab(const llama_model * target, const llama_model * draft) {
             throw differ("token " + std::to_string(t) + " is '" + std::string(b ? b : "") + "' in the draft but '" +
                          std::string(a ? a : "") + "' in the target");
     }
+}
+
+// ---------------------------------------------------------------------------------- decoding
+
+double now_ms() {
+    using namespace std::chrono;
+    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+double decode_timed(llama_context * ctx, llama_batch_ext * batch, const char * who) {
+    const double t0 = now_ms();
+    const int32_t rc = llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, batch);
+    if (rc != 0) throw std::runtime_error(std::string(who) + " llama_decode failed (code " + std::to_string(rc) + ")");
+    llama_synchronize(ctx);
+    return now_ms() - t0;
 }
 
 // ---------------------------------------------------------------------------------- defaults

@@ -47,6 +47,13 @@ void check_tree_capable(const llama_model * model, const std::string & path);
 // Throws std::invalid_argument naming the first difference (size, special tokens, token text).
 void check_same_vocab(const llama_model * target, const llama_model * draft);
 
+// Milliseconds on a steady clock.
+double now_ms();
+
+// Runs a decode batch to completion (synchronised, so that the time is real on GPUs too) and
+// returns its duration in ms; throws std::runtime_error naming `who` if llama.cpp refuses it.
+double decode_timed(llama_context * ctx, llama_batch_ext * batch, const char * who);
+
 // Default thread count: physical cores (llama.cpp's habit), at least 1.
 int32_t default_threads();
 

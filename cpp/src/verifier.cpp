@@ -1,31 +1,15 @@
 #include "verifier.h"
 
 #include <algorithm>
-#include <chrono>
 #include <stdexcept>
 #include <string>
 
 namespace heterospec {
 
-namespace {
-
-double now_ms() {
-    using namespace std::chrono;
-    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
-}
-
-}  // namespace
-
 Verifier::Verifier(llama_context * ctx, int32_t n_seq_max)
     : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max) {}
 
-void Verifier::run() {
-    const double t0 = now_ms();
-    const int32_t rc = llama_process(ctx_, LLAMA_PROCESS_TYPE_DECODE, batch_.get());
-    if (rc != 0) throw std::runtime_error("target llama_decode failed (code " + std::to_string(rc) + ")");
-    llama_synchronize(ctx_);
-    llama_ms_ += now_ms() - t0;
-}
+void Verifier::run() { llama_ms_ += decode_timed(ctx_, batch_.get(), "target"); }
 
 void Verifier::begin(const std::vector<int32_t> & prefix) {
     kv_.reset();

@@ -1,7 +1,6 @@
 #include "drafters/draft_model.h"
 
 #include <algorithm>
-#include <chrono>
 #include <stdexcept>
 #include <string>
 
@@ -10,25 +9,12 @@
 
 namespace heterospec {
 
-namespace {
-
-double now_ms() {
-    using namespace std::chrono;
-    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
-}
-
-}  // namespace
-
 DraftModelDrafter::DraftModelDrafter(llama_context * ctx, int32_t n_seq_max)
     : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max),
       n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)))) {}
 
 void DraftModelDrafter::decode_or_throw() {
-    const double t0 = now_ms();
-    const int32_t rc = llama_process(ctx_, LLAMA_PROCESS_TYPE_DECODE, batch_.get());
-    if (rc != 0) throw std::runtime_error("draft llama_decode failed (code " + std::to_string(rc) + ")");
-    llama_synchronize(ctx_);
-    llama_ms_ += now_ms() - t0;
+    llama_ms_ += decode_timed(ctx_, batch_.get(), "draft");
     calls_++;
 }
 
