@@ -46,8 +46,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 def _spec_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speculative decoding (needs -md)")
     g.add_argument("--mode", choices=["ar", "chain", "tree", "heterospec"],
-                   help="ar: plain decoding; chain: llama.cpp-style draft chain; tree: draft trees "
-                        "(default: tree with a draft model, else ar)")
+                   help="ar: plain decoding; chain: llama.cpp-style draft chain; tree: draft trees; "
+                        "heterospec: entropy-allocated trees with the cost-aware budget "
+                        "(default: heterospec with a draft model, else ar)")
     g.add_argument("--tree-depth", type=int, dest="depth", help="tree depth d (4)")
     g.add_argument("--tree-branching", type=int, dest="branching", help="children per expanded node k (4)")
     g.add_argument("--tree-width", type=int, dest="width", help="frontier width W (4)")

@@ -170,9 +170,10 @@ class Engine:
     def _ensure_profile(self, params) -> None:
         """The cost-aware budget needs the machine's cost profile: measured once per model pair and
         machine (about a second), then cached on disk (see heterospec/profile_cache.py)."""
-        if self._profile_ready or params.spec.mode != "heterospec" or not params.spec.cost_aware:
+        mode = params.spec.mode
+        if self._paths[1] is None or self._profile_ready or not params.spec.cost_aware:
             return
-        if self._paths[1] is None:
+        if mode not in ("heterospec", "auto"):   # auto with a draft is heterospec
             return
         from .profile_cache import cached_profile
         cached_profile(self._engine, self._paths, self._engine_opts, params.spec.width, self._profile_cache)
@@ -238,8 +239,8 @@ class Engine:
         another model pair is refused unless force_policy=True; cost_aware=True, the default,
         picks each step's budget from measured costs and calibrated acceptance and pauses
         speculation while it does not pay, cost_aware=False keeps the paper's fixed gamma).
-        The default is "tree"
-        when the engine has a draft model, else "ar". The output is the same in every mode: token
+        The default is
+        "heterospec" (cost-aware) when the engine has a draft model, else "ar". The output is the same in every mode: token
         for token when greedy, in distribution when sampling. trace=True records one
         (depth, nodes, accepted, rank, entropy, bin) tuple per step in `result.trace`.
         """

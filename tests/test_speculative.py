@@ -248,7 +248,7 @@ def test_speculation_needs_a_draft_and_valid_shapes(tiny_engine, tiny_pair):
         tiny_pair.generate("hello", mode="tree", depth=0)
     with pytest.raises(ValueError, match="p_min"):
         tiny_pair.generate("hello", mode="chain", p_min=2.0)
-    assert tiny_pair.generate("hello", max_tokens=4).stats.mode == "tree"   # the default with a draft
+    assert tiny_pair.generate("hello", max_tokens=4).stats.mode == "heterospec"   # the default with a draft
     assert len(tiny_pair.generate("hello", max_tokens=4, temperature=0).tokens) == 4
 
 

@@ -445,7 +445,8 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
                                     " tokens but the context holds " + std::to_string(m.n_ctx) +
                                     "; shorten it or raise n_ctx (-c)");
 
-    std::string mode = params.spec.mode == "auto" ? (m.draft ? "tree" : "ar") : params.spec.mode;
+    // with a draft, the default is the cost-aware HeteroSpec mode: it never runs slower than plain
+    std::string mode = params.spec.mode == "auto" ? (m.draft ? "heterospec" : "ar") : params.spec.mode;
     if (mode != "ar" && !m.draft)
         throw std::invalid_argument("mode '" + mode + "' needs a draft model (-md / draft=)");
     const SpecParams & sp = params.spec;

@@ -45,7 +45,7 @@ struct SamplingParams {
 // Speculative decoding (algorithm sections 2, 5 and 6).
 struct SpecParams {
     std::string mode = "auto";      // "ar" (plain), "chain", "tree", "heterospec";
-                                    // "auto": tree with a draft, else ar
+                                    // "auto": heterospec with a draft, else ar
     // tree: depth d, branching k (top-k children per expanded node), frontier width W, budget N
     int32_t depth = 4;
     int32_t branching = 4;
