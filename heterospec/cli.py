@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-c", "--ctx-size", type=int, dest="n_ctx")
     b.add_argument("-ngl", "--n-gpu-layers", type=int, dest="n_gpu_layers")
     b.add_argument("--json", help="write every figure to this JSON file")
+    b.add_argument("--peer", action="store_true",
+                   help="also run llama.cpp's llama-speculative-simple (plain and a grid of n_max/p_min), "
+                        "built on demand from the pinned llama.cpp")
+    b.add_argument("--cache-dir", default="benchmarks/.cache", help="where the peer is built (benchmarks/.cache)")
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("calibrate", help="fit the entropy partition (policy JSON) for a model pair")

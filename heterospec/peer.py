@@ -1,0 +1,103 @@
+"""The peer: llama.cpp's own draft-model speculation (`llama-speculative-simple`), built on demand
+from the same pinned llama.cpp, never by the package install.
+
+The build needs the pinned source with llama.cpp's `common/` and `examples/` folders: either a
+checkout named by HETEROSPEC_LLAMA_CPP_DIR, or the pin fetched by this repository's
+`third_party/fetch_llama_cpp.py` into the cache folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+# llama.cpp's speculation settings the benchmark tries; it reports the best
+PEER_GRID = [(n_max, p_min) for n_max in (2, 3, 4, 6, 8) for p_min in (0.0, 0.75)]
+TARGETS = ["llama-speculative-simple"]
+
+
+class PeerError(RuntimeError):
+    pass
+
+
+def _fetch_script() -> Optional[Path]:
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        script = root / "third_party" / "fetch_llama_cpp.py"
+        if script.exists():
+            return script
+    return None
+
+
+def peer_binary(cache: Path, jobs: int = 2, log=sys.stderr) -> Path:
+    """Path to llama-speculative-simple, building it first if needed (a few minutes)."""
+    build = cache / "peer-build"
+    exe = build / "bin" / "llama-speculative-simple"
+    if exe.exists():
+        return exe
+    src = os.environ.get("HETEROSPEC_LLAMA_CPP_DIR")
+    if src:
+        src = Path(src)
+        if not (src / "examples" / "speculative-simple").exists():
+            raise PeerError(f"HETEROSPEC_LLAMA_CPP_DIR={src} has no examples/speculative-simple")
+    else:
+        script = _fetch_script()
+        if script is None:
+            raise PeerError("cannot find third_party/fetch_llama_cpp.py (run from the repository) "
+                            "or set HETEROSPEC_LLAMA_CPP_DIR to a llama.cpp checkout")
+        src = cache / "llama.cpp-full"
+        r = subprocess.run([sys.executable, str(script), "--dest", str(src), "--extra", "common/", "examples/",
+                            "pocs/", "tools/", "licenses/"], stdout=subprocess.PIPE, stderr=log, text=True)
+        if r.returncode != 0:
+            raise PeerError("fetching the pinned llama.cpp for the peer failed")
+    if shutil.which("cmake") is None:
+        raise PeerError("cmake is needed to build the peer")
+    print(f"heterospec bench: building llama.cpp's {', '.join(TARGETS)} (once, a few minutes)", file=log)
+    cfg = ["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
+           "-DLLAMA_BUILD_EXAMPLES=ON", "-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_TOOLS=OFF",
+           "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF",
+           "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF"]
+    cfg += [a for a in os.environ.get("CMAKE_ARGS", "").split() if a]   # same convention as the package
+    for cmd in (cfg, ["cmake", "--build", str(build), "--target", *TARGETS, "-j", str(jobs)]):
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0:
+            raise PeerError(f"building the peer failed: {' '.join(cmd)}\n{r.stdout[-2000:]}")
+    if not exe.exists():
+        raise PeerError(f"the peer build produced no {exe}")
+    return exe
+
+
+_DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s+([\d.]+) t/s")
+_FIELD = re.compile(r"^(?:.*\s)?(n_drafted|n_accept)\s*=\s*(\d+)", re.M)
+
+
+def parse_peer_output(text: str) -> dict:
+    """Decoded tokens, decoding seconds and llama.cpp's draft counters from its log."""
+    m = _DECODED.search(text)
+    if not m:
+        raise PeerError("no 'decoded N tokens' line in llama.cpp's output")
+    out = {"tokens": int(m.group(1)), "seconds": float(m.group(2)), "tokens_per_second": float(m.group(3))}
+    for key, value in _FIELD.findall(text):
+        out[key] = int(value)
+    return out
+
+
+def run_peer(exe: Path, target, draft, prompt_file: Path, n_predict: int, threads: int, n_ctx: int,
+             n_max: Optional[int] = None, p_min: Optional[float] = None, timeout: float = 600) -> dict:
+    """One greedy generation by llama.cpp: plain when n_max is None, else draft-model speculation."""
+    cmd = [str(exe), "-m", str(target), "-f", str(prompt_file), "-n", str(n_predict), "--temp", "0",
+           "-t", str(threads), "-c", str(n_ctx), "--ignore-eos", "-no-cnv"]
+    if n_max is not None:
+        cmd += ["-md", str(draft), "--spec-type", "draft-simple", "--spec-draft-n-max", str(n_max),
+                "--spec-draft-p-min", str(p_min)]
+    try:
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                           errors="replace")
+    except subprocess.TimeoutExpired:
+        raise PeerError(f"llama.cpp did not finish in {timeout} s") from None
+    if r.returncode != 0:
+        raise PeerError(f"llama.cpp exited with {r.returncode}: {r.stdout[-500:]}")
+    return parse_peer_output(r.stdout)
