@@ -114,8 +114,9 @@ def run(args) -> int:
                 from .peer import PeerError, run_peer
                 try:
                     per_prompt = [run_peer(peer_exe, args.model, args.model_draft, f, args.max_tokens,
-                                           args.n_threads or os.cpu_count() or 1, engine.n_ctx, n_max, p_min)
-                                  for f in prompt_files]
+                                           args.n_threads or os.cpu_count() or 1, engine.n_ctx, n_max, p_min,
+                                           prompt_tokens=len(ids))
+                                  for f, (_, ids) in zip(prompt_files, token_prompts)]
                     peer_runs[name].append(per_prompt)
                 except PeerError as e:   # one failing mode does not lose the others
                     peer_failed[name] = str(e)

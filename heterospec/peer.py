@@ -17,7 +17,9 @@ from typing import Optional
 
 # llama.cpp's speculation settings the benchmark tries; it reports the best
 PEER_GRID = [(n_max, p_min) for n_max in (2, 3, 4, 6, 8) for p_min in (0.0, 0.75)]
-TARGETS = ["llama-speculative-simple"]
+# llama-speculative-simple needs a draft; plain llama.cpp decoding comes from llama-batched with
+# one sequence, the same binary family (common's arguments, threads, sampler)
+TARGETS = ["llama-speculative-simple", "llama-batched"]
 
 
 class PeerError(RuntimeError):
@@ -70,7 +72,7 @@ def peer_binary(cache: Path, jobs: int = 2, log=sys.stderr) -> Path:
     return exe
 
 
-_DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s+([\d.]+) t/s")
+_DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) s(?:econds)?, speed:\s+([\d.]+) t/s")
 _FIELD = re.compile(r"^(?:.*\s)?(n_drafted|n_accept)\s*=\s*(\d+)", re.M)
 
 
@@ -78,20 +80,30 @@ def parse_peer_output(text: str) -> dict:
     """Decoded tokens, decoding seconds and llama.cpp's draft counters from its log."""
     m = _DECODED.search(text)
     if not m:
-        raise PeerError("no 'decoded N tokens' line in llama.cpp's output")
-    out = {"tokens": int(m.group(1)), "seconds": float(m.group(2)), "tokens_per_second": float(m.group(3))}
+        tail = " | ".join(text.strip().splitlines()[-3:])
+        raise PeerError(f"no 'decoded N tokens' line in llama.cpp's output (it ended: {tail[-300:]})")
+    tokens, tps = int(m.group(1)), float(m.group(3))
+    # the printed seconds are rounded (to 0.01 s in some examples): derive them from the rate
+    out = {"tokens": tokens, "seconds": tokens / tps if tps > 0 else float(m.group(2)), "tokens_per_second": tps}
     for key, value in _FIELD.findall(text):
         out[key] = int(value)
     return out
 
 
 def run_peer(exe: Path, target, draft, prompt_file: Path, n_predict: int, threads: int, n_ctx: int,
-             n_max: Optional[int] = None, p_min: Optional[float] = None, timeout: float = 600) -> dict:
-    """One greedy generation by llama.cpp: plain when n_max is None, else draft-model speculation."""
-    cmd = [str(exe), "-m", str(target), "-f", str(prompt_file), "-n", str(n_predict), "--temp", "0",
-           "-t", str(threads), "-c", str(n_ctx), "--ignore-eos", "-no-cnv"]
-    if n_max is not None:
-        cmd += ["-md", str(draft), "--spec-type", "draft-simple", "--spec-draft-n-max", str(n_max),
+             n_max: Optional[int] = None, p_min: Optional[float] = None, timeout: float = 600,
+             prompt_tokens: int = 0) -> dict:
+    """One greedy generation by llama.cpp: plain (llama-batched, one sequence) when n_max is None,
+    else draft-model speculation (llama-speculative-simple)."""
+    if n_max is None:
+        # llama-batched counts the prompt in -n
+        cmd = [str(exe.parent / "llama-batched"), "-m", str(target), "-f", str(prompt_file), "-np", "1",
+               "-n", str(prompt_tokens + n_predict), "--temp", "0", "-t", str(threads)]
+    else:
+        cmd = [str(exe), "-m", str(target), "-f", str(prompt_file), "-n", str(n_predict), "--temp", "0",
+               # a little headroom: llama.cpp drafts past the last position it will keep
+               "-t", str(threads), "-c", str(n_ctx + 64), "--ignore-eos",
+               "-md", str(draft), "--spec-type", "draft-simple", "--spec-draft-n-max", str(n_max),
                 "--spec-draft-p-min", str(p_min)]
     try:
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,

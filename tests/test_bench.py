@@ -17,7 +17,10 @@ main: accept    = 50.833%
 
 def test_parse_peer_output():
     r = parse_peer_output(PEER_LOG)
-    assert r == {"tokens": 96, "seconds": 0.15, "tokens_per_second": 640.0, "n_drafted": 120, "n_accept": 61}
+    assert r == {"tokens": 96, "seconds": 96 / 640.0, "tokens_per_second": 640.0, "n_drafted": 120, "n_accept": 61}
+    # llama-batched's line (the plain baseline)
+    r = parse_peer_output("main: decoded 96 tokens in 0.09 s, speed: 1066.67 t/s\n")
+    assert r == {"tokens": 96, "seconds": 96 / 1066.67, "tokens_per_second": 1066.67}
 
 
 def test_bench_reports_modes_and_survives_a_missing_peer(tiny, tmp_path, capsys, monkeypatch):
