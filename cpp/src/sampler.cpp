@@ -39,12 +39,17 @@ void Sampler::apply_penalty(const int32_t * history, size_t n_history) {
 
 const std::vector<TokenProb> & Sampler::distribution(const float * logits,
                                                      const int32_t * history, size_t n_history) {
+    dist_.clear();
+    const bool penalise = params_.repeat_penalty != 1.0f && n_history > 0 && params_.repeat_last_n != 0;
+    if (params_.greedy() && !penalise) {
+        // no copy of the row: first maximum wins, ties to the lower id (llama.cpp's greedy)
+        dist_.push_back({int32_t(std::max_element(logits, logits + n_vocab_) - logits), 1.0f});
+        return dist_;
+    }
     logits_.assign(logits, logits + n_vocab_);
     apply_penalty(history, n_history);
-    dist_.clear();
 
     if (params_.greedy()) {
-        // first maximum wins: ties go to the lower id, like llama.cpp's greedy sampler
         int32_t best = int32_t(std::max_element(logits_.begin(), logits_.end()) - logits_.begin());
         dist_.push_back({best, 1.0f});
         return dist_;
