@@ -86,21 +86,8 @@ struct Engine::Impl {
 
     // Runs `tokens` through the target at positions n_past.., logits for the last one only.
     void decode_target(const int32_t * tokens, size_t n) {
-        llama_context * ctx = target_ctx.get();
-        const size_t n_batch = llama_n_batch(ctx);
-        for (size_t i = 0; i < n; i += n_batch) {
-            const size_t m = std::min(n_batch, n - i);
-            llama_batch_ext_clear(batch.get());
-            for (size_t j = 0; j < m; ++j) {
-                const int32_t idx = llama_batch_ext_add_token(batch.get(), 0, tokens[i + j]);
-                const llama_pos pos = gen.n_past + llama_pos(j);
-                llama_batch_ext_set_pos(batch.get(), idx, &pos);
-            }
-            if (i + m == n) llama_batch_ext_set_output_logits(batch.get(), int32_t(m - 1), true);
-            const int32_t rc = llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, batch.get());   // async: no sync
-            if (rc != 0) throw std::runtime_error("llama_decode failed (code " + std::to_string(rc) + ")");
-            gen.n_past += llama_pos(m);
-        }
+        decode_run(target_ctx.get(), batch.get(), tokens, n, gen.n_past, 1, true, "target");
+        gen.n_past += llama_pos(n);
     }
 
     // Adds one sampled token to the output. Returns false when generation must end here.

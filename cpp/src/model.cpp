@@ -303,6 +303,26 @@ double decode_timed(llama_context * ctx, llama_batch_ext * batch, const char * w
     return now_ms() - t0;
 }
 
+double decode_run(llama_context * ctx, llama_batch_ext * batch, const int32_t * tokens, size_t n,
+                  llama_pos pos0, int32_t n_seqs, bool logits_last, const char * who, int32_t * calls) {
+    const size_t n_batch = llama_n_batch(ctx);
+    double ms = 0;
+    for (size_t i = 0; i < n; i += n_batch) {
+        const size_t m = std::min(n_batch, n - i);
+        llama_batch_ext_clear(batch);
+        for (size_t j = 0; j < m; ++j) {
+            const int32_t idx = llama_batch_ext_add_token(batch, 0, tokens[i + j]);
+            for (llama_seq_id s = 1; s < n_seqs; ++s) llama_batch_ext_add_seq(batch, idx, s);
+            const llama_pos pos = pos0 + llama_pos(i + j);
+            llama_batch_ext_set_pos(batch, idx, &pos);
+        }
+        if (logits_last && i + m == n) llama_batch_ext_set_output_logits(batch, int32_t(m) - 1, true);
+        ms += decode_timed(ctx, batch, who);
+        if (calls) ++*calls;
+    }
+    return ms;
+}
+
 // ---------------------------------------------------------------------------------- defaults
 
 int32_t default_threads() {

@@ -54,6 +54,12 @@ double now_ms();
 // returns its duration in ms; throws std::runtime_error naming `who` if llama.cpp refuses it.
 double decode_timed(llama_context * ctx, llama_batch_ext * batch, const char * who);
 
+// Runs n committed tokens at positions pos0.. in sequences 0..n_seqs-1, in chunks of the
+// context's batch size, with logits for the last token when asked. Returns the ms spent in
+// llama.cpp; counts the decode calls in *calls when given.
+double decode_run(llama_context * ctx, llama_batch_ext * batch, const int32_t * tokens, size_t n,
+                  llama_pos pos0, int32_t n_seqs, bool logits_last, const char * who, int32_t * calls = nullptr);
+
 // Default thread count: physical cores (llama.cpp's habit), at least 1.
 int32_t default_threads();
 

@@ -13,18 +13,7 @@ void Verifier::run() { llama_ms_ += decode_timed(ctx_, batch_.get(), "target"); 
 
 void Verifier::begin(const std::vector<int32_t> & prefix) {
     kv_.reset();
-    llama_ms_ = 0;
-    const size_t n_batch = llama_n_batch(ctx_);
-    for (size_t i = 0; i < prefix.size(); i += n_batch) {
-        const size_t m = std::min(n_batch, prefix.size() - i);
-        llama_batch_ext_clear(batch_.get());
-        for (size_t j = 0; j < m; ++j) {
-            const int32_t idx = llama_batch_ext_add_token(batch_.get(), 0, prefix[i + j]);
-            const llama_pos pos = llama_pos(i + j);
-            llama_batch_ext_set_pos(batch_.get(), idx, &pos);
-        }
-        run();
-    }
+    llama_ms_ = decode_run(ctx_, batch_.get(), prefix.data(), prefix.size(), 0, 1, false, "target");
 }
 
 void Verifier::decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs) {

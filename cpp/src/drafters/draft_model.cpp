@@ -19,22 +19,9 @@ void DraftModelDrafter::decode_or_throw() {
 }
 
 void DraftModelDrafter::decode_committed(const std::vector<int32_t> & tokens, bool logits_for_last) {
-    const int32_t live = kv_.live();
-    const size_t n_batch = llama_n_batch(ctx_);
-    for (size_t i = 0; i < tokens.size(); i += n_batch) {
-        const size_t m = std::min(n_batch, tokens.size() - i);
-        llama_batch_ext_clear(batch_.get());
-        for (size_t j = 0; j < m; ++j) {
-            const int32_t idx = llama_batch_ext_add_token(batch_.get(), 0, tokens[i + j]);
-            for (llama_seq_id s = 1; s < live; ++s) llama_batch_ext_add_seq(batch_.get(), idx, s);
-            const llama_pos pos = n_past_ + llama_pos(j);
-            llama_batch_ext_set_pos(batch_.get(), idx, &pos);
-        }
-        if (logits_for_last && i + m == tokens.size())
-            llama_batch_ext_set_output_logits(batch_.get(), int32_t(m) - 1, true);
-        decode_or_throw();
-        n_past_ += llama_pos(m);
-    }
+    llama_ms_ += decode_run(ctx_, batch_.get(), tokens.data(), tokens.size(), n_past_, kv_.live(),
+                            logits_for_last, "draft", &calls_);
+    n_past_ += llama_pos(tokens.size());
 }
 
 void DraftModelDrafter::begin(const std::vector<int32_t> & prefix) {
