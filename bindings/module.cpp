@@ -7,6 +7,9 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include "ggml-backend.h"
+#include "llama.h"
+
 #include "heterospec/engine.h"
 #include "heterospec/errors.h"
 #include "draft_tree.h"
@@ -34,6 +37,20 @@ tree_vs_paths(const std::string & path, const std::vector<int32_t> & prompt,
 
 NB_MODULE(_core, m) {
     m.doc() = "HeteroSpec native engine";
+
+    // Where the numbers come from: the llama.cpp build and the devices it sees.
+    m.def("build_info", []() {
+        nb::dict d;
+        d["llama_cpp"] = HETEROSPEC_LLAMA_CPP_SOURCE;
+        d["system_info"] = std::string(llama_print_system_info());
+        std::vector<std::string> devices;
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            devices.push_back(std::string(ggml_backend_dev_name(dev)) + ": " + ggml_backend_dev_description(dev));
+        }
+        d["devices"] = devices;
+        return d;
+    });
 
     nb::register_exception_translator([](const std::exception_ptr & p, void *) {
         try {

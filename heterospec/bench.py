@@ -6,6 +6,7 @@ before the next repeat starts, so that drifts of a shared machine hit all modes 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -34,10 +35,16 @@ def parse_mode(text: str) -> tuple[str, dict]:
     return text, kw
 
 
-def load_prompts(path: str, engine: Engine, limit: Optional[int] = None, skip: int = 0) -> list[tuple[str, str]]:
-    """(category, prompt text) from a JSONL file with a `prompt` or `turns` field; bad lines are
-    reported and skipped."""
+# Spec-Bench's six task types: its eight MT-bench categories are one type, multi-turn conversation.
+MT_BENCH = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
+
+
+def load_prompts(path: str, engine: Engine, limit: Optional[int] = None, skip: int = 0,
+                 per_category: Optional[int] = None) -> list[tuple[str, str]]:
+    """(category, prompt text) from a JSONL file with a `prompt` or `turns` (Spec-Bench) field;
+    bad lines are reported and skipped."""
     out = []
+    taken: dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip() or n <= skip:
@@ -47,11 +54,18 @@ def load_prompts(path: str, engine: Engine, limit: Optional[int] = None, skip: i
                 if "prompt" in rec:
                     text = str(rec["prompt"])
                 else:
-                    text = engine.format_chat([{"role": "user", "content": str(rec["turns"][0])}])
-            except (ValueError, KeyError, IndexError, TypeError) as e:
+                    turns = rec["turns"]
+                    first = turns if isinstance(turns, str) else turns[0]
+                    text = engine.format_chat([{"role": "user", "content": str(first)}])
+                cat = str(rec.get("category", "all"))
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
                 print(f"heterospec bench: {path}:{n}: skipped ({e})", file=sys.stderr)
                 continue
-            out.append((str(rec.get("category", "all")), text))
+            cat = "mt_bench" if cat in MT_BENCH else cat
+            if per_category and taken.get(cat, 0) >= per_category:
+                continue
+            taken[cat] = taken.get(cat, 0) + 1
+            out.append((cat, text))
             if limit and len(out) >= limit:
                 break
     if not out:
@@ -65,6 +79,16 @@ def _peer_modes(grid) -> list[tuple[str, Optional[int], Optional[float]]]:
 
 def run(args) -> int:
     modes = [parse_mode(m) for m in args.modes]
+    args.pad = {}
+    for role, attr in (("target", "model"), ("draft", "model_draft")):
+        shape = getattr(args, f"pad_{role}", None)
+        if shape:
+            from .padding import padded_model
+            src = getattr(args, attr)
+            if not src:
+                raise ValueError(f"--pad-{role} needs a {role} model")
+            setattr(args, attr, str(padded_model(src, shape, args.pad_type, Path(args.cache_dir), args.pad_tool)))
+            args.pad[role] = {"source": src, "shape": shape, "type": args.pad_type}
     peer_exe, peer_error = None, None
     if getattr(args, "peer", False):
         from .peer import PEER_GRID, PeerError, peer_binary
@@ -78,7 +102,7 @@ def run(args) -> int:
         peer_modes = []
     engine_kw = {k: getattr(args, k) for k in ("n_threads", "n_ctx", "n_gpu_layers") if getattr(args, k) is not None}
     with Engine(args.model, draft=args.model_draft, **engine_kw) as engine:
-        prompts = load_prompts(args.prompts, engine, args.limit, args.skip)
+        prompts = load_prompts(args.prompts, engine, args.limit, args.skip, getattr(args, "per_category", None))
         room = engine.n_ctx - args.max_tokens - 1
         token_prompts = [(cat, engine.tokenize(p, parse_special=True)[-room:]) for cat, p in prompts]
         runs = {name: [] for name, _ in modes}
@@ -125,40 +149,83 @@ def run(args) -> int:
                     print(f"\r{done}/{total} runs, {time.time() - t0:.0f} s", end="", file=sys.stderr)
         if sys.stderr.isatty():
             print(file=sys.stderr)
+        engine_info = {"target": engine.description, "n_ctx": engine.n_ctx}
 
+    results = summarize(modes, runs, reference, peer_modes, peer_runs, peer_failed,
+                        [cat for cat, _ in token_prompts])
+    print_table(results)
+    env = environment(args, engine_info, len(token_prompts))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "modes": results,
+                                               "environment": env}, indent=2))
+    plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    if plot:
+        from .chart import ChartUnavailable, write_chart
+        try:
+            write_chart(results, plot, title=f"{Path(args.model).name} + {Path(args.model_draft or '-').name}, "
+                                             f"{env['device']}, {args.max_tokens} tokens")
+            print(f"chart: {plot}")
+        except ChartUnavailable as e:
+            print(f"heterospec bench: no chart: {e}", file=sys.stderr)
+    return 0
+
+
+def _median_rate(reps, tokens, seconds, keep=lambda i: True) -> list[float]:
+    """Tokens per second of each repeat over the prompts `keep` selects."""
+    out = []
+    for per_prompt in reps:
+        t = sum(tokens(r) for i, r in enumerate(per_prompt) if keep(i))
+        s = sum(seconds(r) for i, r in enumerate(per_prompt) if keep(i))
+        out.append(t / s if s else 0.0)
+    return out
+
+
+def summarize(modes, runs, reference, peer_modes, peer_runs, peer_failed, categories) -> dict:
+    """Every figure per mode, overall and per prompt category; speedups are over this engine's
+    plain decoding (`ar`) in the same run."""
+    cats = sorted(set(categories))
     results = {}
     for name, kw in modes:
-        reps = runs[name]
-        tps = []
-        for per_prompt in reps:
-            gen = sum(r.stats.generated_tokens - 1 for _, r in per_prompt)
-            ms = sum(r.stats.decode_ms for _, r in per_prompt)
-            tps.append(gen * 1e3 / ms if ms else 0.0)
+        reps = [[r for _, r in per_prompt] for per_prompt in runs[name]]
+        tok = lambda r: r.stats.generated_tokens - 1            # decoding rate: after the first token
+        sec = lambda r: r.stats.decode_ms / 1e3
+        tps = _median_rate(reps, tok, sec)
         last = reps[-1]
-        steps = sum(r.stats.steps for _, r in last)
-        tokens = sum(r.stats.generated_tokens for _, r in last)
-        decode = sum(r.stats.decode_ms for _, r in last)
+        steps = sum(r.stats.steps for r in last)
+        tokens = sum(r.stats.generated_tokens for r in last)
+        decode = sum(r.stats.decode_ms for r in last)
         matched = None
         if reference:
-            matched = sum(r.tokens == reference.get(i) for i, (_, r) in enumerate(last)) / len(last)
+            matched = sum(r.tokens == reference.get(i) for i, r in enumerate(last)) / len(last)
+        per_cat = {}
+        for c in cats:
+            keep = lambda i, c=c: categories[i] == c
+            sel = [r for i, r in enumerate(last) if keep(i)]
+            c_steps = sum(r.stats.steps for r in sel)
+            per_cat[c] = {"tokens_per_second": statistics.median(_median_rate(reps, tok, sec, keep)),
+                          "tau": sum(r.stats.generated_tokens for r in sel) / c_steps if c_steps else 0.0,
+                          "prompts": len(sel)}
         results[name] = {
             "settings": kw,
             "tokens_per_second": statistics.median(tps),
             "tokens_per_second_min": min(tps), "tokens_per_second_max": max(tps),
             "tau": tokens / steps if steps else 0.0,
-            "nodes_per_step": sum(r.stats.nodes_verified for _, r in last) / steps if steps else 0.0,
-            "target_calls": sum(r.stats.target_calls for _, r in last),
-            "draft_calls": sum(r.stats.draft_calls for _, r in last),
-            "host_share": sum(r.stats.host_ms for _, r in last) / decode if decode else 0.0,
+            "nodes_per_step": sum(r.stats.nodes_verified for r in last) / steps if steps else 0.0,
+            "target_calls": sum(r.stats.target_calls for r in last),
+            "draft_calls": sum(r.stats.draft_calls for r in last),
+            "host_share": sum(r.stats.host_ms for r in last) / decode if decode else 0.0,
             "step_ms": decode / steps if steps else 0.0,
             "greedy_matches_ar": matched,
+            "categories": per_cat,
         }
     for name, n_max, p_min in peer_modes:
         if name in peer_failed or not peer_runs[name]:
             results[name] = {"error": peer_failed.get(name, "did not run")}
             continue
-        tps = [sum(r["tokens"] for r in rep) / sum(r["seconds"] for r in rep) for rep in peer_runs[name]]
-        last = peer_runs[name][-1]
+        reps = peer_runs[name]
+        tok, sec = (lambda r: r["tokens"]), (lambda r: r["seconds"])
+        tps = _median_rate(reps, tok, sec)
+        last = reps[-1]
         drafted = sum(r.get("n_drafted", 0) for r in last)
         results[name] = {
             "settings": {"n_max": n_max, "p_min": p_min},
@@ -167,35 +234,101 @@ def run(args) -> int:
             "acceptance": sum(r.get("n_accept", 0) for r in last) / drafted if drafted else None,
             "tau": None, "nodes_per_step": None, "target_calls": None, "draft_calls": None,
             "host_share": None, "step_ms": None, "greedy_matches_ar": None,
+            "categories": {c: {"tokens_per_second": statistics.median(
+                               _median_rate(reps, tok, sec, lambda i, c=c: categories[i] == c)),
+                               "tau": None, "prompts": categories.count(c)} for c in cats},
         }
-    base = results.get("ar", {}).get("tokens_per_second")
+    base = results.get("ar", {})
     for v in results.values():
-        if "error" not in v:
-            v["speedup"] = v["tokens_per_second"] / base if base else None
+        if "error" in v:
+            continue
+        v["speedup"] = v["tokens_per_second"] / base["tokens_per_second"] if base.get("tokens_per_second") else None
+        for c, f in v["categories"].items():
+            b = base.get("categories", {}).get(c, {}).get("tokens_per_second")
+            f["speedup"] = f["tokens_per_second"] / b if b else None
+    return results
 
+
+def best_peer(results: dict) -> Optional[str]:
+    peers = {k: v for k, v in results.items() if k.startswith("llama.cpp") and "error" not in v}
+    return max(peers, key=lambda k: peers[k]["tokens_per_second"]) if peers else None
+
+
+def print_table(results: dict) -> None:
     def cell(v, key, fmt):
         return format(v[key], fmt) if v.get(key) is not None else "-"
 
-    print(f"{'mode':<44} {'tok/s':>8} {'speedup':>7} {'tau':>5} {'nodes':>6} {'calls':>6} {'host':>6} {'same':>5}")
+    print(f"{'mode':<44} {'tok/s':>8} {'min-max':>13} {'speedup':>7} {'tau':>5} {'nodes':>6} {'calls':>6} "
+          f"{'host':>6} {'same':>5}")
     for name, v in results.items():
         if "error" in v:
             print(f"{name:<44} failed: {v['error'][:70]}")
             continue
         sp = f"{v['speedup']:.2f}x" if v["speedup"] else "-"
         same = f"{v['greedy_matches_ar']:.0%}" if v["greedy_matches_ar"] is not None else "-"
-        print(f"{name:<44} {v['tokens_per_second']:8.1f} {sp:>7} {cell(v, 'tau', '5.2f'):>5} "
+        spread = f"{v['tokens_per_second_min']:.0f}-{v['tokens_per_second_max']:.0f}"
+        print(f"{name:<44} {v['tokens_per_second']:8.1f} {spread:>13} {sp:>7} {cell(v, 'tau', '5.2f'):>5} "
               f"{cell(v, 'nodes_per_step', '6.1f'):>6} {cell(v, 'target_calls', '6d'):>6} "
               f"{cell(v, 'host_share', '6.1%'):>6} {same:>5}")
-    peers = {k: v for k, v in results.items() if k.startswith("llama.cpp") and "error" not in v}
-    if peers:
-        best = max(peers, key=lambda k: peers[k]["tokens_per_second"])
-        print(f"best llama.cpp configuration: {best} at {peers[best]['tokens_per_second']:.1f} tok/s")
-    if args.json:
-        doc = {"command": " ".join(sys.argv), "modes": results,
-               "environment": {"platform": platform.platform(), "python": platform.python_version(),
-                               "model": str(args.model), "draft": str(args.model_draft),
-                               "prompts": str(args.prompts), "n_prompts": len(token_prompts),
-                               "max_tokens": args.max_tokens, "repeats": args.repeats,
-                               "threads": args.n_threads}}
-        Path(args.json).write_text(json.dumps(doc, indent=2))
-    return 0
+    ok = {k: v for k, v in results.items() if "error" not in v}
+    cats = sorted({c for v in ok.values() for c in v["categories"]})
+    if len(cats) > 1:   # Spec-Bench style prompt files: speedup over plain per category
+        print(f"\nspeedup over plain decoding (ar) per category")
+        w = max(7, *(len(c) for c in cats))
+        print(f"{'mode':<44} " + " ".join(f"{c:>{w}}" for c in cats))
+        for name, v in ok.items():
+            row = [v["categories"].get(c, {}).get("speedup") for c in cats]
+            print(f"{name:<44} " + " ".join(f"{x:{w - 1}.2f}x" if x else f"{'-':>{w}}" for x in row))
+    best = best_peer(results)
+    if best:
+        b = results[best]["tokens_per_second"]
+        print(f"\nbest llama.cpp configuration: {best} at {b:.1f} tok/s")
+        for name in ("heterospec", "tree", "ar"):
+            mine = [k for k in ok if k.split(":")[0] == name]
+            if mine:
+                top = max(mine, key=lambda k: ok[k]["tokens_per_second"])
+                print(f"{top} against it: {ok[top]['tokens_per_second'] / b:.2f}x")
+
+
+def _sha256(path: str, cache: Path) -> str:
+    """A model file's sha256, remembered by path, size and mtime (an 8B file takes a while)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}:{st.st_size}:{st.st_mtime_ns}"
+    memo = cache / "sha256.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        known[key] = h.hexdigest()
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            memo.write_text(json.dumps(known, indent=1))
+        except OSError:
+            pass
+    return known[key]
+
+
+def environment(args, engine_info: dict, n_prompts: int) -> dict:
+    from . import _core
+    from .profile_cache import _cpu_name
+
+    info = _core.build_info()
+    gpus = [d for d in info["devices"] if not d.startswith("CPU")]
+    cache = Path(args.cache_dir)
+    models = {"target": args.model, "draft": args.model_draft}
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu_name(),
+            "cores": os.cpu_count(), "device": gpus[0] if gpus and args.n_gpu_layers != 0 else _cpu_name(),
+            "devices": info["devices"], "llama_cpp": info["llama_cpp"], "system_info": info["system_info"],
+            "threads": args.n_threads, "n_gpu_layers": args.n_gpu_layers, "n_ctx": engine_info["n_ctx"],
+            "target_description": engine_info["target"],
+            **{k: str(v) for k, v in models.items() if v},
+            **{f"{k}_sha256": _sha256(v, cache) for k, v in models.items() if v},
+            "padded": getattr(args, "pad", {}),
+            "prompts": str(args.prompts), "n_prompts": n_prompts, "skip": args.skip,
+            "max_tokens": args.max_tokens, "repeats": args.repeats}

@@ -6,6 +6,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
+from .padding import SHAPES, TYPES
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts", required=True, help="JSONL file with a 'prompt' or 'turns' field per line")
     b.add_argument("--limit", type=int, help="use the first N prompts")
     b.add_argument("--skip", type=int, default=0, help="skip the first N lines (e.g. those used to calibrate)")
+    b.add_argument("--per-category", type=int, help="use the first N prompts of each category")
     b.add_argument("-n", "--max-tokens", type=int, default=96, dest="max_tokens", help="tokens per prompt (96)")
     b.add_argument("--repeats", type=int, default=3, help="repeats, interleaved across modes (3)")
     b.add_argument("--modes", nargs="+", default=["ar", "chain", "tree"],
@@ -145,7 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--peer", action="store_true",
                    help="also run llama.cpp's llama-speculative-simple (plain and a grid of n_max/p_min), "
                         "built on demand from the pinned llama.cpp")
-    b.add_argument("--cache-dir", default="benchmarks/.cache", help="where the peer is built (benchmarks/.cache)")
+    b.add_argument("--cache-dir", default="benchmarks/.cache",
+                   help="where the peer is built and padded models are kept (benchmarks/.cache)")
+    b.add_argument("--plot", help="write the speedup chart (PNG) here (default: beside --json)")
+    b.add_argument("--pad-target", choices=SHAPES, help="benchmark the target padded to this shape "
+                   "(same function, a big model's cost; made once with shared/tools/pad_model.py)")
+    b.add_argument("--pad-draft", choices=SHAPES, help="likewise for the draft")
+    b.add_argument("--pad-type", choices=TYPES, default="q8_0", help="weight type of padded models (q8_0)")
+    b.add_argument("--pad-tool", help="path of pad_model.py (default: ../shared/tools/pad_model.py)")
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("calibrate", help="fit the entropy partition (policy JSON) for a model pair")

@@ -136,6 +136,11 @@ class Engine:
         return self._engine.n_ctx
 
     @property
+    def description(self) -> str:
+        """llama.cpp's one-line description of the target (architecture, size, weight type)."""
+        return self._engine.description
+
+    @property
     def has_draft(self) -> bool:
         return self._engine.has_draft
 

@@ -45,3 +45,75 @@ def test_bench_reports_modes_and_survives_a_missing_peer(tiny, tmp_path, capsys,
     assert "llama.cpp" in peers and any(k.startswith("llama.cpp-spec n_max=4 p_min=0") for k in peers)
     assert all("error" in modes[k] for k in peers)
     assert "failed" in captured.out
+
+
+def test_bench_groups_categories_and_draws_the_chart(tiny, tmp_path, capsys):
+    pytest = __import__("pytest")
+    pytest.importorskip("matplotlib", reason="the chart needs matplotlib (heterospec[bench])")
+    prompts = tmp_path / "spec.jsonl"
+    lines = [{"turns": ["write a poem"], "category": "writing"}, {"turns": ["solve it"], "category": "math"},
+             {"turns": ["translate this"], "category": "translation"},
+             {"turns": ["and this"], "category": "translation"}, {"turns": ["a third"], "category": "translation"},
+             {"turns": "a string, not a list", "category": "qa"}, {"category": "qa"}, {"turns": []}]
+    prompts.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "r.json"
+    rc = main(["bench", "-m", str(tiny.target), "-md", str(tiny.draft), "--prompts", str(prompts), "-n", "12",
+               "--repeats", "1", "-t", "1", "--json", str(out), "--per-category", "2", "--cache-dir",
+               str(tmp_path / "c"), "--modes", "ar", "tree:depth=2,budget=3"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    assert captured.err.count("skipped") == 2
+    doc = json.loads(out.read_text())
+    tree = doc["modes"]["tree:depth=2,budget=3"]
+    # Spec-Bench's MT-bench categories are one task type; --per-category caps translation at 2;
+    # a "turns" string is the prompt itself; lines without a prompt are skipped
+    assert set(tree["categories"]) == {"mt_bench", "translation", "qa"}
+    assert tree["categories"]["mt_bench"]["prompts"] == 2 and tree["categories"]["translation"]["prompts"] == 2
+    assert doc["environment"]["n_prompts"] == 5
+    for c, f in tree["categories"].items():
+        assert f["tokens_per_second"] > 0 and f["speedup"] > 0 and f["tau"] >= 1
+        assert doc["modes"]["ar"]["categories"][c]["speedup"] == 1.0
+    assert "per category" in text and "mt_bench" in text
+    env = doc["environment"]
+    assert env["llama_cpp"] and env["devices"] and len(env["target_sha256"]) == 64
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"chart: {png}" in text
+
+
+def test_chart_series_keeps_the_best_llama_cpp_setting():
+    from heterospec.chart import chart_series
+    cat = lambda s: {"a": {"speedup": s}, "b": {"speedup": s / 2}}
+    results = {"ar": {"tokens_per_second": 100, "speedup": 1.0, "categories": cat(1.0)},
+               "heterospec": {"tokens_per_second": 150, "speedup": 1.5, "categories": cat(1.5)},
+               "llama.cpp": {"tokens_per_second": 90, "speedup": 0.9, "categories": cat(0.9)},
+               "llama.cpp-spec n_max=2 p_min=0": {"tokens_per_second": 95, "speedup": 0.95, "categories": cat(0.95)},
+               "llama.cpp-spec n_max=8 p_min=0.75": {"tokens_per_second": 120, "speedup": 1.2, "categories": cat(1.2)},
+               "llama.cpp-spec n_max=4 p_min=0": {"error": "exited with 1"}}
+    columns, series = chart_series(results)
+    assert columns == ["all", "a", "b"]
+    assert [s[0] for s in series] == ["ar", "heterospec", "llama.cpp", "llama.cpp-spec n_max=8 p_min=0.75 (best of grid)"]
+    assert series[1][1] == [1.5, 1.5, 0.75]
+
+
+def test_padded_models_are_made_once_and_failures_are_reported(tiny, tmp_path):
+    import pytest
+    from heterospec.padding import padded_model
+    tool = tmp_path / "pad.py"
+    calls = tmp_path / "calls"
+    tool.write_text("import shutil, sys\nopen(sys.argv[0] + '.calls', 'a').write('x')\n"
+                    "shutil.copy(sys.argv[1], sys.argv[2])\n")
+    a = padded_model(str(tiny.target), "cpu-300m", "q8_0", tmp_path / "cache", str(tool))
+    b = padded_model(str(tiny.target), "cpu-300m", "q8_0", tmp_path / "cache", str(tool))
+    assert a == b and a.exists() and "cpu-300m-q8_0" in a.name
+    assert (tmp_path / "pad.py.calls").read_text() == "x"     # cached: the tool ran once
+    tool.write_text("import sys\nprint('only llama-architecture models can be padded'); sys.exit(1)\n")
+    with pytest.raises(RuntimeError, match="only llama-architecture"):
+        padded_model(str(tiny.target), "llama-8b", "q4_0", tmp_path / "cache", str(tool))
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+    with pytest.raises(ValueError, match="unknown pad shape"):
+        padded_model(str(tiny.target), "llama-70b", "q8_0", tmp_path / "cache", str(tool))
+    with pytest.raises(FileNotFoundError):
+        padded_model(str(tmp_path / "missing.gguf"), "cpu-300m", "q8_0", tmp_path / "cache", str(tool))
+    with pytest.raises(FileNotFoundError, match="pad tool not found"):
+        padded_model(str(tiny.target), "llama-1b", "q8_0", tmp_path / "cache", str(tmp_path / "nope.py"))
