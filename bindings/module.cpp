@@ -250,6 +250,12 @@ NB_MODULE(_core, m) {
         AcceptanceModel acc;   // fresh: the estimate is the prior V itself
         return choose_budget(p, acc, values, max_budget, draft_ms).budget;
     }, "sizes"_a, "verify_ms"_a, "values"_a, "max_budget"_a, "draft_ms"_a);
+    t.def("worth_drafting", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
+                               float top_value, int32_t max_budget, double spent_ms, double level_ms) {
+        CostProfile p{sizes, verify_ms, 0.0};
+        AcceptanceModel acc;
+        return worth_drafting(p, acc, top_value, max_budget, spent_ms, level_ms);
+    }, "sizes"_a, "verify_ms"_a, "top_value"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a);
 
     t.def("softmax_top_k", [](nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu> logits, int32_t k) {
         std::vector<TokenProb> out;

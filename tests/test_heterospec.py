@@ -179,6 +179,26 @@ def test_budget_choice_against_a_synthetic_cost_curve():
     assert T.choose_budget(sizes, steep, values, 15, 0.5) <= 2       # steep: verify very few
 
 
+def test_drafting_stops_after_one_level_when_no_chain_can_pay():
+    """worth_drafting: a chain whose k-th token is accepted with a^k (a = the best first-level
+    value), against stopping now and verifying the root alone."""
+    from heterospec._core import testing as T
+    sizes = [1, 2, 4, 8]
+    linear = [1.0, 2.0, 4.0, 8.0]                   # compute-bound: nothing to gain, ever
+    gpu = [1.0, 1.05, 1.1, 1.3]                     # memory-bound: extra tokens almost free
+    cpu = [1.0, 2.3, 3.0, 3.8]                      # the padded 300M target on 2 cores
+    assert not T.worth_drafting(sizes, linear, 0.99, 7, 0.0, 0.0)
+    assert T.worth_drafting(sizes, gpu, 0.3, 7, 0.05, 0.02)
+    assert not T.worth_drafting(sizes, gpu, 0.02, 7, 0.05, 0.02)
+    assert T.worth_drafting(sizes, cpu, 0.95, 7, 0.05, 0.03)    # 1 + sum .95^k, k <= 7: 6.6 tokens for 3.8
+    assert not T.worth_drafting(sizes, cpu, 0.6, 7, 0.05, 0.03)  # at most 2.5 tokens: never pays
+    assert T.worth_drafting(sizes, cpu, 0.8, 7, 0.05, 0.03)       # 4.2 tokens for 4.0 ms
+    assert not T.worth_drafting(sizes, cpu, 0.8, 3, 0.05, 0.03)   # budget 3: 2.95 tokens for 3.1 ms
+    # ... and the future levels' drafting counts
+    assert T.worth_drafting(sizes, cpu, 0.9, 7, 0.05, 0.0)
+    assert not T.worth_drafting(sizes, cpu, 0.9, 7, 0.05, 0.5)
+
+
 def test_cost_aware_mode_is_never_much_slower_than_plain(code_target, code_draft, code_prompts):
     """On the small code pair on a CPU, speculation cannot pay (a draft pass costs about what a
     target pass does); the cost-aware mode must then run plain steps. Timing-free check: it

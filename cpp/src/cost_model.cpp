@@ -61,6 +61,21 @@ BudgetChoice choose_budget(const CostProfile & profile, const AcceptanceModel & 
     return best;
 }
 
+bool worth_drafting(const CostProfile & profile, const AcceptanceModel & acc, float top_value,
+                    int32_t max_budget, double spent_ms, double level_ms) {
+    const double a = acc.estimate(top_value);
+    const double plain = 1.0 / (spent_ms + profile.verify(1));
+    double expected = 1.0, ak = 1.0;
+    int32_t n = 0;
+    for (int32_t size : profile.sizes) {
+        if (size - 1 < 1) continue;
+        if (size - 1 > max_budget) break;
+        for (; n < size - 1; ++n) expected += (ak *= a);
+        if (expected / (spent_ms + (n - 1) * level_ms + profile.verify(size)) > plain) return true;
+    }
+    return false;
+}
+
 bool SpeculationGate::speculate() {
     if (wait_ > 0) {
         --wait_;

@@ -54,6 +54,13 @@ BudgetChoice choose_budget(const CostProfile & profile, const AcceptanceModel & 
                            const std::vector<float> & values_best_first, int32_t max_budget,
                            double draft_ms);
 
+// Whether drafting on is worth it once the first level is drafted: the best expected rate of a
+// chain whose every token is as likely accepted as the best first-level node (a = acceptance
+// estimate of `top_value`, so the k-th node counts a^k), paying `level_ms` per further level,
+// against plain decoding. Cuts a hopeless step to one draft pass instead of a whole tree.
+bool worth_drafting(const CostProfile & profile, const AcceptanceModel & acc, float top_value,
+                    int32_t max_budget, double spent_ms, double level_ms);
+
 // Pauses speculation while it does not pay: after a losing step, the next `pause` steps run
 // plain, and `pause` doubles (up to a cap) each time speculation loses again.
 class SpeculationGate {

@@ -163,8 +163,19 @@ struct Engine::Impl {
         if (cost_aware && (!gate.speculate() || !could_pay(depth + Policy::alpha(depth))))
             depth = 0;   // a plain step: speculation is paused, or cannot pay even when all is accepted
         const bool drafted = depth >= 1 && budget >= 1;
-        if (drafted) {
+        bool cut = false;   // drafting stopped after its first level: a plain step
+        if (drafted && cost_aware) {
+            drafter->start(tree, shape, P, 1);
+            float top = 0.0f;
+            for (int32_t i = 1; i < int32_t(tree.size()); ++i)
+                if (tree[i].parent == 0) top = std::max(top, tree[i].v);
+            cut = !worth_drafting(profile, acceptance, top, budget + Policy::alpha(depth), now_ms() - t0,
+                                  draft_call_ms > 0 ? draft_call_ms : profile.draft_level_ms);
+            if (!cut) drafter->extend(tree, depth - 1);
+        } else if (drafted) {
             drafter->start(tree, shape, P, depth);
+        }
+        if (drafted && !cut) {
             entropy = meta_path_entropy(tree);
             if (sp.mode == "heterospec") {
                 // allocate by entropy bin: predictable contexts draft deeper and verify fewer
@@ -184,7 +195,7 @@ struct Engine::Impl {
                 const BudgetChoice c = choose_budget(profile, acceptance, values, budget, now_ms() - t0);
                 selected.resize(size_t(c.budget));
             }
-        } else {
+        } else if (!drafted) {
             drafter->defer(g.root);
         }
         tb.build(tree, selected);
@@ -226,7 +237,7 @@ struct Engine::Impl {
         }
 
         const double t3 = now_ms();
-        if (cost_aware && drafted) {
+        if (cost_aware && drafted && !cut) {
             // speculation pays when its realised rate beats plain decoding's measured one
             auto ema = [](double & avg, double x) { avg = avg < 0 ? x : 0.8 * avg + 0.2 * x; };
             ema(spec_rate, emitted / (t3 - t0));
