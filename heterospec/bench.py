@@ -73,6 +73,14 @@ def load_prompts(path: str, engine: Engine, limit: Optional[int] = None, skip: i
     return out
 
 
+def _progress(done: int, total: int, t0: float) -> None:
+    """A progress bar on a terminal's stderr (nothing when it is redirected)."""
+    if sys.stderr.isatty():
+        filled = int(30 * done / max(1, total))
+        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} runs, {time.time() - t0:.0f} s",
+              end="", file=sys.stderr, flush=True)
+
+
 def _peer_modes(grid) -> list[tuple[str, Optional[int], Optional[float]]]:
     return [("llama.cpp", None, None)] + [(f"llama.cpp-spec n_max={n} p_min={p:g}", n, p) for n, p in grid]
 
@@ -117,20 +125,28 @@ def run(args) -> int:
                 f.write_text(engine.detokenize(ids, special=True))
                 prompt_files.append(f)
         reference = {}
+        failed = {}
         total = args.repeats * (len(modes) + (len(peer_modes) if peer_exe else 0)) * len(token_prompts)
         done = 0
         t0 = time.time()
         for rep in range(args.repeats):
             for name, kw in modes:
+                if name in failed:
+                    done += len(token_prompts)
+                    continue
                 per_prompt = []
-                for i, (cat, ids) in enumerate(token_prompts):
-                    r = engine.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True, **kw)
-                    per_prompt.append((cat, r))
-                    if kw["mode"] == "ar":
-                        reference.setdefault(i, r.tokens)
-                    done += 1
-                    if sys.stderr.isatty():
-                        print(f"\r{done}/{total} runs, {time.time() - t0:.0f} s", end="", file=sys.stderr)
+                try:
+                    for i, (cat, ids) in enumerate(token_prompts):
+                        r = engine.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True, **kw)
+                        per_prompt.append((cat, r))
+                        if kw["mode"] == "ar":
+                            reference.setdefault(i, r.tokens)
+                        done += 1
+                        _progress(done, total, t0)
+                except (ValueError, RuntimeError, OSError) as e:   # one failing mode does not lose the others
+                    failed[name] = f"{type(e).__name__}: {e}"
+                    done += len(token_prompts) - len(per_prompt)
+                    continue
                 runs[name].append(per_prompt)
             for name, n_max, p_min in (peer_modes if peer_exe else []):
                 if name in peer_failed:
@@ -145,13 +161,12 @@ def run(args) -> int:
                 except PeerError as e:   # one failing mode does not lose the others
                     peer_failed[name] = str(e)
                 done += len(prompt_files)
-                if sys.stderr.isatty():
-                    print(f"\r{done}/{total} runs, {time.time() - t0:.0f} s", end="", file=sys.stderr)
+                _progress(done, total, t0)
         if sys.stderr.isatty():
             print(file=sys.stderr)
         engine_info = {"target": engine.description, "n_ctx": engine.n_ctx}
 
-    results = summarize(modes, runs, reference, peer_modes, peer_runs, peer_failed,
+    results = summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed,
                         [cat for cat, _ in token_prompts])
     print_table(results)
     env = environment(args, engine_info, len(token_prompts))
@@ -180,12 +195,15 @@ def _median_rate(reps, tokens, seconds, keep=lambda i: True) -> list[float]:
     return out
 
 
-def summarize(modes, runs, reference, peer_modes, peer_runs, peer_failed, categories) -> dict:
+def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed, categories) -> dict:
     """Every figure per mode, overall and per prompt category; speedups are over this engine's
     plain decoding (`ar`) in the same run."""
     cats = sorted(set(categories))
     results = {}
     for name, kw in modes:
+        if name in failed:
+            results[name] = {"settings": kw, "error": failed[name]}
+            continue
         reps = [[r for _, r in per_prompt] for per_prompt in runs[name]]
         tok = lambda r: r.stats.generated_tokens - 1            # decoding rate: after the first token
         sec = lambda r: r.stats.decode_ms / 1e3

@@ -2,6 +2,8 @@
 category. Needs matplotlib (`pip install "heterospec[bench]"`); the benchmark runs without it."""
 from __future__ import annotations
 
+import re
+
 
 class ChartUnavailable(RuntimeError):
     pass
@@ -25,6 +27,11 @@ def chart_series(results: dict) -> tuple[list[str], list[tuple[str, list[float]]
     return columns, series
 
 
+def _short(label: str) -> str:
+    # a policy file's folder says nothing on a chart
+    return re.sub(r"policy=[^,]*?([^/,]+?)(\.json)?(?=,|$)", r"policy=\1", label)
+
+
 def write_chart(results: dict, path: str, title: str = "") -> None:
     try:
         import matplotlib
@@ -36,18 +43,22 @@ def write_chart(results: dict, path: str, title: str = "") -> None:
     if not series:
         raise ChartUnavailable("no mode has figures to plot")
     n = len(series)
-    width = 0.8 / n
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + len(columns) * (0.35 * n + 0.5)), 4.5), dpi=110)
-    for i, (label, values) in enumerate(series):
-        xs = [c + (i - (n - 1) / 2) * width for c in range(len(columns))]
-        bars = ax.bar(xs, values, width * 0.92, label=label)
-        if len(columns) == 1:
-            ax.bar_label(bars, fmt="%.2fx", fontsize=8)
+    if len(columns) == 1:   # one group: a bar per mode, labelled underneath
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 2), 5.0), dpi=110)
+        bars = ax.bar(range(n), [v[0] for _, v in series], 0.7, color=[f"C{i}" for i in range(n)])
+        ax.bar_label(bars, fmt="%.2fx", fontsize=8)
+        ax.set_xticks(range(n), [_short(label) for label, _ in series], rotation=30, ha="right", fontsize=8)
+    else:                   # a group per category, a bar per mode
+        width = 0.8 / n
+        fig, ax = plt.subplots(figsize=(max(7.0, 1.5 + len(columns) * (0.3 * n + 0.4)), 5.5), dpi=110)
+        for i, (label, values) in enumerate(series):
+            ax.bar([c + (i - (n - 1) / 2) * width for c in range(len(columns))], values, width * 0.92,
+                   label=_short(label))
+        ax.set_xticks(range(len(columns)), columns, rotation=20 if len(columns) > 4 else 0)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(columns)), columns, rotation=20 if len(columns) > 4 else 0)
     ax.set_ylabel("speedup over plain decoding (ar)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -31,7 +31,8 @@ def test_bench_reports_modes_and_survives_a_missing_peer(tiny, tmp_path, capsys,
     monkeypatch.setenv("HETEROSPEC_LLAMA_CPP_DIR", str(tmp_path))   # no llama.cpp there: the peer fails
     rc = main(["bench", "-m", str(tiny.target), "-md", str(tiny.draft), "--prompts", str(prompts), "-n", "16",
                "--repeats", "2", "-t", "1", "--json", str(out), "--peer", "--cache-dir", str(tmp_path / "c"),
-               "--modes", "ar", "chain", "tree:depth=3,budget=3", "heterospec"])
+               "--modes", "ar", "chain", "tree:depth=3,budget=3", "heterospec",
+               f"heterospec:policy={tmp_path / 'missing.json'}"])
     assert rc == 0
     captured = capsys.readouterr()
     assert "skipped" in captured.err and "peer unavailable" in captured.err
@@ -41,6 +42,7 @@ def test_bench_reports_modes_and_survives_a_missing_peer(tiny, tmp_path, capsys,
         assert modes[name]["tokens_per_second"] > 0
         assert modes[name]["greedy_matches_ar"] == 1.0
     assert modes["ar"]["speedup"] == 1.0 and modes["tree:depth=3,budget=3"]["tau"] > 1
+    assert "policy file not found" in modes[f"heterospec:policy={tmp_path / 'missing.json'}"]["error"]
     peers = [k for k in modes if k.startswith("llama.cpp")]
     assert "llama.cpp" in peers and any(k.startswith("llama.cpp-spec n_max=4 p_min=0") for k in peers)
     assert all("error" in modes[k] for k in peers)
