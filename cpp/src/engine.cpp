@@ -164,16 +164,17 @@ struct Engine::Impl {
             depth = 0;   // a plain step: speculation is paused, or cannot pay even when all is accepted
         const bool drafted = depth >= 1 && budget >= 1;
         bool cut = false;   // drafting stopped after its first level: a plain step
-        if (drafted && cost_aware) {
-            drafter->start(tree, shape, P, 1);
-            float top = 0.0f;
-            for (int32_t i = 1; i < int32_t(tree.size()); ++i)
-                if (tree[i].parent == 0) top = std::max(top, tree[i].v);
-            cut = !worth_drafting(profile, acceptance, top, budget + Policy::alpha(depth), now_ms() - t0,
-                                  draft_call_ms > 0 ? draft_call_ms : profile.draft_level_ms);
-            if (!cut) drafter->extend(tree, depth - 1);
-        } else if (drafted) {
-            drafter->start(tree, shape, P, depth);
+        if (drafted) {
+            // cost-aware: one level first, the rest only if a chain that confident could pay
+            drafter->start(tree, shape, P, cost_aware ? 1 : depth);
+            if (cost_aware) {
+                float top = 0.0f;
+                for (int32_t i = 1; i < int32_t(tree.size()); ++i)
+                    if (tree[i].parent == 0) top = std::max(top, tree[i].v);
+                cut = !worth_drafting(profile, acceptance, top, budget + Policy::alpha(depth), now_ms() - t0,
+                                      draft_call_ms > 0 ? draft_call_ms : profile.draft_level_ms);
+                if (!cut) drafter->extend(tree, depth - 1);
+            }
         }
         if (drafted && !cut) {
             entropy = meta_path_entropy(tree);
