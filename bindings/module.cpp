@@ -19,6 +19,7 @@
 #include "sampler.h"
 #include "topk.h"
 #include "text_stream.h"
+#include "verifier.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -101,8 +102,7 @@ NB_MODULE(_core, m) {
         .def_rw("policy_thresholds", &SpecParams::policy_thresholds)
         .def_rw("policy_gamma", &SpecParams::policy_gamma)
         .def_rw("cost_aware", &SpecParams::cost_aware)
-        .def_rw("trace", &SpecParams::trace)
-        .def_rw("test_wrong_rule", &SpecParams::test_wrong_rule);
+        .def_rw("trace", &SpecParams::trace);
 
     nb::class_<GenerateParams>(m, "GenerateParams")
         .def(nb::init<>())
@@ -125,6 +125,9 @@ NB_MODULE(_core, m) {
         .def_ro("draft_ms", &Stats::draft_ms)
         .def_ro("verify_ms", &Stats::verify_ms)
         .def_ro("host_ms", &Stats::host_ms)
+        .def_ro("predicted_steps", &Stats::predicted_steps)
+        .def_ro("predicted_tokens", &Stats::predicted_tokens)
+        .def_ro("realised_tokens", &Stats::realised_tokens)
         .def_prop_ro("mean_accepted", &Stats::mean_accepted)
         .def_prop_ro("mean_nodes", &Stats::mean_nodes)
         .def_prop_ro("prompt_tokens_per_second", &Stats::prompt_tokens_per_second)
@@ -136,8 +139,8 @@ NB_MODULE(_core, m) {
         .def_ro("finish_reason", &Result::finish_reason)
         .def_ro("stats", &Result::stats)
         .def_prop_ro("trace", [](const Result & r) {
-            std::vector<std::tuple<int32_t, int32_t, int32_t, int32_t, float, int32_t>> out;
-            for (const auto & t : r.trace) out.emplace_back(t.depth, t.nodes, t.accepted, t.rank, t.entropy, t.bin);
+            std::vector<std::tuple<int32_t, int32_t, int32_t, int32_t, float, int32_t, float, int32_t>> out;
+            for (const auto & t : r.trace) out.emplace_back(t.depth, t.nodes, t.accepted, t.rank, t.entropy, t.bin, t.predicted, t.levels);
             return out;
         });
 
@@ -171,8 +174,10 @@ NB_MODULE(_core, m) {
         .def("result", &Engine::result)
         .def("debug_kv_state", &Engine::debug_kv_state)
         .def("debug_n_past", &Engine::debug_n_past)
+        .def("debug_wrong_rule", &Engine::debug_wrong_rule, "on"_a)
         .def("cost_profile", &Engine::cost_profile, "width"_a = 4, release_gil())
-        .def("set_cost_profile", &Engine::set_cost_profile, "sizes"_a, "verify_ms"_a, "draft_level_ms"_a)
+        .def("set_cost_profile", &Engine::set_cost_profile, "sizes"_a, "verify_ms"_a, "draft_level_ms"_a,
+             "projected"_a = false)
         .def("generate", &Engine::generate, "prompt"_a, "params"_a, release_gil());
 
     // Pure logic, exposed for unit tests.
@@ -226,6 +231,27 @@ NB_MODULE(_core, m) {
         .def("children_of", [](const TreeBatch & b, int32_t i) {
             return std::vector<int32_t>(b.children.begin() + b.child_begin[size_t(i)], b.children.begin() + b.child_begin[size_t(i) + 1]); })
         .def("child_with_token", &TreeBatch::child_with_token);
+
+    // the acceptance walk on synthetic logits: rows[e] holds entry e's logits, the target's
+    // choice is their argmax; emitting `stop_token` ends generation
+    t.def("walk_tree", [](const TreeBatch & tb, const std::vector<std::vector<float>> & rows, int32_t stop_token) {
+        if (int32_t(rows.size()) != tb.size()) throw std::invalid_argument("one logits row per batch entry");
+        std::vector<int32_t> emitted, accepted;
+        const WalkResult w = walk_tree(
+            tb, [&](int32_t e) {
+                const auto & r = rows[size_t(e)];
+                return int32_t(std::max_element(r.begin(), r.end()) - r.begin());
+            },
+            [&](int32_t y) { emitted.push_back(y); return y != stop_token; }, accepted);
+        return nb::make_tuple(w.last, w.token, w.emitted, w.stopped, accepted, emitted);
+    }, "batch"_a, "rows"_a, "stop_token"_a = -1);
+    t.def("worth_extending", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
+                                const std::vector<float> & values, const std::vector<float> & child_values,
+                                int32_t max_budget, double spent_ms, double level_ms) {
+        CostProfile p{sizes, verify_ms, 0.0};
+        AcceptanceModel acc;
+        return worth_extending(p, acc, values, child_values, max_budget, spent_ms, level_ms);
+    }, "sizes"_a, "verify_ms"_a, "values"_a, "child_values"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a);
 
     t.def("topk_entropy", [](const std::vector<float> & probs) {
         std::vector<TokenProb> v;

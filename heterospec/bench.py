@@ -87,6 +87,10 @@ def _peer_modes(grid) -> list[tuple[str, Optional[int], Optional[float]]]:
 
 def run(args) -> int:
     modes = [parse_mode(m) for m in args.modes]
+    device_profile = None
+    if getattr(args, "cost_profile", None):
+        from .projection import load_profile
+        device_profile = load_profile(args.cost_profile)   # a bad file fails before any run
     args.pad = {}
     for role, attr in (("target", "model"), ("draft", "model_draft")):
         shape = getattr(args, f"pad_{role}", None)
@@ -137,7 +141,8 @@ def run(args) -> int:
                 per_prompt = []
                 try:
                     for i, (cat, ids) in enumerate(token_prompts):
-                        r = engine.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True, **kw)
+                        r = engine.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True,
+                                            trace=True, **kw)
                         per_prompt.append((cat, r))
                         if kw["mode"] == "ar":
                             reference.setdefault(i, r.tokens)
@@ -165,14 +170,20 @@ def run(args) -> int:
         if sys.stderr.isatty():
             print(file=sys.stderr)
         engine_info = {"target": engine.description, "n_ctx": engine.n_ctx}
+        profile = engine.cost_profile() if engine.has_draft else None
+        projected = None
+        if device_profile:
+            projected = project(engine, device_profile, modes, runs, failed, token_prompts, args)
 
     results = summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed,
-                        [cat for cat, _ in token_prompts])
+                        [cat for cat, _ in token_prompts], profile)
     print_table(results)
+    if projected:
+        print_projection(projected)
     env = environment(args, engine_info, len(token_prompts))
     if args.json:
         Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "modes": results,
-                                               "environment": env}, indent=2))
+                                               "projected": projected, "environment": env}, indent=2))
     plot = args.plot or (str(Path(args.json).with_suffix(".png")) if args.json else None)
     if plot:
         from .chart import ChartUnavailable, write_chart
@@ -195,9 +206,52 @@ def _median_rate(reps, tokens, seconds, keep=lambda i: True) -> list[float]:
     return out
 
 
-def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed, categories) -> dict:
+def _breakdown(results, profile: Optional[dict]) -> dict:
+    """Where a step's time goes, in ms per step: drafting (draft passes and the host work between
+    them), verification, host time outside llama.cpp, and what the cost profile prices the
+    verified batches at; `excess` is the step time the profile does not explain."""
+    from .projection import verify_ms
+    steps = sum(r.stats.steps for r in results)
+    if not steps:
+        return {}
+    out = {k: sum(getattr(r.stats, f"{k}_ms") for r in results) / steps for k in ("draft", "verify", "host")}
+    out["step"] = sum(r.stats.decode_ms for r in results) / steps
+    if profile:
+        priced = sum(verify_ms(profile, t[1] + 1) for r in results for t in r.trace) if results[0].trace \
+            else steps * verify_ms(profile, 1)
+        out["profile_verify"] = priced / steps
+        out["excess"] = out["step"] - out["profile_verify"]
+    return out
+
+
+def _best(results: dict, family: str) -> Optional[str]:
+    """The fastest measured mode of a family (ar, chain, tree, heterospec, llama.cpp-spec)."""
+    names = [k for k, v in results.items() if "error" not in v and k.split(":")[0].split(" ")[0] == family]
+    return max(names, key=lambda k: results[k]["tokens_per_second"]) if names else None
+
+
+def _add_paired(results: dict) -> None:
+    """Each mode against plain decoding and the best chain, tree and llama.cpp configuration."""
+    from .paired import paired_ratio
+    refs = {"ar": "ar" if "ar" in results and "error" not in results["ar"] else None,
+            "best chain": _best(results, "chain"), "best tree": _best(results, "tree"),
+            "best llama.cpp": best_peer(results)}
+    for name, v in results.items():
+        if "error" in v:
+            continue
+        v["paired"] = {}
+        for label, ref in refs.items():
+            if ref and ref != name:
+                r = paired_ratio(v["per_prompt_tokens_per_second"], results[ref]["per_prompt_tokens_per_second"])
+                if r:
+                    v["paired"][label] = {"against": ref, **r}
+
+
+def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed, categories,
+              profile: Optional[dict] = None) -> dict:
     """Every figure per mode, overall and per prompt category; speedups are over this engine's
-    plain decoding (`ar`) in the same run."""
+    plain decoding (`ar`) in the same run; paired ratios with their intervals against plain
+    decoding and the best chain, tree and llama.cpp configuration."""
     cats = sorted(set(categories))
     results = {}
     for name, kw in modes:
@@ -223,8 +277,16 @@ def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed
             per_cat[c] = {"tokens_per_second": statistics.median(_median_rate(reps, tok, sec, keep)),
                           "tau": sum(r.stats.generated_tokens for r in sel) / c_steps if c_steps else 0.0,
                           "prompts": len(sel)}
+        calib = [r.stats for r in last if r.stats.predicted_steps]
+        n_pred = sum(s.predicted_steps for s in calib)
         results[name] = {
             "settings": kw,
+            "per_prompt_tokens_per_second": [[tok(r) / sec(r) if sec(r) else 0.0 for r in rep] for rep in reps],
+            "breakdown_ms_per_step": _breakdown(last, profile),
+            "calibration": {"steps": n_pred,
+                            "predicted_tokens_per_step": sum(s.predicted_tokens for s in calib) / n_pred,
+                            "realised_tokens_per_step": sum(s.realised_tokens for s in calib) / n_pred}
+            if n_pred else None,
             "tokens_per_second": statistics.median(tps),
             "tokens_per_second_min": min(tps), "tokens_per_second_max": max(tps),
             "tau": tokens / steps if steps else 0.0,
@@ -247,6 +309,7 @@ def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed
         drafted = sum(r.get("n_drafted", 0) for r in last)
         results[name] = {
             "settings": {"n_max": n_max, "p_min": p_min},
+            "per_prompt_tokens_per_second": [[tok(r) / sec(r) if sec(r) else 0.0 for r in rep] for rep in reps],
             "tokens_per_second": statistics.median(tps),
             "tokens_per_second_min": min(tps), "tokens_per_second_max": max(tps),
             "acceptance": sum(r.get("n_accept", 0) for r in last) / drafted if drafted else None,
@@ -264,6 +327,7 @@ def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed
         for c, f in v["categories"].items():
             b = base.get("categories", {}).get(c, {}).get("tokens_per_second")
             f["speedup"] = f["tokens_per_second"] / b if b else None
+    _add_paired(results)
     return results
 
 
@@ -301,11 +365,26 @@ def print_table(results: dict) -> None:
     if best:
         b = results[best]["tokens_per_second"]
         print(f"\nbest llama.cpp configuration: {best} at {b:.1f} tok/s")
-        for name in ("heterospec", "tree", "ar"):
-            mine = [k for k in ok if k.split(":")[0] == name]
-            if mine:
-                top = max(mine, key=lambda k: ok[k]["tokens_per_second"])
-                print(f"{top} against it: {ok[top]['tokens_per_second'] / b:.2f}x")
+    from .paired import describe
+    print("\npaired speed ratios, per prompt and repeat (geometric mean, 95% interval over prompts)")
+    for name, v in ok.items():
+        for label, r in v.get("paired", {}).items():
+            if not name.startswith("llama.cpp"):
+                print(f"  {name:<44} / {label} ({r['against']}): {describe(r)}")
+    rows = {k: v for k, v in ok.items() if v.get("breakdown_ms_per_step")}
+    if rows:
+        print("\nstep time, ms per step (profile: the cost profile's price of the verified batches; "
+              "excess: step - profile)")
+        print(f"{'mode':<44} {'step':>7} {'draft':>7} {'verify':>7} {'profile':>7} {'excess':>7} {'host':>6}")
+        for name, v in rows.items():
+            b = v["breakdown_ms_per_step"]
+            print(f"{name:<44} {b['step']:7.2f} {b['draft']:7.2f} {b['verify']:7.2f} "
+                  f"{b.get('profile_verify', float('nan')):7.2f} {b.get('excess', float('nan')):7.2f} {b['host']:6.2f}")
+    for name, v in ok.items():
+        c = v.get("calibration")
+        if c:
+            print(f"calibration of {name}: predicted {c['predicted_tokens_per_step']:.2f} tokens per verifying "
+                  f"step, realised {c['realised_tokens_per_step']:.2f} ({c['steps']} steps)")
 
 
 def _sha256(path: str, cache: Path) -> str:
@@ -350,3 +429,39 @@ def environment(args, engine_info: dict, n_prompts: int) -> dict:
             "padded": getattr(args, "pad", {}),
             "prompts": str(args.prompts), "n_prompts": n_prompts, "skip": args.skip,
             "max_tokens": args.max_tokens, "repeats": args.repeats}
+
+
+def project(engine: Engine, prof: dict, modes, runs, failed, token_prompts, args) -> dict:
+    """Every mode's speed projected under another device's cost profile (see projection.py)."""
+    from .projection import projected_rate
+    out = {"profile": {k: prof[k] for k in ("device", "kind", "source") if k in prof},
+           "profile_file": str(args.cost_profile), "modes": {}}
+    engine._engine.set_cost_profile(prof["sizes"], prof["verify_ms"], prof["draft_level_ms"], projected=True)
+    for name, kw in modes:
+        if name in failed or not runs[name]:
+            continue
+        if kw["mode"] == "heterospec" and kw.get("cost_aware", True):
+            # decides by the device's costs: run it again with that profile installed
+            results = [engine.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True,
+                                       trace=True, **kw) for _, ids in token_prompts]
+        else:
+            results = [r for _, r in runs[name][-1]]
+        steps = sum(r.stats.steps for r in results)
+        out["modes"][name] = {"tokens_per_second": projected_rate(prof, results),
+                              "tau": sum(r.stats.generated_tokens for r in results) / steps if steps else 0.0,
+                              "nodes_per_step": sum(r.stats.nodes_verified for r in results) / steps if steps else 0.0}
+    base = out["modes"].get("ar", {}).get("tokens_per_second")
+    for v in out["modes"].values():
+        v["speedup"] = v["tokens_per_second"] / base if base else None
+    engine._profile_ready = False   # the engine's own profile is back on the next cost-aware call
+    return out
+
+
+def print_projection(p: dict) -> None:
+    prof = p["profile"]
+    print(f"\nPROJECTED (not measured) under the {prof['kind']} cost profile of {prof['device']} "
+          f"({p['profile_file']}): this run's steps priced at that device's t_verify(n) and draft pass")
+    print(f"{'mode':<44} {'tok/s':>8} {'speedup':>7} {'tau':>5} {'nodes':>6}")
+    for name, v in p["modes"].items():
+        sp = f"{v['speedup']:.2f}x" if v["speedup"] else "-"
+        print(f"{name:<44} {v['tokens_per_second']:8.1f} {sp:>7} {v['tau']:5.2f} {v['nodes_per_step']:6.1f}")

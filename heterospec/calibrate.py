@@ -83,7 +83,7 @@ def run(args) -> int:
                 ids = engine.tokenize(text, parse_special=True)[-room:]
                 r = engine.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True,
                                     mode="tree", trace=True, **shape)
-                for depth, nodes, accepted, rank, entropy, _ in r.trace:
+                for depth, nodes, accepted, rank, entropy, *_ in r.trace:
                     records.append((entropy, rank if rank > 0 else nodes + 1, accepted))
                 bar = "#" * int(30 * n / len(prompts))
                 print(f"\rcalibrate [{bar:<30}] {n}/{len(prompts)} prompts, {len(records)} steps, "

@@ -104,8 +104,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# bench --regime: the standard configurations of benchmarks/README.md
+REGIMES = {"memory-bound": ("cpu-300m", "f16"), "compute-bound": ("cpu-300m", "q8_0")}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
+    if args.regime:
+        if args.pad_target:
+            raise ValueError("--regime sets the padding itself: give it or --pad-target, not both")
+        args.pad_target, args.pad_type = REGIMES[args.regime]
     return run(args)
 
 
@@ -155,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pad-draft", choices=SHAPES, help="likewise for the draft")
     b.add_argument("--pad-type", choices=TYPES, default="q8_0", help="weight type of padded models (q8_0)")
     b.add_argument("--pad-tool", help="path of pad_model.py (default: ../shared/tools/pad_model.py)")
+    b.add_argument("--regime", choices=sorted(REGIMES), help="standard configurations: 'memory-bound' pads the "
+                   "target to cpu-300m in F16 (a GPU-like cost curve on a CPU), 'compute-bound' in q8_0")
+    b.add_argument("--cost-profile", help="also PROJECT each mode's speed under another device's cost profile "
+                   "(JSON, see benchmarks/profiles/); projected figures are printed apart from measured ones")
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("calibrate", help="fit the entropy partition (policy JSON) for a model pair")

@@ -40,7 +40,7 @@ class GenerationResult:
     tokens: list[int]
     finish_reason: str  # "stop" (end of generation or a stop string) or "length"
     stats: Stats = field(repr=False)
-    trace: list = field(default_factory=list, repr=False)  # (depth, nodes, accepted, rank, entropy, bin) per step
+    trace: list = field(default_factory=list, repr=False)  # (depth, nodes, accepted, rank, entropy, bin, predicted, levels) per step
 
     @classmethod
     def _from_native(cls, r: "_core.Result") -> "GenerationResult":
@@ -184,6 +184,17 @@ class Engine:
         cached_profile(self._engine, self._paths, self._engine_opts, params.spec.width, self._profile_cache)
         self._profile_ready = True
 
+    def cost_profile(self) -> dict:
+        """What verification and drafting cost on this machine, as the cost-aware mode sees it:
+        {"sizes": batch sizes n, "verify_ms": t_verify(n), "draft_level_ms": one draft pass}.
+        Needs a draft model; measured once per model pair and machine, then cached."""
+        if not self.has_draft:
+            raise ValueError("the cost profile needs a draft model")
+        params = self._params(mode="heterospec")
+        self._ensure_profile(params)
+        sizes, verify_ms, draft_ms = self._engine.cost_profile(params.spec.width)
+        return {"sizes": list(sizes), "verify_ms": list(verify_ms), "draft_level_ms": draft_ms}
+
     def _prompt_tokens(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenize(prompt, add_special=True, parse_special=True)
@@ -247,7 +258,8 @@ class Engine:
         The default is
         "heterospec" (cost-aware) when the engine has a draft model, else "ar". The output is the same in every mode: token
         for token when greedy, in distribution when sampling. trace=True records one
-        (depth, nodes, accepted, rank, entropy, bin) tuple per step in `result.trace`.
+        (depth, nodes, accepted, rank, entropy, bin, predicted tokens, draft passes) tuple per step in
+        `result.trace`.
         """
         params = self._params(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty,
                               repeat_last_n, seed, stop, ignore_eos, mode, depth, branching, width,

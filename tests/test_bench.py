@@ -47,6 +47,14 @@ def test_bench_reports_modes_and_survives_a_missing_peer(tiny, tmp_path, capsys,
     assert "llama.cpp" in peers and any(k.startswith("llama.cpp-spec n_max=4 p_min=0") for k in peers)
     assert all("error" in modes[k] for k in peers)
     assert "failed" in captured.out
+    # paired ratios against plain decoding and the best chain/tree; step breakdown; calibration
+    hs = modes["heterospec"]
+    assert hs["paired"]["ar"]["against"] == "ar" and hs["paired"]["best chain"]["against"] == "chain"
+    r = hs["paired"]["ar"]
+    assert r["low"] <= r["ratio"] <= r["high"] and r["prompts"] == 2
+    b = modes["tree:depth=3,budget=3"]["breakdown_ms_per_step"]
+    assert b["step"] > 0 and b["verify"] > 0 and b["profile_verify"] > 0
+    assert "paired speed ratios" in captured.out and "step time" in captured.out
 
 
 def test_bench_groups_categories_and_draws_the_chart(tiny, tmp_path, capsys):
@@ -119,3 +127,51 @@ def test_padded_models_are_made_once_and_failures_are_reported(tiny, tmp_path):
         padded_model(str(tmp_path / "missing.gguf"), "cpu-300m", "q8_0", tmp_path / "cache", str(tool))
     with pytest.raises(FileNotFoundError, match="pad tool not found"):
         padded_model(str(tiny.target), "llama-1b", "q8_0", tmp_path / "cache", str(tmp_path / "nope.py"))
+
+
+def test_paired_ratio_and_its_interval():
+    from heterospec.paired import paired_ratio
+    # mode a is 1.2x mode b on every prompt, while the machine drifts by 30% between repeats
+    b = [[100.0, 50.0, 80.0, 120.0], [130.0, 65.0, 104.0, 156.0]]
+    a = [[x * 1.2 for x in rep] for rep in b]
+    r = paired_ratio(a, b)
+    assert abs(r["ratio"] - 1.2) < 1e-9 and r["high"] - r["low"] < 1e-9 and not r["within_noise"]
+    # noisy ratios around 1: the interval holds 1
+    a = [[x * f for x, f in zip(rep, (1.05, 0.93, 1.02, 0.99))] for rep in b]
+    r = paired_ratio(a, b)
+    assert r["within_noise"] and r["low"] < 1 < r["high"] and r["prompts"] == 4
+    assert paired_ratio([[1.0]], [[2.0]]) is None   # one prompt: no interval
+
+
+def test_projection_prices_recorded_steps_under_a_device_profile(tiny, tmp_path, capsys):
+    from heterospec.projection import verify_ms
+    prof = {"device": "test GPU", "kind": "roofline", "sizes": [1, 2, 4, 8], "verify_ms": [10.0, 10.5, 11.0, 13.0],
+            "draft_level_ms": 0.5}
+    assert verify_ms(prof, 3) == 10.75 and verify_ms(prof, 16) == 17.0 and verify_ms(prof, 1) == 10.0
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(prof))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hello world"}) + "\n" + json.dumps({"prompt": "the value is"}) + "\n")
+    out = tmp_path / "r.json"
+    rc = main(["bench", "-m", str(tiny.target), "-md", str(tiny.draft), "--prompts", str(prompts), "-n", "24",
+               "--repeats", "1", "-t", "1", "--json", str(out), "--cache-dir", str(tmp_path / "c"),
+               "--cost-profile", str(path), "--modes", "ar", "chain", "heterospec"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "PROJECTED (not measured)" in text and "test GPU" in text
+    doc = json.loads(out.read_text())
+    p = doc["projected"]
+    assert p["profile"]["kind"] == "roofline" and set(p["modes"]) == {"ar", "chain", "heterospec"}
+    assert abs(p["modes"]["ar"]["tokens_per_second"] - 100.0) < 1e-6      # one token per 10 ms
+    # the chain verifies 3 nodes (11.5 ms with its 3 draft passes at most), emitting tau tokens per step
+    ch = p["modes"]["chain"]
+    assert ch["nodes_per_step"] > 2 and ch["tokens_per_second"] <= ch["tau"] / 11.0 * 1e3 + 1e-6
+    assert p["modes"]["heterospec"]["nodes_per_step"] > 0    # decided by the flat profile: it speculates
+    # measured figures stay apart: the modes table has no projected numbers
+    assert "projected" not in doc["modes"]["chain"]
+    # a bad profile fails before anything runs
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"sizes": [2, 4], "verify_ms": [1, 2], "draft_level_ms": 0}))
+    assert main(["bench", "-m", str(tiny.target), "-md", str(tiny.draft), "--prompts", str(prompts),
+                 "--cost-profile", str(bad)]) == 1
+    assert "sizes must ascend from 1" in capsys.readouterr().err

@@ -74,10 +74,26 @@ def pair(tiny):
         yield e
 
 
-def test_heterospec_greedy_equals_plain_decoding(tiny, pair):
+# A GPU-like profile (verifying more tokens costs little, drafting is cheap), installed as
+# `projected`: the cost-aware mode then decides by it, not by this machine's clock, so it
+# speculates on the tiny pair, and does so the same way on every run.
+FLAT = ([1, 2, 4, 8, 16], [10.0, 10.2, 10.5, 11.0, 12.0], 0.1)
+
+
+@pytest.fixture
+def flat_pair(pair):
+    pair._engine.set_cost_profile(*FLAT, projected=True)
+    pair._profile_ready = True
+    yield pair
+    pair._profile_ready = False   # the next cost-aware call loads the machine's profile again
+
+
+def test_heterospec_greedy_equals_plain_decoding(tiny, flat_pair):
+    pair = flat_pair
     policy = {"thresholds": [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0]}   # wide low bins: exercise extension
     ties = 0
     bins = set()
+    verified = {"paper": 0, "cost-aware": 0}
     for prompt in PROMPTS:
         ids = pair.tokenize(prompt, parse_special=True)
         ref = pair.generate(ids, max_tokens=40, temperature=0, mode="ar")
@@ -85,27 +101,39 @@ def test_heterospec_greedy_equals_plain_decoding(tiny, pair):
         got = pair.generate(ids, max_tokens=40, temperature=0, mode="heterospec", policy=policy, trace=True,
                             cost_aware=False)
         ties += check_greedy(pair, tiny.target, ids, got, ref, prompt) == "tie"
+        verified["paper"] += got.stats.nodes_verified
         bins |= {t[5] for t in got.trace}
-        for depth, nodes, accepted, rank, h, b in got.trace:
+        for depth, nodes, accepted, rank, h, b, *_ in got.trace:
             assert 0 <= b <= 7
         # the cost-aware budget (the default): same output, whatever it chooses per step
         got = pair.generate(ids, max_tokens=40, temperature=0, mode="heterospec", policy=policy)
         ties += check_greedy(pair, tiny.target, ids, got, ref, prompt + " (cost-aware)") == "tie"
+        verified["cost-aware"] += got.stats.nodes_verified
     assert ties <= 4
     assert bins & {0, 1, 2} and bins & {3, 4, 5, 6, 7}, bins
+    # speculation happened in both: an exactness test that verified nothing would prove nothing
+    assert verified["paper"] > 20 * 40 and verified["cost-aware"] > 20 * 10, verified
 
 
-def test_heterospec_sampling_matches_plain_sampling(pair):
+@pytest.mark.parametrize("cost_aware", [True, False], ids=["cost-aware", "paper"])
+def test_heterospec_sampling_matches_plain_sampling(flat_pair, cost_aware):
     from test_speculative import chi2_threshold, two_sample_chi2
+    pair = flat_pair
     prompt = pair.tokenize("the value", parse_special=True)
     draws = {}
+    verified = 0
     for mode, seed0 in (("ar", 0), ("heterospec", 10**6)):
         out = []
         for i in range(1200):
             p = pair._params(max_tokens=3, temperature=1.0, top_k=5, top_p=1.0, min_p=0.0, seed=seed0 + i,
-                             mode=mode, policy={"thresholds": [1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0]})
-            out.append(tuple(pair._engine.generate(prompt, p).tokens[1:3]))
+                             mode=mode, policy={"thresholds": [1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0]},
+                             cost_aware=cost_aware)
+            r = pair._engine.generate(prompt, p)
+            out.append(tuple(r.tokens[1:3]))
+            verified += r.stats.nodes_verified
         draws[mode] = out
+    # the walk must have met draft nodes, most steps more than one
+    assert verified > 1200 * 2, verified
     stat, df = two_sample_chi2(draws["ar"], draws["heterospec"])
     assert stat < chi2_threshold(df), (stat, df)
 
@@ -155,19 +183,20 @@ def test_bad_policies(pair, tmp_path):
 
 
 def test_budget_choice_against_a_synthetic_cost_curve():
-    """choose_budget maximises (1 + sum of acceptance estimates) / (t_draft + t_verify(n + 1))."""
+    """choose_budget maximises (1 + sum of acceptance estimates) / (t_draft + t_verify(n + 1))
+    over the ladder sizes and the largest budget there is (all nodes, or the bound)."""
     from heterospec._core import testing as T
     sizes = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16]
     values = [0.9, 0.8, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01]
 
     def brute(verify, draft_ms, bound):
+        most = min(bound, len(values))
         best = (0, 1.0 / (draft_ms + verify[0]))
-        for size, t in zip(sizes, verify):
-            n = size - 1
-            if 1 <= n <= min(bound, len(values)):
-                rate = (1 + sum(values[:n])) / (draft_ms + t)
-                if rate > best[1]:
-                    best = (n, rate)
+        for n in sorted({s - 1 for s in sizes if 1 <= s - 1 < most} | {most}):
+            t = float(np.interp(n + 1, sizes, verify))
+            rate = (1 + sum(values[:n])) / (draft_ms + t)
+            if rate > best[1]:
+                best = (n, rate)
         return best[0]
 
     flat = [1.0 + 0.01 * s for s in sizes]          # GPU-like: verifying more costs little
@@ -197,6 +226,22 @@ def test_drafting_stops_after_one_level_when_no_chain_can_pay():
     # ... and the future levels' drafting counts
     assert T.worth_drafting(sizes, cpu, 0.9, 7, 0.05, 0.0)
     assert not T.worth_drafting(sizes, cpu, 0.9, 7, 0.05, 0.5)
+
+
+def test_extending_the_draft_only_while_it_can_pay():
+    """worth_extending: one more level is drafted when the next level's guessed values raise the
+    best expected rate by more than the level costs."""
+    from heterospec._core import testing as T
+    sizes = [1, 2, 4, 8]
+    flat = [1.0, 1.02, 1.05, 1.2]                  # memory-bound: a few more tokens cost nothing
+    steep = [1.0, 2.0, 4.0, 8.0]                   # compute-bound
+    values = [0.9, 0.8]                            # a confident chain of two
+    assert T.worth_extending(sizes, flat, values, [0.7], 7, 0.05, 0.02)
+    assert not T.worth_extending(sizes, flat, values, [0.7], 7, 0.05, 2.0)     # a level dearer than it earns
+    assert not T.worth_extending(sizes, flat, values, [0.001], 7, 0.05, 0.02)  # hopeless children
+    assert not T.worth_extending(sizes, flat, values, [], 7, 0.05, 0.02)       # nothing left to expand
+    assert not T.worth_extending(sizes, flat, values, [0.7], 2, 0.05, 0.02)    # the budget is already full
+    assert not T.worth_extending(sizes, steep, values, [0.7], 7, 0.05, 0.02)   # a third node never pays
 
 
 def test_cost_aware_mode_is_never_much_slower_than_plain(code_target, code_draft, code_prompts):

@@ -219,8 +219,11 @@ def sample_first_tokens(engine, mode, n, seed0, wrong=False):
     for i in range(n):
         p = engine._params(max_tokens=3, temperature=1.0, top_k=5, top_p=1.0, min_p=0.0, seed=seed0 + i,
                            mode=mode, depth=3, branching=3, width=3, budget=8)
-        p.spec.test_wrong_rule = int(wrong)
-        out.append(tuple(engine._engine.generate(prompt, p).tokens[1:3]))
+        engine._engine.debug_wrong_rule(wrong)
+        try:
+            out.append(tuple(engine._engine.generate(prompt, p).tokens[1:3]))
+        finally:
+            engine._engine.debug_wrong_rule(False)
     return out
 
 
@@ -260,7 +263,7 @@ def test_statistics_and_trace(tiny_pair):
     assert s.mean_accepted == pytest.approx(48 / s.steps)
     assert s.nodes_verified == sum(t[1] for t in r.trace)
     assert s.draft_calls >= s.steps and s.draft_ms > 0 and s.verify_ms > 0 and 0 <= s.host_ms < s.decode_ms
-    for depth, nodes, accepted, rank, entropy, bin_ in r.trace:
+    for depth, nodes, accepted, rank, entropy, bin_, *_ in r.trace:
         assert 1 <= accepted <= depth + 1 and 0 <= rank <= nodes and entropy >= 0 and bin_ == -1
 
 

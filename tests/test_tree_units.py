@@ -103,3 +103,36 @@ def test_softmax_top_k_matches_numpy():
     for t, q in got:
         assert q == pytest.approx(p[t], rel=1e-5)
     assert len(T.softmax_top_k(logits, 5000)) == 1000
+
+
+def _walk(spec, choices, stop_token=-1, n_vocab=16):
+    """The walk over the whole tree of `spec`; choices[node id] is the target's token there."""
+    t = build(spec)
+    b = T.TreeBatch()
+    b.build(t, t.select(len(t)))
+    rows = []
+    for e in range(len(b.node)):
+        row = [0.0] * n_vocab
+        row[choices.get(b.node[e], 0)] = 1.0
+        rows.append(row)
+    last, token, emitted, stopped, accepted, out = T.walk_tree(b, rows, stop_token)
+    return b, last, token, emitted, stopped, [b.node[e] for e in accepted], out
+
+
+def test_walk_follows_the_tree_while_the_target_agrees():
+    # the target picks 1 at the root, 4 under node 1, 9 under node 4 (not a child): path 1, 4 + token 9
+    b, last, token, emitted, stopped, accepted, out = _walk(SPEC, {0: 1, 1: 4, 4: 9})
+    assert accepted == [1, 4] and b.node[last] == 4 and token == 9
+    assert out == [1, 4, 9] and emitted == 3 and not stopped
+    # a different choice at the root: nothing accepted, the target's token alone
+    b, last, token, emitted, stopped, accepted, out = _walk(SPEC, {0: 11})
+    assert accepted == [] and last == 0 and out == [11] and emitted == 1
+    # down to a leaf: node 7 has no children, the walk ends with the target's token there
+    b, last, token, emitted, stopped, accepted, out = _walk(SPEC, {0: 1, 1: 4, 4: 7, 7: 12})
+    assert accepted == [1, 4, 7] and out == [1, 4, 7, 12]
+
+
+def test_walk_stops_where_generation_ends():
+    # emitting token 4 ends generation (a stop): the walk ends there, inside the accepted path
+    b, last, token, emitted, stopped, accepted, out = _walk(SPEC, {0: 1, 1: 4, 4: 7}, stop_token=4)
+    assert stopped and out == [1, 4] and emitted == 2 and accepted == [1]

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 namespace heterospec {
 
@@ -50,14 +51,19 @@ BudgetChoice choose_budget(const CostProfile & profile, const AcceptanceModel & 
     BudgetChoice best{0, 1.0, 1.0 / (draft_ms + profile.verify(1))};
     double sum = 1.0;
     size_t taken = 0;
+    auto consider = [&](int32_t n) {
+        for (; taken < size_t(n); ++taken) sum += acc.estimate(values[taken]);
+        const double rate = sum / (draft_ms + profile.verify(n + 1));
+        if (rate > best.expected_rate) best = {n, sum, rate};
+    };
+    const int32_t most = std::min<int32_t>(max_budget, int32_t(values.size()));
     for (int32_t size : profile.sizes) {
         const int32_t n = size - 1;                  // the root rides along
         if (n < 1) continue;
-        if (n > max_budget || size_t(n) > values.size()) break;
-        for (; taken < size_t(n); ++taken) sum += acc.estimate(values[taken]);
-        const double rate = sum / (draft_ms + profile.verify(size));
-        if (rate > best.expected_rate) best = {n, sum, rate};
+        if (n >= most) break;
+        consider(n);
     }
+    if (most >= 1) consider(most);   // every node there is (or the bound), between ladder sizes if need be
     return best;
 }
 
@@ -74,6 +80,53 @@ bool worth_drafting(const CostProfile & profile, const AcceptanceModel & acc, fl
         if (expected / (spent_ms + (n - 1) * level_ms + profile.verify(size)) > plain) return true;
     }
     return false;
+}
+
+bool worth_extending(const CostProfile & profile, const AcceptanceModel & acc, const std::vector<float> & values,
+                     const std::vector<float> & child_values, int32_t max_budget, double spent_ms, double level_ms) {
+    if (child_values.empty()) return false;
+    const double now = choose_budget(profile, acc, values, max_budget, spent_ms).expected_rate;
+    std::vector<float> more(values.size() + child_values.size());
+    std::merge(values.begin(), values.end(), child_values.begin(), child_values.end(), more.begin(),
+               std::greater<float>());
+    return choose_budget(profile, acc, more, max_budget, spent_ms + level_ms).expected_rate > now;
+}
+
+bool CostModel::should_draft(int32_t max_depth) {
+    if (!gate_.speculate()) return false;
+    for (int32_t d = 1; d <= max_depth; ++d)
+        if ((1.0 + d) / (d * level_ms() + verify_ms(d + 1)) * verify_ms(1) > 1.0) return true;
+    return false;
+}
+
+bool CostModel::worth_drafting(float top_value, int32_t max_budget, double spent_ms) const {
+    return heterospec::worth_drafting(profile, acceptance, top_value, max_budget, spent_ms, level_ms());
+}
+
+bool CostModel::worth_extending(const std::vector<float> & values, const std::vector<float> & child_values,
+                                int32_t max_budget, double spent_ms) const {
+    return heterospec::worth_extending(profile, acceptance, values, child_values, max_budget, spent_ms, level_ms());
+}
+
+BudgetChoice CostModel::choose(const std::vector<float> & values, int32_t max_budget, double spent_ms) const {
+    return choose_budget(profile, acceptance, values, max_budget, spent_ms);
+}
+
+void CostModel::observe_step(int32_t emitted, int32_t draft_passes, double draft_ms, int32_t verified_tokens,
+                             double verified_ms) {
+    if (projected) {   // what the step would have cost on the profiled device
+        draft_ms = draft_passes * profile.draft_level_ms;
+        verified_ms = profile.verify(verified_tokens);
+    }
+    auto ema = [](double & avg, double x) { avg = avg < 0 ? x : 0.8 * avg + 0.2 * x; };
+    if (draft_passes > 0) ema(level_ms_, draft_ms / draft_passes);
+    ema(verify_scale_, verified_ms / profile.verify(verified_tokens));
+    // Speculation pays while its realised rate, over the last few dozen speculative steps, beats
+    // plain decoding's. One step alone says little: accepted lengths vary widely.
+    const double decay = 1.0 - 1.0 / 32;
+    spec_tokens_ = decay * spec_tokens_ + emitted;
+    spec_ms_ = decay * spec_ms_ + draft_ms + verified_ms;
+    gate_.report(spec_tokens_ / spec_ms_ * verify_ms(1) >= 1.0);
 }
 
 bool SpeculationGate::speculate() {

@@ -3,6 +3,7 @@
 #include "heterospec/engine.h"
 
 #include <algorithm>
+#include <functional>
 #include <mutex>
 #include <stdexcept>
 
@@ -10,6 +11,7 @@
 #include "drafters/draft_model.h"
 #include "cost_model.h"
 #include "entropy.h"
+#include "mode.h"
 #include "model.h"
 #include "policy.h"
 #include "sampler.h"
@@ -28,7 +30,7 @@ struct Generation {
     std::string output;              // text released so far
     llama_pos n_past = 0;            // tokens in the target's KV cache
     int32_t root = -1;               // speculative modes: newest committed token, not yet run
-    bool speculative = false;
+    Mode mode = Mode::ar;
     bool done = true;
     std::string finish_reason;
     Stats stats;
@@ -54,24 +56,9 @@ struct Engine::Impl {
     DraftTree tree;
     TreeBatch tb;
     Policy policy;
-    CostProfile profile;
-    AcceptanceModel acceptance;
-    SpeculationGate gate;
-    // cost-aware state, kept across generations (same models, same machine)
-    double spec_rate = -1;       // EMA of realised tokens per ms of speculative steps
-    double draft_call_ms = -1;   // EMA of realised drafting time per draft pass
-    double verify_scale = -1;    // EMA of realised / profiled verification time
-
-    // Optimistic bound: could a tree of some depth up to max_depth, every token accepted, beat
-    // plain decoding with the costs seen so far?
-    bool could_pay(int32_t max_depth) const {
-        const double level = draft_call_ms > 0 ? draft_call_ms : profile.draft_level_ms;
-        const double scale = verify_scale > 0 ? verify_scale : 1.0;
-        for (int32_t d = 1; d <= max_depth; ++d)
-            if ((1.0 + d) / (d * level + scale * profile.verify(d + 1)) * profile.verify(1) > 1.0) return true;
-        return false;
-    }
-    std::vector<float> values;
+    CostModel cost;           // kept across generations (same models, same machine)
+    bool wrong_rule = false;  // tests only: see Engine::debug_wrong_rule
+    std::vector<float> values, next_values;
     std::vector<int32_t> selected, accepted;
     std::vector<char> piece_buf = std::vector<char>(256);
 
@@ -127,11 +114,110 @@ struct Engine::Impl {
         return true;
     }
 
-    // One speculative step (algorithm section 1): draft a tree rooted at the newest committed
-    // token, verify it in one target pass, walk it with the target's sampler.
+    // What a step may use: depth and budget caps, shrunk near the end of the context so that
+    // every node has a position and a cell in both caches, and so that the tree fits one batch.
+    struct StepLimits {
+        DraftShape shape;
+        int32_t depth = 0;        // draft levels (0: a plain step)
+        int32_t max_depth = 0;    // heterospec: the deepest extension allowed
+        int32_t budget = 0;       // nodes to verify
+        int32_t max_budget = 0;   // heterospec: the largest budget allowed
+    };
+
+    StepLimits plan(llama_pos P) const {
+        const SpecParams & sp = gen.params.spec;
+        const bool chain = gen.mode == Mode::chain;
+        StepLimits L;
+        L.shape.branching = chain ? 1 : sp.branching;
+        L.shape.width = chain ? 1 : sp.width;
+        L.shape.p_min = chain ? sp.p_min : 0.0f;
+        const int32_t room = int32_t(n_ctx) - 1 - P;
+        const int32_t batch_room = int32_t(llama_n_batch(target_ctx.get())) - 1;
+        // the draft holds W temporary cells per level beyond the first
+        const int32_t draft_room = int32_t(llama_n_ctx(draft_ctx.get())) - 1 - P;
+        auto fit_depth = [&](int32_t d) {
+            d = std::min(d, room);
+            if (d > 1 && L.shape.width * (d - 1) > draft_room) d = 1 + std::max(0, draft_room) / L.shape.width;
+            return draft_room < 0 ? 0 : d;
+        };
+        const int32_t depth = chain ? sp.n_max : sp.depth;
+        const int32_t extra = gen.mode == Mode::heterospec ? Policy::alpha(depth) : 0;
+        L.depth = fit_depth(depth);
+        L.max_depth = fit_depth(depth + extra);
+        L.budget = std::min<int32_t>({chain ? sp.n_max : sp.budget, room, batch_room});
+        L.max_budget = std::min<int32_t>({L.budget + extra, room, batch_room});
+        if (L.budget < 1) L.depth = L.max_depth = 0;
+        return L;
+    }
+
+    // Values of every drafted node, best first, and guesses for the next level's (see
+    // worth_extending).
+    void tree_values(std::vector<float> & all, std::vector<float> & next) const {
+        all.clear();
+        for (int32_t i = 1; i < tree.size(); ++i) all.push_back(tree[i].v);
+        std::sort(all.begin(), all.end(), std::greater<float>());
+        next.clear();
+        for (int32_t f : drafter->frontier()) next.push_back(tree[f].v * tree[f].q);
+        std::sort(next.begin(), next.end(), std::greater<float>());
+    }
+
+    // Cost-aware drafting: one level, then more only while another level can raise the step's
+    // expected rate (section 4, beyond the paper). Returns false for a plain step.
+    bool draft_cost_aware(const StepLimits & L, llama_pos P, double t0) {
+        const int32_t calls0 = drafter->calls();
+        auto spent = [&] { return cost.spent_ms(drafter->calls() - calls0, now_ms() - t0); };
+        drafter->start(tree, L.shape, P, 1);
+        float top = 0.0f;
+        for (int32_t i = 1; i < tree.size(); ++i) top = std::max(top, tree[i].v);
+        if (!cost.worth_drafting(top, L.max_budget, spent())) return false;
+        for (int32_t d = 1; d < L.max_depth; ++d) {
+            tree_values(values, next_values);
+            if (!cost.worth_extending(values, next_values, L.max_budget, spent())) break;
+            if (drafter->extend(tree, 1) == 0) break;
+        }
+        return true;
+    }
+
+    // Drafts this step's tree. Returns false when the step runs plain (nothing drafted to verify).
+    bool draft_tree(const StepLimits & L, llama_pos P, double t0) {
+        if (L.depth < 1) return false;
+        if (cost_aware()) {
+            if (!cost.should_draft(L.max_depth)) return false;
+            return draft_cost_aware(L, P, t0);
+        }
+        drafter->start(tree, L.shape, P, L.depth);
+        return true;
+    }
+
+    // Chooses the nodes to verify, best first, into `selected`.
+    void allocate(const StepLimits & L, double t0, int32_t calls0, StepTrace & tr) {
+        int32_t budget = L.budget;
+        tr.entropy = meta_path_entropy(tree);
+        if (gen.mode == Mode::heterospec) {
+            tr.bin = policy.bin(tr.entropy);
+            if (cost_aware()) {
+                tree_values(values, next_values);
+                const BudgetChoice c = cost.choose(values, L.max_budget,
+                                                   cost.spent_ms(drafter->calls() - calls0, now_ms() - t0));
+                budget = c.budget;
+                if (budget > 0) tr.predicted = float(c.expected_tokens);
+            } else {
+                // the paper: predictable contexts draft deeper and verify fewer
+                const Allocation a = policy.decide(tr.bin, L.depth, L.budget);
+                const int32_t more = std::min(a.depth, L.max_depth) - L.depth;
+                if (more > 0) drafter->extend(tree, more);
+                budget = std::min(a.budget, L.max_budget);
+            }
+        }
+        tree.select(size_t(budget), selected);
+    }
+
+    bool cost_aware() const { return gen.mode == Mode::heterospec && gen.params.spec.cost_aware; }
+
+    // One speculative step (algorithm section 1): plan, draft, allocate, verify, walk, commit,
+    // observe.
     bool step_spec() {
         Generation & g = gen;
-        const SpecParams & sp = g.params.spec;
         const llama_pos P = g.n_past;   // the root's position
         if (uint32_t(P) >= n_ctx) {     // no room to run the root: plain decoding stops here too
             g.finish_reason = "length";
@@ -140,65 +226,14 @@ struct Engine::Impl {
         const double t0 = now_ms();
         const double llama0 = verifier->llama_ms() + drafter->llama_ms();
         const int32_t calls0 = drafter->calls();
+        StepTrace tr{0, 0, 0, 0, 0.0f, -1, 0.0f, 0};
 
-        // Shape, shrunk near the end of the context so that every node has a position and a
-        // cell in both caches, and so that the tree fits one batch.
-        const bool chain = sp.mode == "chain";
-        DraftShape shape;
-        shape.branching = chain ? 1 : sp.branching;
-        shape.width = chain ? 1 : sp.width;
-        shape.p_min = chain ? sp.p_min : 0.0f;
-        const int32_t room = int32_t(n_ctx) - 1 - P;
-        int32_t depth = std::min<int32_t>(chain ? sp.n_max : sp.depth, room);
-        int32_t budget = std::min<int32_t>({chain ? sp.n_max : sp.budget, room, int32_t(llama_n_batch(target_ctx.get())) - 1});
-        const int32_t draft_room = int32_t(llama_n_ctx(draft_ctx.get())) - 1 - P;
-        if (depth > 1 && shape.width * (depth - 1) > draft_room) depth = 1 + std::max(0, draft_room) / shape.width;
-        if (draft_room < 0) depth = 0;
-
+        const StepLimits L = plan(P);
         tree.reset(g.root);
         selected.clear();
-        float entropy = 0.0f;
-        int32_t bin = -1;
-        const bool cost_aware = sp.mode == "heterospec" && sp.cost_aware;
-        if (cost_aware && (!gate.speculate() || !could_pay(depth + Policy::alpha(depth))))
-            depth = 0;   // a plain step: speculation is paused, or cannot pay even when all is accepted
-        const bool drafted = depth >= 1 && budget >= 1;
-        bool cut = false;   // drafting stopped after its first level: a plain step
-        if (drafted) {
-            // cost-aware: one level first, the rest only if a chain that confident could pay
-            drafter->start(tree, shape, P, cost_aware ? 1 : depth);
-            if (cost_aware) {
-                float top = 0.0f;
-                for (int32_t i = 1; i < int32_t(tree.size()); ++i)
-                    if (tree[i].parent == 0) top = std::max(top, tree[i].v);
-                cut = !worth_drafting(profile, acceptance, top, budget + Policy::alpha(depth), now_ms() - t0,
-                                      draft_call_ms > 0 ? draft_call_ms : profile.draft_level_ms);
-                if (!cut) drafter->extend(tree, depth - 1);
-            }
-        }
-        if (drafted && !cut) {
-            entropy = meta_path_entropy(tree);
-            if (sp.mode == "heterospec") {
-                // allocate by entropy bin: predictable contexts draft deeper and verify fewer
-                bin = policy.bin(entropy);
-                const Allocation a = policy.decide(bin, depth, budget);
-                int32_t extra = std::min(a.depth, room) - depth;
-                extra = std::min(extra, (draft_room - shape.width * (depth - 1)) / shape.width);
-                if (extra > 0) drafter->extend(tree, extra);
-                budget = std::min(a.budget, room);
-                budget = std::min(budget, int32_t(llama_n_batch(target_ctx.get())) - 1);
-            }
-            tree.select(size_t(budget), selected);
-            if (cost_aware) {
-                // the bin bounds the budget; measured costs and calibrated acceptance choose it
-                values.clear();
-                for (int32_t n : selected) values.push_back(tree[n].v);
-                const BudgetChoice c = choose_budget(profile, acceptance, values, budget, now_ms() - t0);
-                selected.resize(size_t(c.budget));
-            }
-        } else if (!drafted) {
-            drafter->defer(g.root);
-        }
+        const bool drafted = draft_tree(L, P, t0);
+        if (drafted) allocate(L, t0, calls0, tr);
+        if (drafter->calls() == calls0) drafter->defer(g.root);
         tb.build(tree, selected);
         const double t1 = now_ms();
 
@@ -206,53 +241,49 @@ struct Engine::Impl {
         g.stats.target_calls++;
         const double t2 = now_ms();
 
-        // Walk: sample from the target at each node and follow the tree while it agrees.
-        accepted.clear();
-        int32_t e = 0;
-        int32_t emitted = 0;
-        bool more = true;
-        int32_t y;
-        for (;;) {
-            y = sp.test_wrong_rule ? wrong_rule_draw(e)
-                                   : g.sampler->sample(verifier->logits(e), g.history.data(), g.history.size());
-            const int32_t c = tb.child_with_token(e, y);
-            emitted++;
-            if (!accept(y)) { more = false; break; }
-            if (c < 0) break;
-            accepted.push_back(tb.node[size_t(c)]);
-            e = c;
-        }
-        if (sp.mode == "heterospec" && sp.cost_aware) {
-            // calibrate acceptance against what the target accepted
-            for (int32_t i = 1; i < tb.size(); ++i) {
-                bool on_path = false;
-                for (int32_t a = e; a > 0; a = tb.parent[size_t(a)]) on_path |= a == i;
-                acceptance.observe(tree[tb.node[size_t(i)]].v, on_path);
+        const WalkResult w = walk_tree(
+            tb, [&](int32_t e) { return wrong_rule ? wrong_rule_draw(e) : g.sampler->sample(verifier->logits(e), g.history.data(), g.history.size()); },
+            [&](int32_t y) { return accept(y); }, accepted);
+        if (!w.stopped) {
+            verifier->commit(tb, w.last, P);
+            if (drafter->calls() != calls0) {   // also when no node was kept for verification
+                for (int32_t & e : accepted) e = tb.node[size_t(e)];
+                drafter->commit(tree, accepted);
             }
-        }
-        if (more) {
-            verifier->commit(tb, e, P);
-            if (drafted) drafter->commit(tree, accepted);   // also when no node was kept for verification
-            g.n_past = P + tb.depth[size_t(e)] + 1;
-            g.root = y;
+            g.n_past = P + tb.depth[size_t(w.last)] + 1;
+            g.root = w.token;
         }
 
-        const double t3 = now_ms();
-        if (cost_aware && drafted && !cut) {
-            // speculation pays when its realised rate beats plain decoding's measured one
-            auto ema = [](double & avg, double x) { avg = avg < 0 ? x : 0.8 * avg + 0.2 * x; };
-            ema(spec_rate, emitted / (t3 - t0));
-            ema(draft_call_ms, (t1 - t0) / std::max(1, drafter->calls() - calls0));
-            ema(verify_scale, (t2 - t1) / profile.verify(tb.size()));
-            gate.report(spec_rate * profile.verify(1) >= 1.0);
+        if (cost_aware() && drafted) {
+            // calibrate acceptance against what the target accepted, and the costs against the clock
+            for (int32_t i = 1; i < tb.size(); ++i) {
+                bool on_path = false;
+                for (int32_t a = w.last; a > 0; a = tb.parent[size_t(a)]) on_path |= a == i;
+                cost.observe_node(tree[tb.node[size_t(i)]].v, on_path);
+            }
+            tr.levels = drafter->calls() - calls0;
+            cost.observe_step(w.emitted, tr.levels, t1 - t0, tb.size(), t2 - t1);
         }
+        const double t3 = now_ms();
         g.stats.steps++;
         g.stats.nodes_verified += tb.size() - 1;
         g.stats.draft_ms += t1 - t0;
         g.stats.verify_ms += t2 - t1;
         g.stats.host_ms += (t3 - t0) - (verifier->llama_ms() + drafter->llama_ms() - llama0);
-        if (sp.trace) g.trace.push_back({tb.max_depth(), tb.size() - 1, emitted, tb.rank[size_t(e)], entropy, bin});
-        return more;
+        if (tr.predicted > 0) {
+            g.stats.predicted_steps++;
+            g.stats.predicted_tokens += tr.predicted;
+            g.stats.realised_tokens += w.emitted;
+        }
+        if (g.params.spec.trace) {
+            tr.depth = tb.max_depth();
+            tr.nodes = tb.size() - 1;
+            tr.accepted = w.emitted;
+            tr.rank = tb.rank[size_t(w.last)];
+            tr.levels = drafter->calls() - calls0;
+            g.trace.push_back(tr);
+        }
+        return !w.stopped;
     }
 
     // Times one pass of n tokens (all with logits) on an empty cache, best of a few.
@@ -275,6 +306,7 @@ struct Engine::Impl {
 
     // The cost ladder t_verify(n) of the target and the cost of a draft level, once per engine.
     void measure_profile(int32_t width) {
+        CostProfile & profile = cost.profile;
         if (!profile.empty()) return;
         const int32_t token = std::max(0, llama_vocab_bos(vocab));
         const int32_t most = std::min<int32_t>(opts.max_nodes + 1, int32_t(llama_n_batch(target_ctx.get())));
@@ -308,7 +340,7 @@ struct Engine::Impl {
         g.stats.prompt_ms = g.t_first - g.t_start;
         g.stats.decode_ms = t_end - g.t_first;
         g.stats.generated_tokens = int32_t(g.tokens.size());
-        if (g.speculative) g.stats.draft_calls = drafter->calls();
+        if (g.mode != Mode::ar) g.stats.draft_calls = drafter->calls();
     }
 };
 
@@ -445,24 +477,21 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
                                     "; shorten it or raise n_ctx (-c)");
 
     // with a draft, the default is the cost-aware HeteroSpec mode: it never runs slower than plain
-    std::string mode = params.spec.mode == "auto" ? (m.draft ? "heterospec" : "ar") : params.spec.mode;
-    if (mode != "ar" && !m.draft)
-        throw std::invalid_argument("mode '" + mode + "' needs a draft model (-md / draft=)");
+    const Mode mode = resolve_mode(params.spec.mode, bool(m.draft));
     const SpecParams & sp = params.spec;
-    const int32_t most_nodes = sp.budget + (mode == "heterospec" ? Policy::alpha(sp.depth) : 0);
-    if ((mode == "tree" || mode == "heterospec") && (most_nodes > m.opts.max_nodes || sp.width > m.opts.max_nodes))
+    const int32_t most_nodes = sp.budget + (mode == Mode::heterospec ? Policy::alpha(sp.depth) : 0);
+    if ((mode == Mode::tree || mode == Mode::heterospec) && (most_nodes > m.opts.max_nodes || sp.width > m.opts.max_nodes))
         throw std::invalid_argument("tree budget and width must be at most max_nodes (" +
                                     std::to_string(m.opts.max_nodes) + ")");
-    if (mode == "chain" && sp.n_max > m.opts.max_nodes)
+    if (mode == Mode::chain && sp.n_max > m.opts.max_nodes)
         throw std::invalid_argument("chain n_max must be at most max_nodes (" + std::to_string(m.opts.max_nodes) + ")");
 
     std::lock_guard<std::mutex> lock(m.mu);
     Generation & g = m.gen;
     g = Generation();
     g.params = params;
-    g.params.spec.mode = mode;
-    g.speculative = mode != "ar";
-    g.stats.mode = mode;
+    g.mode = mode;
+    g.params.spec.mode = g.stats.mode = mode_name(mode);
     m.policy = sp.policy_thresholds.empty() ? Policy::builtin() : Policy();
     if (!sp.policy_thresholds.empty()) m.policy.thresholds = sp.policy_thresholds;
     std::copy(sp.policy_gamma.begin(), sp.policy_gamma.end(), m.policy.gamma.begin());
@@ -478,8 +507,8 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
         return;
     }
     try {
-        if (mode == "heterospec" && sp.cost_aware) m.measure_profile(sp.width);
-        if (g.speculative) {
+        if (m.cost_aware()) m.measure_profile(sp.width);
+        if (mode != Mode::ar) {
             // the last prompt token is the first step's root
             const std::vector<int32_t> prefix(prompt.begin(), prompt.end() - 1);
             m.verifier->begin(prefix);
@@ -507,7 +536,7 @@ StepOutput Engine::step() {
     }
     bool more;
     try {
-        more = g.speculative ? m.step_spec() : m.step_ar();
+        more = g.mode != Mode::ar ? m.step_spec() : m.step_ar();
     } catch (...) {
         g.done = true;
         throw;
@@ -537,15 +566,22 @@ std::vector<std::vector<std::pair<int32_t, int32_t>>> Engine::debug_kv_state() c
 
 int32_t Engine::debug_n_past() const { return impl_->gen.n_past; }
 
+void Engine::debug_wrong_rule(bool on) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->wrong_rule = on;
+}
+
 void Engine::set_cost_profile(const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
-                              double draft_level_ms) {
+                              double draft_level_ms, bool projected) {
     if (sizes.empty() || sizes.size() != verify_ms.size() || sizes[0] != 1 || !(draft_level_ms >= 0))
         throw std::invalid_argument("a cost profile needs matching sizes (starting at 1) and timings");
     for (size_t i = 0; i < sizes.size(); ++i)
         if ((i > 0 && sizes[i] <= sizes[i - 1]) || !(verify_ms[i] > 0))
             throw std::invalid_argument("cost profile sizes must ascend and timings be positive");
     std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->profile = {sizes, verify_ms, draft_level_ms};
+    impl_->cost = CostModel();
+    impl_->cost.profile = {sizes, verify_ms, draft_level_ms};
+    impl_->cost.projected = projected;
 }
 
 std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profile(int32_t width) {
@@ -554,7 +590,7 @@ std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profi
     std::lock_guard<std::mutex> lock(m.mu);
     m.gen.done = true;   // measuring clears the caches: any generation in progress ends
     m.measure_profile(width);
-    return {m.profile.sizes, m.profile.verify_ms, m.profile.draft_level_ms};
+    return {m.cost.profile.sizes, m.cost.profile.verify_ms, m.cost.profile.draft_level_ms};
 }
 
 Result Engine::result() const {

@@ -6,6 +6,24 @@
 
 namespace heterospec {
 
+WalkResult walk_tree(const TreeBatch & tb, const std::function<int32_t(int32_t)> & sample,
+                     const std::function<bool(int32_t)> & emit, std::vector<int32_t> & accepted) {
+    accepted.clear();
+    WalkResult w;
+    for (;;) {
+        w.token = sample(w.last);
+        const int32_t c = tb.child_with_token(w.last, w.token);
+        w.emitted++;
+        if (!emit(w.token)) {
+            w.stopped = true;
+            return w;
+        }
+        if (c < 0) return w;
+        accepted.push_back(c);
+        w.last = c;
+    }
+}
+
 Verifier::Verifier(llama_context * ctx, int32_t n_seq_max)
     : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max) {}
 

@@ -1,9 +1,9 @@
 // Verification (algorithm sections 5 and 6, target side): one target pass over the root and
-// the selected nodes with tree attention through path sequences, then KV pruning to the
-// accepted path. The walk itself lives in the engine loop, which owns the sampler and the stop
-// conditions; it reads the logits of each visited entry from here.
+// the selected nodes with tree attention through path sequences, the acceptance walk, then KV
+// pruning to the accepted path.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "draft_tree.h"
@@ -12,6 +12,21 @@
 #include "model.h"
 
 namespace heterospec {
+
+// Where a walk ended.
+struct WalkResult {
+    int32_t last = 0;        // entry of the last accepted node (0: the root, nothing accepted)
+    int32_t token = -1;      // the target's extra token, sampled at `last`
+    int32_t emitted = 0;     // tokens emitted: the accepted nodes and the extra token
+    bool stopped = false;    // `emit` refused a token: generation ends inside this step
+};
+
+// The acceptance walk (section 6): from the root, draw y = sample(entry) from the target and
+// follow the child with token y while there is one; every drawn token goes to emit(y), which
+// returns false to stop generation. Exact for any tree: it only samples from the target.
+// `accepted` receives the accepted entries in path order.
+WalkResult walk_tree(const TreeBatch & tb, const std::function<int32_t(int32_t entry)> & sample,
+                     const std::function<bool(int32_t token)> & emit, std::vector<int32_t> & accepted);
 
 class Verifier {
 public:

@@ -62,10 +62,6 @@ struct SpecParams {
     // pause speculation while it does not pay (false: the paper's fixed gamma fractions)
     bool cost_aware = true;
     bool trace = false;             // record one StepTrace per step
-    // Tests only: 1 replaces the exact walk with a plausible but wrong rule (accept the best
-    // child with probability min(1, p/q), else sample from p instead of the residual), so the
-    // statistical test can show that it catches one.
-    int32_t test_wrong_rule = 0;
 };
 
 struct GenerateParams {

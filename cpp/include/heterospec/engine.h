@@ -67,12 +67,18 @@ public:
     // number of committed tokens in the target's cache.
     std::vector<std::vector<std::pair<int32_t, int32_t>>> debug_kv_state() const;
     int32_t debug_n_past() const;
+    // Tests only: replaces the exact walk with a plausible but wrong rule (accept the best child
+    // with probability min(1, p/q), else sample from p instead of the residual), so that the
+    // statistical test can show that it catches one.
+    void debug_wrong_rule(bool on);
 
     // Measured once per engine: batch sizes n, t_verify(n) in ms, and one draft level in ms.
     std::tuple<std::vector<int32_t>, std::vector<double>, double> cost_profile(int32_t width = 4);
-    // A profile measured earlier (cached by the caller per model pair and machine).
+    // A profile measured earlier (cached by the caller per model pair and machine). `projected`:
+    // another device's profile, taken as it is: the allocation decides as it would there and
+    // judges its steps by that profile's costs, not by this machine's clock (bench --cost-profile).
     void set_cost_profile(const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
-                          double draft_level_ms);
+                          double draft_level_ms, bool projected = false);
 
     struct Impl;
 

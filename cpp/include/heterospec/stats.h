@@ -21,6 +21,11 @@ struct Stats {
     double verify_ms = 0;           // target passes over the trees
     double host_ms = 0;             // decode time spent outside llama.cpp: tree building,
                                     // sorting, KV bookkeeping, sampling
+    // Calibration of the cost-aware allocation: over the steps it chose to verify nodes, the
+    // tokens it expected them to emit and the tokens they did emit.
+    int32_t predicted_steps = 0;
+    double predicted_tokens = 0;
+    int32_t realised_tokens = 0;
 
     // Mean tokens emitted per step (tau), the extra token from the target included.
     double mean_accepted() const { return steps ? double(generated_tokens) / steps : 0.0; }
@@ -45,6 +50,8 @@ struct StepTrace {
     int32_t rank;       // rank by V of the last accepted node among those verified (0: none)
     float entropy;      // H(P*) of the base tree (tree and heterospec modes)
     int32_t bin;        // heterospec: entropy bin, -1 otherwise
+    float predicted;    // cost-aware: tokens the allocation expected the step to emit, 0 otherwise
+    int32_t levels;     // draft passes in the step (the first also runs tokens the draft missed)
 };
 
 }  // namespace heterospec

@@ -47,6 +47,8 @@ public:
     int32_t calls() const { return calls_; }
     double llama_ms() const { return llama_ms_; }
     const std::vector<TokenProb> & root_top() const { return root_top_; }
+    // The nodes the next level would expand, best first.
+    const std::vector<int32_t> & frontier() const { return frontier_; }
 
 private:
     void decode_or_throw();
