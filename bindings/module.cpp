@@ -249,8 +249,7 @@ NB_MODULE(_core, m) {
                                 const std::vector<float> & values, const std::vector<float> & child_values,
                                 int32_t max_budget, double spent_ms, double level_ms) {
         CostProfile p{sizes, verify_ms, 0.0};
-        AcceptanceModel acc;
-        return worth_extending(p, acc, values, child_values, max_budget, spent_ms, level_ms);
+        return worth_extending(p, values, child_values, max_budget, spent_ms, level_ms);
     }, "sizes"_a, "verify_ms"_a, "values"_a, "child_values"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a);
 
     t.def("topk_entropy", [](const std::vector<float> & probs) {
@@ -273,14 +272,13 @@ NB_MODULE(_core, m) {
     t.def("choose_budget", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
                               const std::vector<float> & values, int32_t max_budget, double draft_ms) {
         CostProfile p{sizes, verify_ms, 0.0};
-        AcceptanceModel acc;   // fresh: the estimate is the prior V itself
-        return choose_budget(p, acc, values, max_budget, draft_ms).budget;
+        // uncalibrated: a node's acceptance estimate is its value V
+        return choose_budget(p, values, max_budget, draft_ms).budget;
     }, "sizes"_a, "verify_ms"_a, "values"_a, "max_budget"_a, "draft_ms"_a);
     t.def("worth_drafting", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
                                float top_value, int32_t max_budget, double spent_ms, double level_ms) {
         CostProfile p{sizes, verify_ms, 0.0};
-        AcceptanceModel acc;
-        return worth_drafting(p, acc, top_value, max_budget, spent_ms, level_ms);
+        return worth_drafting(p, top_value, max_budget, spent_ms, level_ms);
     }, "sizes"_a, "verify_ms"_a, "top_value"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a);
 
     t.def("softmax_top_k", [](nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu> logits, int32_t k) {

@@ -28,35 +28,40 @@ int AcceptanceModel::bin_of(float v) {
     return std::min(b, kBins - 1);
 }
 
-float AcceptanceModel::estimate(float v) const {
-    const int b = bin_of(v);
+float AcceptanceModel::estimate(float v, int32_t h) const {
+    const size_t b = size_t(bin_of(v));
     const double prior_weight = 4.0;   // the prior P(accept) = V counts as four observations
-    return float((accepted_[size_t(b)] + prior_weight * v) / (seen_[size_t(b)] + prior_weight));
+    const double by_v = (accepted_[b] + prior_weight * v) / (seen_[b] + prior_weight);
+    if (h < 0 || h >= kEntropyBins) return float(by_v);
+    const double bin_weight = 8.0;     // an entropy bin's cell leans on the V-only figure until it has data
+    return float((accepted_h_[size_t(h)][b] + bin_weight * by_v) / (seen_h_[size_t(h)][b] + bin_weight));
 }
 
-void AcceptanceModel::observe(float v, bool accepted) {
-    const int b = bin_of(v);
-    seen_[size_t(b)] += 1;
-    accepted_[size_t(b)] += accepted ? 1 : 0;
+void AcceptanceModel::observe(float v, int32_t h, bool accepted) {
+    const size_t b = size_t(bin_of(v));
+    seen_[b] += 1;
+    accepted_[b] += accepted ? 1 : 0;
+    if (h < 0 || h >= kEntropyBins) return;
+    seen_h_[size_t(h)][b] += 1;
+    accepted_h_[size_t(h)][b] += accepted ? 1 : 0;
 }
 
-void AcceptanceModel::reset() {
-    seen_.fill(0);
-    accepted_.fill(0);
-}
-
-BudgetChoice choose_budget(const CostProfile & profile, const AcceptanceModel & acc,
-                           const std::vector<float> & values, int32_t max_budget, double draft_ms) {
+BudgetChoice choose_budget(const CostProfile & profile, const std::vector<float> & accept, int32_t max_budget,
+                           double draft_ms, double long_run_rate) {
+    auto choice = [&](int32_t n, double tokens) {
+        const double ms = draft_ms + profile.verify(n + 1);
+        return BudgetChoice{n, tokens, tokens / ms, long_run_rate > 0 ? tokens - long_run_rate * ms : tokens / ms};
+    };
     // n = 0 verifies the root alone: one token for the drafting already spent and one pass
-    BudgetChoice best{0, 1.0, 1.0 / (draft_ms + profile.verify(1))};
+    BudgetChoice best = choice(0, 1.0);
     double sum = 1.0;
     size_t taken = 0;
     auto consider = [&](int32_t n) {
-        for (; taken < size_t(n); ++taken) sum += acc.estimate(values[taken]);
-        const double rate = sum / (draft_ms + profile.verify(n + 1));
-        if (rate > best.expected_rate) best = {n, sum, rate};
+        for (; taken < size_t(n); ++taken) sum += accept[taken];
+        const BudgetChoice c = choice(n, sum);
+        if (c.score > best.score) best = c;
     };
-    const int32_t most = std::min<int32_t>(max_budget, int32_t(values.size()));
+    const int32_t most = std::min<int32_t>(max_budget, int32_t(accept.size()));
     for (int32_t size : profile.sizes) {
         const int32_t n = size - 1;                  // the root rides along
         if (n < 1) continue;
@@ -67,9 +72,7 @@ BudgetChoice choose_budget(const CostProfile & profile, const AcceptanceModel & 
     return best;
 }
 
-bool worth_drafting(const CostProfile & profile, const AcceptanceModel & acc, float top_value,
-                    int32_t max_budget, double spent_ms, double level_ms) {
-    const double a = acc.estimate(top_value);
+bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, double spent_ms, double level_ms) {
     const double plain = 1.0 / (spent_ms + profile.verify(1));
     double expected = 1.0, ak = 1.0;
     int32_t n = 0;
@@ -82,14 +85,17 @@ bool worth_drafting(const CostProfile & profile, const AcceptanceModel & acc, fl
     return false;
 }
 
-bool worth_extending(const CostProfile & profile, const AcceptanceModel & acc, const std::vector<float> & values,
-                     const std::vector<float> & child_values, int32_t max_budget, double spent_ms, double level_ms) {
-    if (child_values.empty()) return false;
-    const double now = choose_budget(profile, acc, values, max_budget, spent_ms).expected_rate;
-    std::vector<float> more(values.size() + child_values.size());
-    std::merge(values.begin(), values.end(), child_values.begin(), child_values.end(), more.begin(),
-               std::greater<float>());
-    return choose_budget(profile, acc, more, max_budget, spent_ms + level_ms).expected_rate > now;
+bool worth_extending(const CostProfile & profile, const std::vector<float> & accept,
+                     const std::vector<float> & child_accept, int32_t max_budget, double spent_ms, double level_ms,
+                     double long_run_rate) {
+    if (child_accept.empty()) return false;
+    // both sides best first, so that the guesses take the places their estimates earn
+    std::vector<float> now(accept), more(accept);
+    more.insert(more.end(), child_accept.begin(), child_accept.end());
+    std::sort(now.begin(), now.end(), std::greater<float>());
+    std::sort(more.begin(), more.end(), std::greater<float>());
+    return choose_budget(profile, more, max_budget, spent_ms + level_ms, long_run_rate).score >
+           choose_budget(profile, now, max_budget, spent_ms, long_run_rate).score;
 }
 
 bool CostModel::should_draft(int32_t max_depth) {
@@ -99,33 +105,38 @@ bool CostModel::should_draft(int32_t max_depth) {
     return false;
 }
 
-bool CostModel::worth_drafting(float top_value, int32_t max_budget, double spent_ms) const {
-    return heterospec::worth_drafting(profile, acceptance, top_value, max_budget, spent_ms, level_ms());
+bool CostModel::worth_drafting(float top_accept, int32_t max_budget, double spent_ms) const {
+    return heterospec::worth_drafting(profile, top_accept, max_budget, spent_ms, level_ms());
 }
 
-bool CostModel::worth_extending(const std::vector<float> & values, const std::vector<float> & child_values,
+bool CostModel::worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
                                 int32_t max_budget, double spent_ms) const {
-    return heterospec::worth_extending(profile, acceptance, values, child_values, max_budget, spent_ms, level_ms());
+    return heterospec::worth_extending(profile, accept, child_accept, max_budget, spent_ms, level_ms(),
+                                       long_run_rate());
 }
 
-BudgetChoice CostModel::choose(const std::vector<float> & values, int32_t max_budget, double spent_ms) const {
-    return choose_budget(profile, acceptance, values, max_budget, spent_ms);
+BudgetChoice CostModel::choose(const std::vector<float> & accept, int32_t max_budget, double spent_ms) const {
+    return choose_budget(profile, accept, max_budget, spent_ms, long_run_rate());
 }
 
-void CostModel::observe_step(int32_t emitted, int32_t draft_passes, double draft_ms, int32_t verified_tokens,
-                             double verified_ms) {
+void CostModel::observe_step(bool drafted, int32_t emitted, int32_t draft_passes, double draft_ms,
+                             int32_t verified_tokens, double verified_ms) {
     if (projected) {   // what the step would have cost on the profiled device
         draft_ms = draft_passes * profile.draft_level_ms;
         verified_ms = profile.verify(verified_tokens);
     }
+    const double decay = 1.0 - 1.0 / 64;
+    all_tokens_ = decay * all_tokens_ + emitted;
+    all_ms_ = decay * all_ms_ + draft_ms + verified_ms;
+    if (!drafted) return;
     auto ema = [](double & avg, double x) { avg = avg < 0 ? x : 0.8 * avg + 0.2 * x; };
     if (draft_passes > 0) ema(level_ms_, draft_ms / draft_passes);
     ema(verify_scale_, verified_ms / profile.verify(verified_tokens));
     // Speculation pays while its realised rate, over the last few dozen speculative steps, beats
     // plain decoding's. One step alone says little: accepted lengths vary widely.
-    const double decay = 1.0 - 1.0 / 32;
-    spec_tokens_ = decay * spec_tokens_ + emitted;
-    spec_ms_ = decay * spec_ms_ + draft_ms + verified_ms;
+    const double spec_decay = 1.0 - 1.0 / 32;
+    spec_tokens_ = spec_decay * spec_tokens_ + emitted;
+    spec_ms_ = spec_decay * spec_ms_ + draft_ms + verified_ms;
     gate_.report(spec_tokens_ / spec_ms_ * verify_ms(1) >= 1.0);
 }
 

@@ -1,13 +1,15 @@
-// Cost-aware budget (beyond the paper; algorithm section 4). Pure logic.
+// Cost-aware allocation (beyond the paper; algorithm section 4). Pure logic.
 //
 // The engine measures, for the models and machine at hand, what verifying n tokens costs
-// (t_verify(n), for a ladder of n) and what one draft level costs. Each step it picks the
-// budget that maximises expected tokens per second,
-//     N* = argmax_n (1 + sum of the n best acceptance estimates) / (t_draft + t_verify(n + 1)),
-// where a node's acceptance estimate comes from its draft value V, calibrated online against
-// what the target actually accepted. Budgets snap to the ladder so that llama.cpp can reuse
-// its compute graphs. When even the best budget is expected to be slower than plain decoding,
-// speculation pauses for a number of steps that doubles while it keeps losing.
+// (t_verify(n), for a ladder of n) and what one draft pass costs. A step drafts one level at a
+// time while another level can pay, then verifies the n best nodes (by draft value V) that
+// maximise the step's surplus over the long-run rate R,
+//     N* = argmax_n (1 + sum of the n best acceptance estimates) - R * (t_draft + t_verify(n + 1)),
+// which maximises the long-run tokens per second (Dinkelbach); n = 0 is a plain step. A node's
+// acceptance estimate comes from its V and the HeteroSpec signal, the cumulative top-K entropy
+// of the path that drafted it, mapped to the entropy partition's bin; both are calibrated online
+// against what the target accepted. When speculation loses all the same, it pauses for a number
+// of steps that doubles while it keeps losing.
 #pragma once
 
 #include <array>
@@ -26,46 +28,50 @@ struct CostProfile {
     double verify(int32_t n) const;
 };
 
-// Maps a draft value V to the probability that the target accepts the node, from counts kept
-// in bins of log V. Starts from the prior P(accept) = V.
+// The probability that the target accepts a node, from its draft value V (bins of log V) and
+// its path's entropy bin. Starts from the prior P(accept) = V; the V-only calibration is in
+// turn the prior of each entropy bin's.
 class AcceptanceModel {
 public:
-    static constexpr int kBins = 24;
-    float estimate(float v) const;
-    void observe(float v, bool accepted);
-    void reset();
+    static constexpr int kBins = 24;           // of log2 V, width 0.5
+    static constexpr int kEntropyBins = 8;     // the policy's partition
+    float estimate(float v, int32_t entropy_bin = -1) const;
+    void observe(float v, int32_t entropy_bin, bool accepted);
 
 private:
     static int bin_of(float v);
-    std::array<double, kBins> seen_{};
-    std::array<double, kBins> accepted_{};
+    std::array<double, kBins> seen_{}, accepted_{};
+    std::array<std::array<double, kBins>, kEntropyBins> seen_h_{}, accepted_h_{};
 };
 
 struct BudgetChoice {
     int32_t budget;         // nodes to verify (0: a plain step)
     double expected_tokens; // 1 + sum of acceptance estimates
     double expected_rate;   // tokens per ms
+    double score;           // what the choice maximised (see choose_budget)
 };
 
 // The budget (0, a ladder size minus the root, or all the nodes there are, at most max_budget)
-// that maximises expected tokens per ms given the drafting time already spent, for nodes whose
-// values are given best first. Ladder sizes keep llama.cpp's compute graphs reusable.
-BudgetChoice choose_budget(const CostProfile & profile, const AcceptanceModel & acc,
-                           const std::vector<float> & values_best_first, int32_t max_budget,
-                           double draft_ms);
+// for nodes whose acceptance estimates are given in selection order (best V first), given the
+// drafting time already spent. Ladder sizes keep llama.cpp's compute graphs reusable. With the
+// long-run rate R (tokens per ms, > 0) the score is the step's surplus, expected tokens -
+// R * time: maximising it each step maximises the long-run rate. Without one (R <= 0) it is the
+// step's own expected rate.
+BudgetChoice choose_budget(const CostProfile & profile, const std::vector<float> & accept, int32_t max_budget,
+                           double draft_ms, double long_run_rate = 0.0);
 
 // Whether drafting on is worth it once the first level is drafted: the best expected rate of a
-// chain whose every token is as likely accepted as the best first-level node (a = acceptance
-// estimate of `top_value`, so the k-th node counts a^k), paying `level_ms` per further level,
-// against plain decoding. Cuts a hopeless step to one draft pass instead of a whole tree.
-bool worth_drafting(const CostProfile & profile, const AcceptanceModel & acc, float top_value,
-                    int32_t max_budget, double spent_ms, double level_ms);
+// chain whose every token is accepted with probability `a` (the best first-level node's
+// estimate, so the k-th node counts a^k), paying `level_ms` per further level, against plain
+// decoding. Cuts a hopeless step to one draft pass instead of a whole tree.
+bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, double spent_ms, double level_ms);
 
-// Whether drafting one more level can raise the step's best expected rate. `values` are the
-// drafted nodes' values, best first; `child_values` guess the next level's (a frontier node's
+// Whether drafting one more level can raise the step's best score. `accept` are the drafted
+// nodes' estimates in selection order; `child_accept` guess the next level's (a frontier node's
 // child taken as confident as the node was of its own parent: V * q). The level costs level_ms.
-bool worth_extending(const CostProfile & profile, const AcceptanceModel & acc, const std::vector<float> & values,
-                     const std::vector<float> & child_values, int32_t max_budget, double spent_ms, double level_ms);
+bool worth_extending(const CostProfile & profile, const std::vector<float> & accept,
+                     const std::vector<float> & child_accept, int32_t max_budget, double spent_ms, double level_ms,
+                     double long_run_rate = 0.0);
 
 // Pauses speculation while it does not pay: after a losing step, the next `pause` steps run
 // plain, and `pause` doubles (up to a cap) each time speculation loses again.
@@ -97,22 +103,26 @@ public:
     double spent_ms(int32_t draft_passes, double clock_ms) const {
         return projected ? draft_passes * profile.draft_level_ms : clock_ms;
     }
+    // Tokens per ms over the recent steps of cost-aware generations, plain ones included (0
+    // before any).
+    double long_run_rate() const { return all_ms_ > 0 ? all_tokens_ / all_ms_ : 0.0; }
 
     // Before drafting: false runs a plain step (speculation paused, or no tree up to max_depth
     // could beat plain decoding even if every token were accepted).
     bool should_draft(int32_t max_depth);
     // After the first level: whether a chain as confident as the best first-level node could pay.
-    bool worth_drafting(float top_value, int32_t max_budget, double spent_ms) const;
-    // After each level: whether one more level can raise the expected rate.
-    bool worth_extending(const std::vector<float> & values, const std::vector<float> & child_values,
+    bool worth_drafting(float top_accept, int32_t max_budget, double spent_ms) const;
+    // After each level: whether one more level can raise the step's score.
+    bool worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
                          int32_t max_budget, double spent_ms) const;
-    // Nodes to verify among `values` (best first).
-    BudgetChoice choose(const std::vector<float> & values, int32_t max_budget, double spent_ms) const;
+    // Nodes to verify among those whose estimates are `accept` (selection order).
+    BudgetChoice choose(const std::vector<float> & accept, int32_t max_budget, double spent_ms) const;
 
-    // After a step that drafted: the values of the verified nodes and whether each was accepted
-    // (calibration), and the realised costs and tokens (gate).
-    void observe_node(float value, bool accepted) { acceptance.observe(value, accepted); }
-    void observe_step(int32_t emitted, int32_t draft_passes, double draft_ms, int32_t verified_tokens,
+    // After each step: the verified nodes (value, path entropy bin, accepted) for calibration,
+    // and the realised costs and tokens. `drafted`: the step drafted a tree and chose its nodes
+    // (not a plain step, nor one cut after its first level).
+    void observe_node(float value, int32_t entropy_bin, bool accepted) { acceptance.observe(value, entropy_bin, accepted); }
+    void observe_step(bool drafted, int32_t emitted, int32_t draft_passes, double draft_ms, int32_t verified_tokens,
                       double verified_ms);
 
 private:
@@ -120,6 +130,7 @@ private:
     double level_ms_ = -1;       // EMA of realised drafting time per draft pass
     double verify_scale_ = -1;   // EMA of realised / profiled verification time
     double spec_tokens_ = 0, spec_ms_ = 0;   // decayed sums over speculative steps: realised rate
+    double all_tokens_ = 0, all_ms_ = 0;     // the same over every step
 };
 
 }  // namespace heterospec

@@ -7,12 +7,12 @@ namespace heterospec {
 
 void DraftTree::reset(int32_t root_token) {
     nodes_.clear();
-    nodes_.push_back({root_token, -1, 0, 1.0f, 1.0f, -1.0f});
+    nodes_.push_back({root_token, -1, 0, 1.0f, 1.0f, -1.0f, 0.0f});
 }
 
 int32_t DraftTree::add(int32_t parent, int32_t token, float q) {
     const DraftNode & p = nodes_[size_t(parent)];
-    nodes_.push_back({token, parent, p.depth + 1, q, p.v * q, -1.0f});
+    nodes_.push_back({token, parent, p.depth + 1, q, p.v * q, -1.0f, p.hp + std::max(p.h, 0.0f)});
     return int32_t(nodes_.size()) - 1;
 }
 

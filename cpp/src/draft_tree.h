@@ -20,6 +20,8 @@ struct DraftNode {
     float q;          // draft probability given the parent path (1 for the root)
     float v;          // product of q from the root
     float h;          // top-K entropy of the draft distribution at this node, -1 if not expanded
+    float hp;         // path entropy: the sum of h over the ancestors whose distributions drafted
+                      // this node's path (section 3's meta-path score, for any node)
 };
 
 class DraftTree {

@@ -150,15 +150,19 @@ struct Engine::Impl {
         return L;
     }
 
-    // Values of every drafted node, best first, and guesses for the next level's (see
-    // worth_extending).
-    void tree_values(std::vector<float> & all, std::vector<float> & next) const {
+    // Acceptance estimates of every drafted node in selection order (best V first; their ids in
+    // `selected`), and guesses for the next level's (see worth_extending).
+    void estimates(std::vector<float> & all, std::vector<float> & next) {
+        const AcceptanceModel & acc = cost.acceptance;
+        tree.select(size_t(tree.size()), selected);
         all.clear();
-        for (int32_t i = 1; i < tree.size(); ++i) all.push_back(tree[i].v);
-        std::sort(all.begin(), all.end(), std::greater<float>());
+        for (int32_t n : selected) all.push_back(acc.estimate(tree[n].v, policy.bin(tree[n].hp)));
         next.clear();
-        for (int32_t f : drafter->frontier()) next.push_back(tree[f].v * tree[f].q);
-        std::sort(next.begin(), next.end(), std::greater<float>());
+        for (int32_t f : drafter->frontier()) {
+            const DraftNode & n = tree[f];
+            const float h_step = n.hp - tree[n.parent].hp;   // the child's entropy taken as its parent's
+            next.push_back(acc.estimate(n.v * n.q, policy.bin(n.hp + h_step)));
+        }
     }
 
     // Cost-aware drafting: one level, then more only while another level can raise the step's
@@ -167,11 +171,10 @@ struct Engine::Impl {
         const int32_t calls0 = drafter->calls();
         auto spent = [&] { return cost.spent_ms(drafter->calls() - calls0, now_ms() - t0); };
         drafter->start(tree, L.shape, P, 1);
-        float top = 0.0f;
-        for (int32_t i = 1; i < tree.size(); ++i) top = std::max(top, tree[i].v);
-        if (!cost.worth_drafting(top, L.max_budget, spent())) return false;
+        estimates(values, next_values);
+        if (values.empty() || !cost.worth_drafting(values[0], L.max_budget, spent())) return false;
         for (int32_t d = 1; d < L.max_depth; ++d) {
-            tree_values(values, next_values);
+            if (d > 1) estimates(values, next_values);
             if (!cost.worth_extending(values, next_values, L.max_budget, spent())) break;
             if (drafter->extend(tree, 1) == 0) break;
         }
@@ -196,18 +199,18 @@ struct Engine::Impl {
         if (gen.mode == Mode::heterospec) {
             tr.bin = policy.bin(tr.entropy);
             if (cost_aware()) {
-                tree_values(values, next_values);
+                estimates(values, next_values);
                 const BudgetChoice c = cost.choose(values, L.max_budget,
                                                    cost.spent_ms(drafter->calls() - calls0, now_ms() - t0));
-                budget = c.budget;
-                if (budget > 0) tr.predicted = float(c.expected_tokens);
-            } else {
-                // the paper: predictable contexts draft deeper and verify fewer
-                const Allocation a = policy.decide(tr.bin, L.depth, L.budget);
-                const int32_t more = std::min(a.depth, L.max_depth) - L.depth;
-                if (more > 0) drafter->extend(tree, more);
-                budget = std::min(a.budget, L.max_budget);
+                if (c.budget > 0) tr.predicted = float(c.expected_tokens);
+                selected.resize(size_t(c.budget));   // ids in selection order, from estimates()
+                return;
             }
+            // the paper: predictable contexts draft deeper and verify fewer
+            const Allocation a = policy.decide(tr.bin, L.depth, L.budget);
+            const int32_t more = std::min(a.depth, L.max_depth) - L.depth;
+            if (more > 0) drafter->extend(tree, more);
+            budget = std::min(a.budget, L.max_budget);
         }
         tree.select(size_t(budget), selected);
     }
@@ -230,9 +233,9 @@ struct Engine::Impl {
 
         const StepLimits L = plan(P);
         tree.reset(g.root);
-        selected.clear();
         const bool drafted = draft_tree(L, P, t0);
         if (drafted) allocate(L, t0, calls0, tr);
+        else selected.clear();   // a plain step: the root alone
         if (drafter->calls() == calls0) drafter->defer(g.root);
         tb.build(tree, selected);
         const double t1 = now_ms();
@@ -254,15 +257,15 @@ struct Engine::Impl {
             g.root = w.token;
         }
 
-        if (cost_aware() && drafted) {
+        if (cost_aware()) {
             // calibrate acceptance against what the target accepted, and the costs against the clock
-            for (int32_t i = 1; i < tb.size(); ++i) {
+            for (int32_t i = 1; drafted && i < tb.size(); ++i) {
                 bool on_path = false;
                 for (int32_t a = w.last; a > 0; a = tb.parent[size_t(a)]) on_path |= a == i;
-                cost.observe_node(tree[tb.node[size_t(i)]].v, on_path);
+                const DraftNode & n = tree[tb.node[size_t(i)]];
+                cost.observe_node(n.v, policy.bin(n.hp), on_path);
             }
-            tr.levels = drafter->calls() - calls0;
-            cost.observe_step(w.emitted, tr.levels, t1 - t0, tb.size(), t2 - t1);
+            cost.observe_step(drafted, w.emitted, drafter->calls() - calls0, t1 - t0, tb.size(), t2 - t1);
         }
         const double t3 = now_ms();
         g.stats.steps++;
