@@ -213,6 +213,9 @@ NB_MODULE(_core, m) {
             return nb::make_tuple(n.token, n.parent, n.depth, n.q, n.v);
         })
         .def("select", [](const DraftTree & t, size_t n) { std::vector<int32_t> out; t.select(n, out); return out; })
+        .def("select_by", [](const DraftTree & t, const std::vector<float> & score, size_t n) {
+            if (int32_t(score.size()) != t.size()) throw std::invalid_argument("one score per node");
+            std::vector<int32_t> out; t.select_by(score, n, out); return out; })
         .def("top", [](const DraftTree & t, const std::vector<int32_t> & cand, size_t n) {
             std::vector<int32_t> out; t.top(cand, n, out); return out; });
 
@@ -245,6 +248,14 @@ NB_MODULE(_core, m) {
             [&](int32_t y) { emitted.push_back(y); return y != stop_token; }, accepted);
         return nb::make_tuple(w.last, w.token, w.emitted, w.stopped, accepted, emitted);
     }, "batch"_a, "rows"_a, "stop_token"_a = -1);
+    nb::class_<AcceptanceModel>(t, "AcceptanceModel")
+        .def(nb::init<>())
+        .def("estimate", [](const AcceptanceModel & m, float q, float h_parent, int32_t path_bin, float agreement) {
+            return m.estimate({q, h_parent, path_bin, agreement}); }, "q"_a, "h_parent"_a, "path_bin"_a, "agreement"_a)
+        .def("observe", [](AcceptanceModel & m, float q, float h_parent, int32_t path_bin, float agreement, bool accepted) {
+            m.observe({q, h_parent, path_bin, agreement}, accepted); },
+             "q"_a, "h_parent"_a, "path_bin"_a, "agreement"_a, "accepted"_a)
+        .def("begin_generation", &AcceptanceModel::begin_generation);
     t.def("worth_extending", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
                                 const std::vector<float> & values, const std::vector<float> & child_values,
                                 int32_t max_budget, double spent_ms, double level_ms) {

@@ -253,8 +253,9 @@ class Engine:
         (the tree, allocated per step by its entropy bin; `policy`: a policy JSON file from
         `heterospec calibrate`, or its dict; default: built-in thresholds; a policy fitted for
         another model pair is refused unless force_policy=True; cost_aware=True, the default,
-        picks each step's budget from measured costs and calibrated acceptance and pauses
-        speculation while it does not pay, cost_aware=False keeps the paper's fixed gamma).
+        chooses each step's depth and verified nodes from measured costs and acceptance
+        calibrated per entropy bin, and runs plain steps where speculation does not pay;
+        cost_aware=False keeps the paper's fixed gamma).
         The default is
         "heterospec" (cost-aware) when the engine has a draft model, else "ar". The output is the same in every mode: token
         for token when greedy, in distribution when sampling. trace=True records one

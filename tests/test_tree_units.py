@@ -136,3 +136,15 @@ def test_walk_stops_where_generation_ends():
     # emitting token 4 ends generation (a stop): the walk ends there, inside the accepted path
     b, last, token, emitted, stopped, accepted, out = _walk(SPEC, {0: 1, 1: 4, 4: 7}, stop_token=4)
     assert stopped and out == [1, 4] and emitted == 2 and accepted == [1]
+
+
+def test_selection_by_another_score_stays_closed_under_ancestors():
+    t = build(SPEC)
+    # a score that never exceeds the parent's, and differs from V's order
+    score = [1.0, 0.5, 0.6, 0.1, 0.45, 0.01, 0.55, 0.4, 0.2]
+    for n in range(len(t)):
+        sel = t.select_by(score, n)
+        assert sel == sorted(range(1, len(t)), key=lambda i: (-score[i], t.node(i)[2], i))[:n]
+        for i in sel:
+            parent = t.node(i)[1]
+            assert parent == 0 or parent in sel

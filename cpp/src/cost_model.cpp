@@ -21,29 +21,34 @@ double CostProfile::verify(int32_t n) const {
     return verify_ms[k] + slope * double(n - sizes[k]);
 }
 
-int AcceptanceModel::bin_of(float v) {
-    // bins of width 0.5 in log2 V: [1, 0.71), [0.71, 0.5), ... ; the last bin takes the rest
-    if (!(v > 0.0f)) return kBins - 1;
-    const int b = int(-std::log2(std::min(v, 1.0f)) * 2.0f);
-    return std::min(b, kBins - 1);
+namespace {
+double logit(float p) {
+    const double x = std::min(std::max(double(p), 1e-4), 1.0 - 1e-4);
+    return std::log(x / (1.0 - x));
+}
+}  // namespace
+
+double AcceptanceModel::score(const NodeFeatures & x) const {
+    double z = w_[0] + generation_bias_ + w_[1] * logit(x.q) + w_[2] * (x.agreement - 0.5) + w_[3] * x.h_parent;
+    if (x.path_bin >= 0 && x.path_bin < kEntropyBins) z += w_[size_t(4 + x.path_bin)];
+    return z;
 }
 
-float AcceptanceModel::estimate(float v, int32_t h) const {
-    const size_t b = size_t(bin_of(v));
-    const double prior_weight = 4.0;   // the prior P(accept) = V counts as four observations
-    const double by_v = (accepted_[b] + prior_weight * v) / (seen_[b] + prior_weight);
-    if (h < 0 || h >= kEntropyBins) return float(by_v);
-    const double bin_weight = 8.0;     // an entropy bin's cell leans on the V-only figure until it has data
-    return float((accepted_h_[size_t(h)][b] + bin_weight * by_v) / (seen_h_[size_t(h)][b] + bin_weight));
+float AcceptanceModel::estimate(const NodeFeatures & x) const {
+    return float(1.0 / (1.0 + std::exp(-score(x))));
 }
 
-void AcceptanceModel::observe(float v, int32_t h, bool accepted) {
-    const size_t b = size_t(bin_of(v));
-    seen_[b] += 1;
-    accepted_[b] += accepted ? 1 : 0;
-    if (h < 0 || h >= kEntropyBins) return;
-    seen_h_[size_t(h)][b] += 1;
-    accepted_h_[size_t(h)][b] += accepted ? 1 : 0;
+void AcceptanceModel::observe(const NodeFeatures & x, bool accepted) {
+    // one step of gradient ascent on the log-likelihood
+    const double rate = 0.02;
+    const double residual = (accepted ? 1.0 : 0.0) - estimate(x);
+    const double g = rate * residual;
+    generation_bias_ += 0.1 * residual;
+    w_[0] += g;
+    w_[1] += g * logit(x.q);
+    w_[2] += g * (x.agreement - 0.5);
+    w_[3] += g * x.h_parent;
+    if (x.path_bin >= 0 && x.path_bin < kEntropyBins) w_[size_t(4 + x.path_bin)] += g;
 }
 
 BudgetChoice choose_budget(const CostProfile & profile, const std::vector<float> & accept, int32_t max_budget,
@@ -55,20 +60,12 @@ BudgetChoice choose_budget(const CostProfile & profile, const std::vector<float>
     // n = 0 verifies the root alone: one token for the drafting already spent and one pass
     BudgetChoice best = choice(0, 1.0);
     double sum = 1.0;
-    size_t taken = 0;
-    auto consider = [&](int32_t n) {
-        for (; taken < size_t(n); ++taken) sum += accept[taken];
+    const int32_t most = std::min<int32_t>(max_budget, int32_t(accept.size()));
+    for (int32_t n = 1; n <= most; ++n) {   // the root rides along: n + 1 tokens
+        sum += accept[size_t(n - 1)];
         const BudgetChoice c = choice(n, sum);
         if (c.score > best.score) best = c;
-    };
-    const int32_t most = std::min<int32_t>(max_budget, int32_t(accept.size()));
-    for (int32_t size : profile.sizes) {
-        const int32_t n = size - 1;                  // the root rides along
-        if (n < 1) continue;
-        if (n >= most) break;
-        consider(n);
     }
-    if (most >= 1) consider(most);   // every node there is (or the bound), between ladder sizes if need be
     return best;
 }
 
@@ -85,17 +82,21 @@ bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, do
     return false;
 }
 
-bool worth_extending(const CostProfile & profile, const std::vector<float> & accept,
+int32_t worth_extending(const CostProfile & profile, const std::vector<float> & accept,
                      const std::vector<float> & child_accept, int32_t max_budget, double spent_ms, double level_ms,
                      double long_run_rate) {
-    if (child_accept.empty()) return false;
+    if (child_accept.empty()) return 0;
     // both sides best first, so that the guesses take the places their estimates earn
     std::vector<float> now(accept), more(accept);
     more.insert(more.end(), child_accept.begin(), child_accept.end());
     std::sort(now.begin(), now.end(), std::greater<float>());
     std::sort(more.begin(), more.end(), std::greater<float>());
-    return choose_budget(profile, more, max_budget, spent_ms + level_ms, long_run_rate).score >
-           choose_budget(profile, now, max_budget, spent_ms, long_run_rate).score;
+    const BudgetChoice with = choose_budget(profile, more, max_budget, spent_ms + level_ms, long_run_rate);
+    if (with.score <= choose_budget(profile, now, max_budget, spent_ms, long_run_rate).score || with.budget == 0) return 0;
+    const float cut = more[size_t(with.budget) - 1];   // the weakest node chosen
+    int32_t n = 0;
+    for (float c : child_accept) n += c >= cut;
+    return n;
 }
 
 bool CostModel::should_draft(int32_t max_depth) {
@@ -109,7 +110,7 @@ bool CostModel::worth_drafting(float top_accept, int32_t max_budget, double spen
     return heterospec::worth_drafting(profile, top_accept, max_budget, spent_ms, level_ms());
 }
 
-bool CostModel::worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
+int32_t CostModel::worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
                                 int32_t max_budget, double spent_ms) const {
     return heterospec::worth_extending(profile, accept, child_accept, max_budget, spent_ms, level_ms(),
                                        long_run_rate());
@@ -117,6 +118,11 @@ bool CostModel::worth_extending(const std::vector<float> & accept, const std::ve
 
 BudgetChoice CostModel::choose(const std::vector<float> & accept, int32_t max_budget, double spent_ms) const {
     return choose_budget(profile, accept, max_budget, spent_ms, long_run_rate());
+}
+
+void CostModel::observe_agreement(bool agreed) {
+    agreement_ = 0.8 * agreement_ + 0.2 * (agreed ? 1.0 : 0.0);
+    long_agreement_ = 0.99 * long_agreement_ + 0.01 * (agreed ? 1.0 : 0.0);
 }
 
 void CostModel::observe_step(bool drafted, int32_t emitted, int32_t draft_passes, double draft_ms,

@@ -5,11 +5,14 @@
 // time while another level can pay, then verifies the n best nodes (by draft value V) that
 // maximise the step's surplus over the long-run rate R,
 //     N* = argmax_n (1 + sum of the n best acceptance estimates) - R * (t_draft + t_verify(n + 1)),
-// which maximises the long-run tokens per second (Dinkelbach); n = 0 is a plain step. A node's
-// acceptance estimate comes from its V and the HeteroSpec signal, the cumulative top-K entropy
-// of the path that drafted it, mapped to the entropy partition's bin; both are calibrated online
-// against what the target accepted. When speculation loses all the same, it pauses for a number
-// of steps that doubles while it keeps losing.
+// which maximises the long-run tokens per second (Dinkelbach); n = 0 is a plain step. A node is
+// accepted when its parent is and the target then draws its token; that conditional chance is
+// a logistic model of the node's draft probability q, the entropy of the distribution that
+// drafted it, the HeteroSpec signal (the cumulative top-K entropy of its path, mapped to the
+// entropy partition's bin) and how often the draft's first choice has been right lately in this
+// generation, fitted online against what the target did. A node's estimate is the product of
+// those chances along its path. When speculation loses all the same, it pauses for a number of
+// steps that doubles while it keeps losing.
 #pragma once
 
 #include <array>
@@ -28,20 +31,33 @@ struct CostProfile {
     double verify(int32_t n) const;
 };
 
-// The probability that the target accepts a node, from its draft value V (bins of log V) and
-// its path's entropy bin. Starts from the prior P(accept) = V; the V-only calibration is in
-// turn the prior of each entropy bin's.
+// What the acceptance model sees of a draft node.
+struct NodeFeatures {
+    float q;              // draft probability of its token given its parent path
+    float h_parent;       // top-K entropy of the draft distribution that proposed it
+    int32_t path_bin;     // entropy partition bin of its path entropy (-1: none)
+    float agreement;      // how often the draft's first choice was the target's token lately (0..1)
+};
+
+// The chance that the target accepts a node once it has accepted its parent: logistic in the
+// logit of q, the entropies and the recent agreement, plus a bias of the generation at hand,
+// fitted by online gradient steps (the generation's term faster, and from zero each time).
+// Starts at q itself, so that an uncalibrated node's estimate along its path is its value V. A
+// draft's confidence alone misleads both ways: in repetitive text a small draft is often right
+// while unsure, and some texts are harder for it than others.
 class AcceptanceModel {
 public:
-    static constexpr int kBins = 24;           // of log2 V, width 0.5
     static constexpr int kEntropyBins = 8;     // the policy's partition
-    float estimate(float v, int32_t entropy_bin = -1) const;
-    void observe(float v, int32_t entropy_bin, bool accepted);
+    float estimate(const NodeFeatures & x) const;
+    void observe(const NodeFeatures & x, bool accepted);
+    void begin_generation() { generation_bias_ = 0.0; }
 
 private:
-    static int bin_of(float v);
-    std::array<double, kBins> seen_{}, accepted_{};
-    std::array<std::array<double, kBins>, kEntropyBins> seen_h_{}, accepted_h_{};
+    // bias, logit q, agreement, parent entropy, path entropy bins
+    static constexpr int kFeatures = 4 + kEntropyBins;
+    double score(const NodeFeatures & x) const;
+    std::array<double, kFeatures> w_{0.0, 1.0};
+    double generation_bias_ = 0.0;
 };
 
 struct BudgetChoice {
@@ -51,9 +67,11 @@ struct BudgetChoice {
     double score;           // what the choice maximised (see choose_budget)
 };
 
-// The budget (0, a ladder size minus the root, or all the nodes there are, at most max_budget)
-// for nodes whose acceptance estimates are given in selection order (best V first), given the
-// drafting time already spent. Ladder sizes keep llama.cpp's compute graphs reusable. With the
+// The budget (0 to max_budget nodes, at most as many as there are) for nodes whose acceptance
+// estimates are given in selection order (best first), given the drafting time already spent;
+// t_verify between ladder sizes is interpolated. (Rebuilding llama.cpp's graph for a new batch
+// size measured below 1% of a step on CPU: LLAMA_GRAPH_REUSE_DISABLE=1 left plain decoding of
+// the padded 300M target at 12.8 ms per token. To be measured on a GPU.) With the
 // long-run rate R (tokens per ms, > 0) the score is the step's surplus, expected tokens -
 // R * time: maximising it each step maximises the long-run rate. Without one (R <= 0) it is the
 // step's own expected rate.
@@ -66,10 +84,11 @@ BudgetChoice choose_budget(const CostProfile & profile, const std::vector<float>
 // decoding. Cuts a hopeless step to one draft pass instead of a whole tree.
 bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, double spent_ms, double level_ms);
 
-// Whether drafting one more level can raise the step's best score. `accept` are the drafted
-// nodes' estimates in selection order; `child_accept` guess the next level's (a frontier node's
-// child taken as confident as the node was of its own parent: V * q). The level costs level_ms.
-bool worth_extending(const CostProfile & profile, const std::vector<float> & accept,
+// Whether drafting one more level can raise the step's best score: how many of the guessed
+// children would be among the nodes chosen then (0: do not extend). `accept` are the drafted
+// nodes' estimates in selection order; `child_accept` guess the next level's, one per frontier
+// node. The level costs level_ms.
+int32_t worth_extending(const CostProfile & profile, const std::vector<float> & accept,
                      const std::vector<float> & child_accept, int32_t max_budget, double spent_ms, double level_ms,
                      double long_run_rate = 0.0);
 
@@ -106,22 +125,30 @@ public:
     // Tokens per ms over the recent steps of cost-aware generations, plain ones included (0
     // before any).
     double long_run_rate() const { return all_ms_ > 0 ? all_tokens_ / all_ms_ : 0.0; }
+    // How often the draft's first choice at the root was the target's token, over this
+    // generation's recent steps (starting from the engine's long-run figure).
+    float agreement() const { return float(agreement_); }
+    void begin_generation() {
+        agreement_ = long_agreement_;
+        acceptance.begin_generation();
+    }
+    void observe_agreement(bool agreed);
 
     // Before drafting: false runs a plain step (speculation paused, or no tree up to max_depth
     // could beat plain decoding even if every token were accepted).
     bool should_draft(int32_t max_depth);
     // After the first level: whether a chain as confident as the best first-level node could pay.
     bool worth_drafting(float top_accept, int32_t max_budget, double spent_ms) const;
-    // After each level: whether one more level can raise the step's score.
-    bool worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
+    // After each level: how many frontier nodes are worth expanding (0: stop drafting).
+    int32_t worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
                          int32_t max_budget, double spent_ms) const;
     // Nodes to verify among those whose estimates are `accept` (selection order).
     BudgetChoice choose(const std::vector<float> & accept, int32_t max_budget, double spent_ms) const;
 
-    // After each step: the verified nodes (value, path entropy bin, accepted) for calibration,
-    // and the realised costs and tokens. `drafted`: the step drafted a tree and chose its nodes
-    // (not a plain step, nor one cut after its first level).
-    void observe_node(float value, int32_t entropy_bin, bool accepted) { acceptance.observe(value, entropy_bin, accepted); }
+    // After each step: nodes whose fate the step revealed (value, path entropy bin, accepted)
+    // for calibration, and the realised costs and tokens. `drafted`: the step drafted a tree and
+    // chose its nodes (not a plain step, nor one cut after its first level).
+    void observe_node(const NodeFeatures & x, bool accepted) { acceptance.observe(x, accepted); }
     void observe_step(bool drafted, int32_t emitted, int32_t draft_passes, double draft_ms, int32_t verified_tokens,
                       double verified_ms);
 
@@ -131,6 +158,7 @@ private:
     double verify_scale_ = -1;   // EMA of realised / profiled verification time
     double spec_tokens_ = 0, spec_ms_ = 0;   // decayed sums over speculative steps: realised rate
     double all_tokens_ = 0, all_ms_ = 0;     // the same over every step
+    double agreement_ = 0.5, long_agreement_ = 0.5;   // EMAs: this generation's, and all steps' 
 };
 
 }  // namespace heterospec

@@ -30,6 +30,19 @@ void DraftTree::select(size_t n, std::vector<int32_t> & out) const {
     top(scratch_, n, out);
 }
 
+void DraftTree::select_by(const std::vector<float> & score, size_t n, std::vector<int32_t> & out) const {
+    out.resize(nodes_.size() - 1);
+    std::iota(out.begin(), out.end(), 1);
+    n = std::min(n, out.size());
+    auto before = [&](int32_t a, int32_t b) {
+        if (score[size_t(a)] != score[size_t(b)]) return score[size_t(a)] > score[size_t(b)];
+        if (nodes_[size_t(a)].depth != nodes_[size_t(b)].depth) return nodes_[size_t(a)].depth < nodes_[size_t(b)].depth;
+        return a < b;
+    };
+    std::partial_sort(out.begin(), out.begin() + std::ptrdiff_t(n), out.end(), before);
+    out.resize(n);
+}
+
 int32_t TreeBatch::max_depth() const {
     return depth.empty() ? 0 : *std::max_element(depth.begin(), depth.end());
 }

@@ -47,6 +47,9 @@ public:
 
     // The best n non-root nodes, best first: closed under ancestors.
     void select(size_t n, std::vector<int32_t> & out) const;
+    // The same by another score per node (indexed by node id), higher first, ties toward the
+    // shallower node, then the earlier: closed under ancestors when no score exceeds its parent's.
+    void select_by(const std::vector<float> & score, size_t n, std::vector<int32_t> & out) const;
 
 private:
     std::vector<DraftNode> nodes_;

@@ -59,6 +59,9 @@ struct Engine::Impl {
     CostModel cost;           // kept across generations (same models, same machine)
     bool wrong_rule = false;  // tests only: see Engine::debug_wrong_rule
     std::vector<float> values, next_values;
+    std::vector<uint8_t> on_path;
+    std::vector<float> est;
+    std::vector<int32_t> order;
     std::vector<int32_t> selected, accepted;
     std::vector<char> piece_buf = std::vector<char>(256);
 
@@ -150,23 +153,29 @@ struct Engine::Impl {
         return L;
     }
 
-    // Acceptance estimates of every drafted node in selection order (best V first; their ids in
-    // `selected`), and guesses for the next level's (see worth_extending).
+    // What the acceptance model sees of node i.
+    NodeFeatures features(int32_t i) const {
+        const DraftNode & n = tree[i];
+        return {n.q, std::max(tree[n.parent].h, 0.0f), policy.bin(n.hp), cost.agreement()};
+    }
+
+    // Acceptance estimates (the product of conditional chances along the path) of every drafted
+    // node, best first, into `all` with their ids in `selected`; and guesses for the next
+    // level's (see worth_extending): a frontier node's child taken as likely, given its parent,
+    // as the frontier node was.
     void estimates(std::vector<float> & all, std::vector<float> & next) {
         const AcceptanceModel & acc = cost.acceptance;
-        tree.select(size_t(tree.size()), selected);
+        est.assign(size_t(tree.size()), 1.0f);
+        for (int32_t i = 1; i < tree.size(); ++i) est[size_t(i)] = est[size_t(tree[i].parent)] * acc.estimate(features(i));
+        tree.select_by(est, size_t(tree.size()), selected);
         all.clear();
-        for (int32_t n : selected) all.push_back(acc.estimate(tree[n].v, policy.bin(tree[n].hp)));
+        for (int32_t n : selected) all.push_back(est[size_t(n)]);
         next.clear();
-        for (int32_t f : drafter->frontier()) {
-            const DraftNode & n = tree[f];
-            const float h_step = n.hp - tree[n.parent].hp;   // the child's entropy taken as its parent's
-            next.push_back(acc.estimate(n.v * n.q, policy.bin(n.hp + h_step)));
-        }
+        for (int32_t f : drafter->frontier()) next.push_back(est[size_t(f)] * acc.estimate(features(f)));
     }
 
     // Cost-aware drafting: one level, then more only while another level can raise the step's
-    // expected rate (section 4, beyond the paper). Returns false for a plain step.
+    // score (section 4, beyond the paper). Returns false for a plain step.
     bool draft_cost_aware(const StepLimits & L, llama_pos P, double t0) {
         const int32_t calls0 = drafter->calls();
         auto spent = [&] { return cost.spent_ms(drafter->calls() - calls0, now_ms() - t0); };
@@ -175,7 +184,17 @@ struct Engine::Impl {
         if (values.empty() || !cost.worth_drafting(values[0], L.max_budget, spent())) return false;
         for (int32_t d = 1; d < L.max_depth; ++d) {
             if (d > 1) estimates(values, next_values);
-            if (!cost.worth_extending(values, next_values, L.max_budget, spent())) break;
+            const int32_t keep = cost.worth_extending(values, next_values, L.max_budget, spent());
+            if (keep == 0) break;
+            // expand only the frontier nodes whose children could be chosen: the `keep` best guesses
+            const std::vector<int32_t> & frontier = drafter->frontier();
+            order.resize(frontier.size());
+            for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
+            std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+                return next_values[size_t(a)] > next_values[size_t(b)]; });
+            for (size_t i = 0; i < size_t(keep); ++i) order[i] = frontier[size_t(order[i])];
+            order.resize(size_t(keep));
+            drafter->narrow_frontier(order);
             if (drafter->extend(tree, 1) == 0) break;
         }
         return true;
@@ -217,6 +236,50 @@ struct Engine::Impl {
 
     bool cost_aware() const { return gen.mode == Mode::heterospec && gen.params.spec.cost_aware; }
 
+    // Keeps the accepted path in both caches; the walk's extra token is the next root.
+    void commit(const WalkResult & w, llama_pos P, bool draft_ran) {
+        verifier->commit(tb, w.last, P);
+        if (draft_ran) {   // also when no node was kept for verification
+            for (int32_t & e : accepted) e = tb.node[size_t(e)];
+            drafter->commit(tree, accepted);
+        }
+        gen.n_past = P + tb.depth[size_t(w.last)] + 1;
+        gen.root = w.token;
+    }
+
+    // Calibrates acceptance against what the target did, and the costs against the clock. The
+    // walk reveals the fate of every drafted node whose parent it reached, verified or not: the
+    // child it followed was accepted, and at the last node reached, the child whose token the
+    // target drew would have been. Observing those too keeps the calibration free of the bias of
+    // learning only from nodes chosen for verification, and plain steps still teach it.
+    void observe(const WalkResult & w, bool drafted, int32_t draft_passes, double draft_ms, double verify_ms) {
+        if (tree.size() > 1) {
+            on_path.assign(size_t(tree.size()), 0);
+            on_path[0] = 1;
+            for (int32_t e = w.last; e > 0; e = tb.parent[size_t(e)]) on_path[size_t(tb.node[size_t(e)])] = 1;
+            const int32_t last = tb.node[size_t(w.last)];
+            const int32_t first_choice = root_best();
+            bool agreed = false;
+            for (int32_t i = 1; i < tree.size(); ++i) {
+                const DraftNode & n = tree[i];
+                if (!on_path[size_t(n.parent)]) continue;   // the target never looked there
+                const bool accepted = on_path[size_t(i)] || (n.parent == last && n.token == w.token);
+                if (i == first_choice) agreed = accepted;
+                cost.observe_node(features(i), accepted);
+            }
+            cost.observe_agreement(agreed);
+        }
+        cost.observe_step(drafted, w.emitted, draft_passes, draft_ms, tb.size(), verify_ms);
+    }
+
+    // The root's most probable child (the draft's first choice).
+    int32_t root_best() const {
+        int32_t best = 1;
+        for (int32_t i = 2; i < tree.size() && tree[i].parent == 0; ++i)
+            if (tree[i].q > tree[best].q) best = i;
+        return best;
+    }
+
     // One speculative step (algorithm section 1): plan, draft, allocate, verify, walk, commit,
     // observe.
     bool step_spec() {
@@ -247,26 +310,8 @@ struct Engine::Impl {
         const WalkResult w = walk_tree(
             tb, [&](int32_t e) { return wrong_rule ? wrong_rule_draw(e) : g.sampler->sample(verifier->logits(e), g.history.data(), g.history.size()); },
             [&](int32_t y) { return accept(y); }, accepted);
-        if (!w.stopped) {
-            verifier->commit(tb, w.last, P);
-            if (drafter->calls() != calls0) {   // also when no node was kept for verification
-                for (int32_t & e : accepted) e = tb.node[size_t(e)];
-                drafter->commit(tree, accepted);
-            }
-            g.n_past = P + tb.depth[size_t(w.last)] + 1;
-            g.root = w.token;
-        }
-
-        if (cost_aware()) {
-            // calibrate acceptance against what the target accepted, and the costs against the clock
-            for (int32_t i = 1; drafted && i < tb.size(); ++i) {
-                bool on_path = false;
-                for (int32_t a = w.last; a > 0; a = tb.parent[size_t(a)]) on_path |= a == i;
-                const DraftNode & n = tree[tb.node[size_t(i)]];
-                cost.observe_node(n.v, policy.bin(n.hp), on_path);
-            }
-            cost.observe_step(drafted, w.emitted, drafter->calls() - calls0, t1 - t0, tb.size(), t2 - t1);
-        }
+        if (!w.stopped) commit(w, P, drafter->calls() != calls0);
+        if (cost_aware()) observe(w, drafted, drafter->calls() - calls0, t1 - t0, t2 - t1);
         const double t3 = now_ms();
         g.stats.steps++;
         g.stats.nodes_verified += tb.size() - 1;
@@ -510,7 +555,10 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
         return;
     }
     try {
-        if (m.cost_aware()) m.measure_profile(sp.width);
+        if (m.cost_aware()) {
+            m.measure_profile(sp.width);
+            m.cost.begin_generation();
+        }
         if (mode != Mode::ar) {
             // the last prompt token is the first step's root
             const std::vector<int32_t> prefix(prompt.begin(), prompt.end() - 1);

@@ -59,6 +59,13 @@ void DraftModelDrafter::start(DraftTree & tree, const DraftShape & shape, llama_
     extend(tree, levels - 1);
 }
 
+void DraftModelDrafter::narrow_frontier(const std::vector<int32_t> & nodes) {
+    for (int32_t n : nodes)
+        if (std::find(frontier_.begin(), frontier_.end(), n) == frontier_.end())
+            throw std::logic_error("narrow_frontier: node " + std::to_string(n) + " is not on the frontier");
+    frontier_ = nodes;
+}
+
 int32_t DraftModelDrafter::extend(DraftTree & tree, int32_t levels) {
     int32_t done = 0;
     for (; done < levels && !frontier_.empty(); ++done) expand_frontier(tree);

@@ -49,6 +49,8 @@ public:
     const std::vector<TokenProb> & root_top() const { return root_top_; }
     // The nodes the next level would expand, best first.
     const std::vector<int32_t> & frontier() const { return frontier_; }
+    // Expands only `nodes` (a subset of the frontier) on the next level.
+    void narrow_frontier(const std::vector<int32_t> & nodes);
 
 private:
     void decode_or_throw();
