@@ -124,7 +124,8 @@ struct Engine::Impl {
         int32_t depth = 0;        // draft levels (0: a plain step)
         int32_t max_depth = 0;    // heterospec: the deepest extension allowed
         int32_t budget = 0;       // nodes to verify
-        int32_t max_budget = 0;   // heterospec: the largest budget allowed
+        int32_t max_budget = 0;   // heterospec: the largest budget allowed (cost-aware: max_nodes,
+                                  // so that big trees can be chosen where verification is cheap)
     };
 
     StepLimits plan(llama_pos P) const {
@@ -148,7 +149,7 @@ struct Engine::Impl {
         L.depth = fit_depth(depth);
         L.max_depth = fit_depth(depth + extra);
         L.budget = std::min<int32_t>({chain ? sp.n_max : sp.budget, room, batch_room});
-        L.max_budget = std::min<int32_t>({L.budget + extra, room, batch_room});
+        L.max_budget = std::min<int32_t>({cost_aware() ? opts.max_nodes : L.budget + extra, room, batch_room});
         if (L.budget < 1) L.depth = L.max_depth = 0;
         return L;
     }
