@@ -107,17 +107,25 @@ bool CostModel::should_draft(int32_t max_depth) {
 }
 
 bool CostModel::worth_drafting(float top_accept, int32_t max_budget, double spent_ms) const {
-    return heterospec::worth_drafting(profile, top_accept, max_budget, spent_ms, level_ms());
+    return heterospec::worth_drafting(costs(), top_accept, max_budget, spent_ms, level_ms());
 }
 
 int32_t CostModel::worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
                                 int32_t max_budget, double spent_ms) const {
-    return heterospec::worth_extending(profile, accept, child_accept, max_budget, spent_ms, level_ms(),
+    return heterospec::worth_extending(costs(), accept, child_accept, max_budget, spent_ms, level_ms(),
                                        long_run_rate());
 }
 
 BudgetChoice CostModel::choose(const std::vector<float> & accept, int32_t max_budget, double spent_ms) const {
-    return choose_budget(profile, accept, max_budget, spent_ms, long_run_rate());
+    return choose_budget(costs(), accept, max_budget, spent_ms, long_run_rate());
+}
+
+void CostModel::rescale() {
+    realised_ = profile;
+    for (size_t i = 0; i < realised_.sizes.size(); ++i) {
+        const double s = verify_scale_[realised_.sizes[i] > 1];
+        if (s > 0) realised_.verify_ms[i] *= s;
+    }
 }
 
 void CostModel::observe_agreement(bool agreed) {
@@ -134,10 +142,11 @@ void CostModel::observe_step(bool drafted, int32_t emitted, int32_t draft_passes
     const double decay = 1.0 - 1.0 / 64;
     all_tokens_ = decay * all_tokens_ + emitted;
     all_ms_ = decay * all_ms_ + draft_ms + verified_ms;
-    if (!drafted) return;
     auto ema = [](double & avg, double x) { avg = avg < 0 ? x : 0.8 * avg + 0.2 * x; };
+    ema(verify_scale_[verified_tokens > 1], verified_ms / profile.verify(verified_tokens));
+    rescale();
+    if (!drafted) return;
     if (draft_passes > 0) ema(level_ms_, draft_ms / draft_passes);
-    ema(verify_scale_, verified_ms / profile.verify(verified_tokens));
     // Speculation pays while its realised rate, over the last few dozen speculative steps, beats
     // plain decoding's. One step alone says little: accepted lengths vary widely.
     const double spec_decay = 1.0 - 1.0 / 32;

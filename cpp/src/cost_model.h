@@ -115,9 +115,11 @@ public:
     bool projected = false;   // another device's profile: steps are judged by it, not the clock
 
     // Realised costs: one draft pass, and t_verify(n) scaled by what verification really costs
-    // (longer contexts, masks) against the empty-cache profile.
+    // (longer contexts, masks, a busy machine) against the empty-cache profile, apart for one
+    // token (ggml's matrix-vector path) and for several (its matrix kernels).
     double level_ms() const { return level_ms_ > 0 ? level_ms_ : profile.draft_level_ms; }
-    double verify_ms(int32_t n) const { return (verify_scale_ > 0 ? verify_scale_ : 1.0) * profile.verify(n); }
+    double verify_ms(int32_t n) const { return costs().verify(n); }
+    const CostProfile & costs() const { return realised_.empty() ? profile : realised_; }
     // Drafting time spent so far in a step: the clock's, or the profiled device's.
     double spent_ms(int32_t draft_passes, double clock_ms) const {
         return projected ? draft_passes * profile.draft_level_ms : clock_ms;
@@ -155,7 +157,9 @@ public:
 private:
     SpeculationGate gate_;
     double level_ms_ = -1;       // EMA of realised drafting time per draft pass
-    double verify_scale_ = -1;   // EMA of realised / profiled verification time
+    double verify_scale_[2] = {-1, -1};   // EMAs of realised / profiled verification time: 1, >1 tokens
+    CostProfile realised_;                // the profile with those scales applied (empty until seen)
+    void rescale();
     double spec_tokens_ = 0, spec_ms_ = 0;   // decayed sums over speculative steps: realised rate
     double all_tokens_ = 0, all_ms_ = 0;     // the same over every step
     double agreement_ = 0.5, long_agreement_ = 0.5;   // EMAs: this generation's, and all steps' 
