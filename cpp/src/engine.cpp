@@ -58,7 +58,7 @@ struct Engine::Impl {
     Policy policy;
     CostModel cost;           // kept across generations (same models, same machine)
     bool wrong_rule = false;  // tests only: see Engine::debug_wrong_rule
-    std::vector<float> values, next_values;
+    std::vector<float> accept_est, child_est;   // acceptance estimates: drafted nodes, guessed children
     std::vector<uint8_t> on_path;
     std::vector<float> est;
     std::vector<int32_t> order;
@@ -181,18 +181,18 @@ struct Engine::Impl {
         const int32_t calls0 = drafter->calls();
         auto spent = [&] { return cost.spent_ms(drafter->calls() - calls0, now_ms() - t0); };
         drafter->start(tree, L.shape, P, 1);
-        estimates(values, next_values);
-        if (values.empty() || !cost.worth_drafting(values[0], L.max_budget, spent())) return false;
+        estimates(accept_est, child_est);
+        if (accept_est.empty() || !cost.worth_drafting(accept_est[0], L.max_budget, spent())) return false;
         for (int32_t d = 1; d < L.max_depth; ++d) {
-            if (d > 1) estimates(values, next_values);
-            const int32_t keep = cost.worth_extending(values, next_values, L.max_budget, spent());
+            if (d > 1) estimates(accept_est, child_est);
+            const int32_t keep = cost.worth_extending(accept_est, child_est, L.max_budget, spent());
             if (keep == 0) break;
             // expand only the frontier nodes whose children could be chosen: the `keep` best guesses
             const std::vector<int32_t> & frontier = drafter->frontier();
             order.resize(frontier.size());
             for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
             std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-                return next_values[size_t(a)] > next_values[size_t(b)]; });
+                return child_est[size_t(a)] > child_est[size_t(b)]; });
             for (size_t i = 0; i < size_t(keep); ++i) order[i] = frontier[size_t(order[i])];
             order.resize(size_t(keep));
             drafter->narrow_frontier(order);
@@ -219,8 +219,8 @@ struct Engine::Impl {
         if (gen.mode == Mode::heterospec) {
             tr.bin = policy.bin(tr.entropy);
             if (cost_aware()) {
-                estimates(values, next_values);
-                const BudgetChoice c = cost.choose(values, L.max_budget,
+                estimates(accept_est, child_est);
+                const BudgetChoice c = cost.choose(accept_est, L.max_budget,
                                                    cost.spent_ms(drafter->calls() - calls0, now_ms() - t0));
                 if (c.budget > 0) tr.predicted = float(c.expected_tokens);
                 selected.resize(size_t(c.budget));   // ids in selection order, from estimates()
