@@ -260,7 +260,8 @@ NB_MODULE(_core, m) {
                                 const std::vector<float> & values, const std::vector<float> & child_values,
                                 int32_t max_budget, double spent_ms, double level_ms) {
         CostProfile p{sizes, verify_ms, 0.0};
-        return worth_extending(p, values, child_values, max_budget, spent_ms, level_ms);
+        std::vector<float> scratch;
+        return worth_extending(p, values, child_values, max_budget, spent_ms, level_ms, 0.0, scratch);
     }, "sizes"_a, "verify_ms"_a, "values"_a, "child_values"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a);
 
     t.def("topk_entropy", [](const std::vector<float> & probs) {

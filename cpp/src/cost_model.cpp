@@ -83,16 +83,16 @@ bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, do
 }
 
 int32_t worth_extending(const CostProfile & profile, const std::vector<float> & accept,
-                     const std::vector<float> & child_accept, int32_t max_budget, double spent_ms, double level_ms,
-                     double long_run_rate) {
+                        const std::vector<float> & child_accept, int32_t max_budget, double spent_ms, double level_ms,
+                        double long_run_rate, std::vector<float> & more) {
     if (child_accept.empty()) return 0;
-    // both sides best first, so that the guesses take the places their estimates earn
-    std::vector<float> now(accept), more(accept);
+    // the guesses take the places their estimates earn among the drafted nodes (best first)
+    more.assign(accept.begin(), accept.end());
     more.insert(more.end(), child_accept.begin(), child_accept.end());
-    std::sort(now.begin(), now.end(), std::greater<float>());
     std::sort(more.begin(), more.end(), std::greater<float>());
     const BudgetChoice with = choose_budget(profile, more, max_budget, spent_ms + level_ms, long_run_rate);
-    if (with.score <= choose_budget(profile, now, max_budget, spent_ms, long_run_rate).score || with.budget == 0) return 0;
+    if (with.score <= choose_budget(profile, accept, max_budget, spent_ms, long_run_rate).score || with.budget == 0)
+        return 0;
     const float cut = more[size_t(with.budget) - 1];   // the weakest node chosen
     int32_t n = 0;
     for (float c : child_accept) n += c >= cut;
@@ -113,7 +113,7 @@ bool CostModel::worth_drafting(float top_accept, int32_t max_budget, double spen
 int32_t CostModel::worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
                                 int32_t max_budget, double spent_ms) const {
     return heterospec::worth_extending(costs(), accept, child_accept, max_budget, spent_ms, level_ms(),
-                                       long_run_rate());
+                                       long_run_rate(), scratch_);
 }
 
 BudgetChoice CostModel::choose(const std::vector<float> & accept, int32_t max_budget, double spent_ms) const {

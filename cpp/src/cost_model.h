@@ -86,11 +86,11 @@ bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, do
 
 // Whether drafting one more level can raise the step's best score: how many of the guessed
 // children would be among the nodes chosen then (0: do not extend). `accept` are the drafted
-// nodes' estimates in selection order; `child_accept` guess the next level's, one per frontier
-// node. The level costs level_ms.
+// nodes' estimates, best first; `child_accept` guess the next level's, one per frontier node.
+// The level costs level_ms. `scratch` is working space, reused between calls.
 int32_t worth_extending(const CostProfile & profile, const std::vector<float> & accept,
-                     const std::vector<float> & child_accept, int32_t max_budget, double spent_ms, double level_ms,
-                     double long_run_rate = 0.0);
+                        const std::vector<float> & child_accept, int32_t max_budget, double spent_ms, double level_ms,
+                        double long_run_rate, std::vector<float> & scratch);
 
 // Pauses speculation while it does not pay: after a losing step, the next `pause` steps run
 // plain, and `pause` doubles (up to a cap) each time speculation loses again.
@@ -159,6 +159,7 @@ private:
     double level_ms_ = -1;       // EMA of realised drafting time per draft pass
     double verify_scale_[2] = {-1, -1};   // EMAs of realised / profiled verification time: 1, >1 tokens
     CostProfile realised_;                // the profile with those scales applied (empty until seen)
+    mutable std::vector<float> scratch_;  // worth_extending's working space
     void rescale();
     double spec_tokens_ = 0, spec_ms_ = 0;   // decayed sums over speculative steps: realised rate
     double all_tokens_ = 0, all_ms_ = 0;     // the same over every step
