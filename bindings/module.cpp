@@ -17,6 +17,7 @@
 #include "entropy.h"
 #include "policy.h"
 #include "sampler.h"
+#include "suffix_index.h"
 #include "topk.h"
 #include "text_stream.h"
 #include "verifier.h"
@@ -77,6 +78,7 @@ NB_MODULE(_core, m) {
         .def_rw("flash_attn", &EngineOptions::flash_attn)
         .def_rw("cache_type_k", &EngineOptions::cache_type_k)
         .def_rw("cache_type_v", &EngineOptions::cache_type_v)
+        .def_rw("drafter", &EngineOptions::drafter)
         .def_rw("max_nodes", &EngineOptions::max_nodes)
         .def_rw("verbose", &EngineOptions::verbose);
 
@@ -93,6 +95,7 @@ NB_MODULE(_core, m) {
     nb::class_<SpecParams>(m, "SpecParams")
         .def(nb::init<>())
         .def_rw("mode", &SpecParams::mode)
+        .def_rw("drafter", &SpecParams::drafter)
         .def_rw("depth", &SpecParams::depth)
         .def_rw("branching", &SpecParams::branching)
         .def_rw("width", &SpecParams::width)
@@ -118,6 +121,9 @@ NB_MODULE(_core, m) {
         .def_ro("prompt_ms", &Stats::prompt_ms)
         .def_ro("decode_ms", &Stats::decode_ms)
         .def_ro("mode", &Stats::mode)
+        .def_ro("drafter", &Stats::drafter)
+        .def_ro("accepted_model", &Stats::accepted_model)
+        .def_ro("accepted_ngram", &Stats::accepted_ngram)
         .def_ro("steps", &Stats::steps)
         .def_ro("target_calls", &Stats::target_calls)
         .def_ro("draft_calls", &Stats::draft_calls)
@@ -149,6 +155,7 @@ NB_MODULE(_core, m) {
         .def_prop_ro("n_vocab", &Engine::n_vocab)
         .def_prop_ro("n_ctx", &Engine::n_ctx)
         .def_prop_ro("has_draft", &Engine::has_draft)
+        .def_prop_ro("can_speculate", &Engine::can_speculate)
         .def_prop_ro("description", &Engine::model_description)
         .def("tokenize", &Engine::tokenize, "text"_a, "add_special"_a, "parse_special"_a)
         .def("detokenize", &Engine::detokenize, "tokens"_a, "special"_a)
@@ -204,13 +211,18 @@ NB_MODULE(_core, m) {
     nb::class_<DraftTree>(t, "DraftTree")
         .def(nb::init<>())
         .def("reset", &DraftTree::reset, "root_token"_a)
-        .def("add", &DraftTree::add, "parent"_a, "token"_a, "q"_a)
+        .def("add", &DraftTree::add, "parent"_a, "token"_a, "q"_a, "source"_a = uint8_t(kFromModel))
+        .def("add_or_merge", &DraftTree::add_or_merge, "parent"_a, "token"_a, "q"_a, "source"_a)
         .def("set_entropy", &DraftTree::set_entropy, "node"_a, "h"_a)
         .def("__len__", &DraftTree::size)
         .def("node", [](const DraftTree & t, int32_t i) {
             if (i < 0 || i >= t.size()) throw nb::index_error();
             const DraftNode & n = t[i];
             return nb::make_tuple(n.token, n.parent, n.depth, n.q, n.v);
+        })
+        .def("source", [](const DraftTree & t, int32_t i) {
+            if (i < 0 || i >= t.size()) throw nb::index_error();
+            return t[i].source;
         })
         .def("select", [](const DraftTree & t, size_t n) { std::vector<int32_t> out; t.select(n, out); return out; })
         .def("select_by", [](const DraftTree & t, const std::vector<float> & score, size_t n) {
@@ -251,9 +263,9 @@ NB_MODULE(_core, m) {
     nb::class_<AcceptanceModel>(t, "AcceptanceModel")
         .def(nb::init<>())
         .def("estimate", [](const AcceptanceModel & m, float q, float h_parent, int32_t path_bin, float agreement) {
-            return m.estimate({q, h_parent, path_bin, agreement}); }, "q"_a, "h_parent"_a, "path_bin"_a, "agreement"_a)
+            return m.estimate({q, h_parent, path_bin, agreement, kFromModel}); }, "q"_a, "h_parent"_a, "path_bin"_a, "agreement"_a)
         .def("observe", [](AcceptanceModel & m, float q, float h_parent, int32_t path_bin, float agreement, bool accepted) {
-            m.observe({q, h_parent, path_bin, agreement}, accepted); },
+            m.observe({q, h_parent, path_bin, agreement, kFromModel}, accepted); },
              "q"_a, "h_parent"_a, "path_bin"_a, "agreement"_a, "accepted"_a)
         .def("begin_generation", &AcceptanceModel::begin_generation);
     t.def("worth_extending", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
@@ -263,6 +275,25 @@ NB_MODULE(_core, m) {
         std::vector<float> scratch;
         return worth_extending(p, values, child_values, max_budget, spent_ms, level_ms, 0.0, scratch);
     }, "sizes"_a, "verify_ms"_a, "values"_a, "child_values"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a);
+
+    // model-free drafting's memory
+    nb::class_<SuffixIndex>(t, "SuffixIndex")
+        .def(nb::init<size_t>(), "capacity"_a = SuffixIndex::kDefaultCapacity)
+        .def("begin_document", &SuffixIndex::begin_document)
+        .def("push", [](SuffixIndex & ix, const std::vector<int32_t> & tokens) { for (int32_t t : tokens) ix.push(t); })
+        .def("__len__", &SuffixIndex::size)
+        .def("match", [](const SuffixIndex & ix, size_t max_starts, size_t scan) {
+            std::vector<int32_t> starts;
+            const int32_t n = ix.match(max_starts, scan, starts);
+            return nb::make_tuple(n, starts);
+        }, "max_starts"_a = 16, "scan"_a = 64)
+        .def("trie", [](const SuffixIndex & ix, const std::vector<int32_t> & starts, int32_t depth) {
+            std::vector<TrieNode> out;
+            continuation_trie(ix, starts, depth, out);
+            std::vector<std::tuple<int32_t, int32_t, int32_t>> r;
+            for (const TrieNode & n : out) r.push_back({n.token, n.parent, n.count});
+            return r;
+        }, "starts"_a, "depth"_a);
 
     t.def("topk_entropy", [](const std::vector<float> & probs) {
         std::vector<TokenProb> v;

@@ -45,11 +45,17 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("speculative decoding (needs -md)")
+    g = p.add_argument_group("speculative decoding")
     g.add_argument("--mode", choices=["ar", "chain", "tree", "heterospec"],
                    help="ar: plain decoding; chain: llama.cpp-style draft chain; tree: draft trees; "
-                        "heterospec: entropy-allocated trees with the cost-aware budget "
-                        "(default: heterospec with a draft model, else ar)")
+                        "heterospec: entropy-allocated trees with the cost-aware budget, which runs plain "
+                        "steps where speculation does not pay (the default)")
+    g.add_argument("--drafter", choices=["model", "ngram", "hybrid"],
+                   help="what drafts: model: the draft model (-md; llama.cpp's --spec-type draft-simple); "
+                        "ngram: continuations of earlier text (prompt, output, earlier requests) in a tree, "
+                        "no model needed (the role of llama.cpp's --spec-type ngram-simple, ngram-map-k, "
+                        "ngram-map-k4v, ngram-mod and ngram-cache); hybrid: both in one tree "
+                        "(default: model with -md, else ngram)")
     g.add_argument("--tree-depth", type=int, dest="depth", help="tree depth d (4)")
     g.add_argument("--tree-branching", type=int, dest="branching", help="children per expanded node k (4)")
     g.add_argument("--tree-width", type=int, dest="width", help="frontier width W (4)")
@@ -66,7 +72,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 
 
 ENGINE_KEYS = ("n_gpu_layers", "n_gpu_layers_draft", "n_ctx", "n_batch", "n_threads", "n_threads_batch",
-               "flash_attn", "cache_type_k", "cache_type_v", "max_nodes", "verbose")
+               "flash_attn", "cache_type_k", "cache_type_v", "drafter", "max_nodes", "verbose")
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
                  "seed", "stop", "ignore_eos", "mode", "depth", "branching", "width", "budget", "n_max", "p_min", "policy", "force_policy", "cost_aware")
 

@@ -69,6 +69,10 @@ class Engine:
     >>> with Engine("target.gguf", draft="draft.gguf") as eng:
     ...     print(eng.generate("def fibonacci(n):", max_tokens=64, temperature=0).text)
 
+    `drafter` says what drafts the trees: "ngram" (continuations of earlier text: the prompt,
+    the output so far and earlier requests to this engine; no model needed), "model" (the draft
+    model), "hybrid" (both in one tree). Default: "model" with a draft model, else "ngram".
+
     One generation runs at a time per engine; native work runs with the GIL released.
     """
 
@@ -78,7 +82,7 @@ class Engine:
                  n_threads: Optional[int] = None, n_threads_batch: Optional[int] = None,
                  flash_attn: Union[bool, str, None] = None,
                  cache_type_k: Optional[str] = None, cache_type_v: Optional[str] = None,
-                 max_nodes: Optional[int] = None, verbose: Optional[bool] = None,
+                 drafter: Optional[str] = None, max_nodes: Optional[int] = None, verbose: Optional[bool] = None,
                  cost_profile_cache: Union[bool, str, os.PathLike] = True):
         _check_int("n_ctx", n_ctx, 0)
         _check_int("n_batch", n_batch, 1)
@@ -96,8 +100,8 @@ class Engine:
             opts.draft.path = os.fspath(draft)
             _set(opts.draft, n_gpu_layers=n_gpu_layers_draft if n_gpu_layers_draft is not None else n_gpu_layers)
         _set(opts, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, n_threads_batch=n_threads_batch,
-             flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, max_nodes=max_nodes,
-             verbose=verbose)
+             flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, drafter=drafter,
+             max_nodes=max_nodes, verbose=verbose)
         self._native: Optional[_core.Engine] = _core.Engine(opts)
         self._paths = (opts.target.path, opts.draft.path if draft is not None else None)
         self._profile_cache = cost_profile_cache
@@ -176,9 +180,9 @@ class Engine:
         """The cost-aware budget needs the machine's cost profile: measured once per model pair and
         machine (about a second), then cached on disk (see heterospec/profile_cache.py)."""
         mode = params.spec.mode
-        if self._paths[1] is None or self._profile_ready or not params.spec.cost_aware:
+        if self._profile_ready or not params.spec.cost_aware or not self._engine.can_speculate:
             return
-        if mode not in ("heterospec", "auto"):   # auto with a draft is heterospec
+        if mode not in ("heterospec", "auto"):   # auto is heterospec
             return
         from .profile_cache import cached_profile
         cached_profile(self._engine, self._paths, self._engine_opts, params.spec.width, self._profile_cache)
@@ -186,10 +190,8 @@ class Engine:
 
     def cost_profile(self) -> dict:
         """What verification and drafting cost on this machine, as the cost-aware mode sees it:
-        {"sizes": batch sizes n, "verify_ms": t_verify(n), "draft_level_ms": one draft pass}.
-        Needs a draft model; measured once per model pair and machine, then cached."""
-        if not self.has_draft:
-            raise ValueError("the cost profile needs a draft model")
+        {"sizes": batch sizes n, "verify_ms": t_verify(n), "draft_level_ms": one draft pass (0
+        without a draft model)}. Measured once per model pair and machine, then cached."""
         params = self._params(mode="heterospec")
         self._ensure_profile(params)
         sizes, verify_ms, draft_ms = self._engine.cost_profile(params.spec.width)
@@ -202,7 +204,7 @@ class Engine:
 
     def _params(self, max_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
                 repeat_penalty=None, repeat_last_n=None, seed=None, stop=None, ignore_eos=None,
-                mode=None, depth=None, branching=None, width=None, budget=None, n_max=None, p_min=None,
+                mode=None, drafter=None, depth=None, branching=None, width=None, budget=None, n_max=None, p_min=None,
                 trace=None, policy=None, force_policy=False, cost_aware=None):
         p = _core.GenerateParams()
         if policy is not None:
@@ -215,7 +217,7 @@ class Engine:
         for name, value in (("depth", depth), ("branching", branching), ("width", width), ("budget", budget),
                             ("n_max", n_max)):
             _check_int(name, value, 0)
-        _set(p.spec, mode=mode, depth=depth, branching=branching, width=width, budget=budget, n_max=n_max,
+        _set(p.spec, mode=mode, drafter=drafter, depth=depth, branching=branching, width=width, budget=budget, n_max=n_max,
              p_min=p_min, trace=trace, cost_aware=cost_aware)
         if max_tokens is not None:
             _check_int("max_tokens", max_tokens, -1)
@@ -237,7 +239,7 @@ class Engine:
                  top_k: Optional[int] = None, top_p: Optional[float] = None, min_p: Optional[float] = None,
                  repeat_penalty: Optional[float] = None, repeat_last_n: Optional[int] = None,
                  seed: Optional[int] = None, stop: Union[str, Sequence[str], None] = None,
-                 ignore_eos: Optional[bool] = None, mode: Optional[str] = None,
+                 ignore_eos: Optional[bool] = None, mode: Optional[str] = None, drafter: Optional[str] = None,
                  depth: Optional[int] = None, branching: Optional[int] = None, width: Optional[int] = None,
                  budget: Optional[int] = None, n_max: Optional[int] = None, p_min: Optional[float] = None,
                  trace: Optional[bool] = None, policy=None, force_policy: bool = False,
@@ -256,14 +258,15 @@ class Engine:
         chooses each step's depth and verified nodes from measured costs and acceptance
         calibrated per entropy bin, and runs plain steps where speculation does not pay;
         cost_aware=False keeps the paper's fixed gamma).
-        The default is
-        "heterospec" (cost-aware) when the engine has a draft model, else "ar". The output is the same in every mode: token
+        The default is "heterospec" (cost-aware), which runs plain steps wherever speculation
+        would not pay; `drafter` overrides the engine's drafter for this call. The output is the
+        same in every mode and with every drafter: token
         for token when greedy, in distribution when sampling. trace=True records one
         (depth, nodes, accepted, rank, entropy, bin, predicted tokens, draft passes) tuple per step in
         `result.trace`.
         """
         params = self._params(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty,
-                              repeat_last_n, seed, stop, ignore_eos, mode, depth, branching, width,
+                              repeat_last_n, seed, stop, ignore_eos, mode, drafter, depth, branching, width,
                               budget, n_max, p_min, trace, policy, force_policy, cost_aware)
         tokens = self._prompt_tokens(prompt)
         self._ensure_profile(params)

@@ -36,7 +36,8 @@ def _cpu_name() -> str:
 
 
 def profile_key(paths, engine_opts: dict, width: int) -> str:
-    doc = {"target": model_fingerprint(paths[0]), "draft": model_fingerprint(paths[1]), "engine": engine_opts,
+    doc = {"target": model_fingerprint(paths[0]), "draft": model_fingerprint(paths[1]) if paths[1] else None,
+           "engine": engine_opts,
            "width": width, "machine": platform.machine(), "cpu": _cpu_name(), "cores": os.cpu_count(),
            "version": __version__}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
@@ -59,7 +60,7 @@ def cached_profile(native, paths, engine_opts: dict, width: int, setting) -> Non
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"sizes": list(sizes), "verify_ms": list(verify_ms),
-                                       "draft_level_ms": draft_ms, "models": [str(p) for p in paths]}))
+                                       "draft_level_ms": draft_ms, "models": [str(p) for p in paths if p]}))
             tmp.replace(path)
         except OSError:
             pass   # a read-only home is no reason to fail a generation

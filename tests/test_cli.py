@@ -63,5 +63,5 @@ def test_speculative_flags(tiny, tiny_engine):
         assert p.returncode == 0, p.stderr
         assert p.stdout == expected + "\n"
         assert "tokens/step" in p.stderr and flags[1] in p.stderr
-    p = run("generate", "-m", tiny.target, "-p", "x", "--mode", "tree")
+    p = run("generate", "-m", tiny.target, "-p", "x", "--drafter", "model")
     assert p.returncode == 1 and "needs a draft model" in p.stderr

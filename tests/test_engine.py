@@ -14,7 +14,7 @@ def llama_cpp_greedy(engine: Engine, path, prompt: str, n: int):
 # -- loading and generating ------------------------------------------------------------------
 
 def test_generate_on_a_tiny_model(tiny_engine):
-    r = tiny_engine.generate("hello world", max_tokens=16, temperature=0)
+    r = tiny_engine.generate("hello world", max_tokens=16, temperature=0, mode="ar")
     assert len(r.tokens) == 16 and r.finish_reason == "length"
     # (SPM detokenization drops the leading space of a standalone text; a continuation keeps it)
     assert r.text.lstrip() == tiny_engine.detokenize(r.tokens).lstrip()

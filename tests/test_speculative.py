@@ -242,7 +242,13 @@ def test_sampling_is_exact(tiny_pair):
 
 def test_speculation_needs_a_draft_and_valid_shapes(tiny_engine, tiny_pair):
     with pytest.raises(ValueError, match="needs a draft model"):
-        tiny_engine.generate("hello", mode="tree")
+        tiny_engine.generate("hello", drafter="model")
+    with pytest.raises(ValueError, match="needs a draft model"):
+        Engine(tiny_engine._paths[0], drafter="hybrid")
+    with pytest.raises(ValueError, match="drafter must be"):
+        tiny_pair.generate("hello", drafter="eagle")
+    with pytest.raises(ValueError, match="drafter must be"):
+        Engine(tiny_engine._paths[0], drafter="suffix")
     with pytest.raises(ValueError, match="mode must be"):
         tiny_pair.generate("hello", mode="fast")
     with pytest.raises(ValueError, match="max_nodes"):

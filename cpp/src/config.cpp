@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "drafters/drafter.h"
 #include "policy.h"
 #include <stdexcept>
 
@@ -12,6 +13,11 @@ namespace {
 
 [[noreturn]] void bad(const std::string & what) { throw std::invalid_argument(what); }
 
+void check_drafter(const std::string & name, const char * what) {
+    if (name != "auto" && !drafter_known(name))
+        bad(std::string(what) + " must be 'model', 'ngram', 'hybrid' or 'auto', not '" + name + "'");
+}
+
 }  // namespace
 
 void validate(const EngineOptions & o) {
@@ -20,6 +26,9 @@ void validate(const EngineOptions & o) {
     if (o.n_ctx != 0 && o.n_ctx < 8) bad("n_ctx must be 0 (the model's) or at least 8");
     if (o.n_threads < 0 || o.n_threads_batch < 0) bad("thread counts must be >= 0 (0: automatic)");
     if (o.max_nodes < 1 || o.max_nodes > 255) bad("max_nodes must be in 1..255");
+    check_drafter(o.drafter, "drafter");
+    if (drafter_needs_model(o.drafter) && o.draft.path.empty())
+        bad("drafter '" + o.drafter + "' needs a draft model (-md / draft=)");
 }
 
 void validate(const GenerateParams & p) {
@@ -32,6 +41,7 @@ void validate(const GenerateParams & p) {
     const SpecParams & t = p.spec;
     if (t.mode != "auto" && t.mode != "ar" && t.mode != "chain" && t.mode != "tree" && t.mode != "heterospec")
         bad("mode must be 'ar', 'chain', 'tree' or 'heterospec', not '" + t.mode + "'");
+    if (!t.drafter.empty()) check_drafter(t.drafter, "drafter");
     if (!t.policy_thresholds.empty() || t.policy_gamma.size() != 3) {
         Policy pol;
         pol.thresholds = t.policy_thresholds;

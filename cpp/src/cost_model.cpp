@@ -4,6 +4,8 @@
 #include <cmath>
 #include <functional>
 
+#include "draft_tree.h"
+
 namespace heterospec {
 
 double CostProfile::verify(int32_t n) const {
@@ -26,11 +28,14 @@ double logit(float p) {
     const double x = std::min(std::max(double(p), 1e-4), 1.0 - 1e-4);
     return std::log(x / (1.0 - x));
 }
+double ngram_only(const NodeFeatures & x) { return x.source == kFromNgram ? 1.0 : 0.0; }
+double both(const NodeFeatures & x) { return x.source == (kFromModel | kFromNgram) ? 1.0 : 0.0; }
 }  // namespace
 
 double AcceptanceModel::score(const NodeFeatures & x) const {
     double z = w_[0] + generation_bias_ + w_[1] * logit(x.q) + w_[2] * (x.agreement - 0.5) + w_[3] * x.h_parent;
-    if (x.path_bin >= 0 && x.path_bin < kEntropyBins) z += w_[size_t(4 + x.path_bin)];
+    z += w_[4] * ngram_only(x) + w_[5] * both(x);
+    if (x.path_bin >= 0 && x.path_bin < kEntropyBins) z += w_[size_t(6 + x.path_bin)];
     return z;
 }
 
@@ -48,7 +53,9 @@ void AcceptanceModel::observe(const NodeFeatures & x, bool accepted) {
     w_[1] += g * logit(x.q);
     w_[2] += g * (x.agreement - 0.5);
     w_[3] += g * x.h_parent;
-    if (x.path_bin >= 0 && x.path_bin < kEntropyBins) w_[size_t(4 + x.path_bin)] += g;
+    w_[4] += g * ngram_only(x);
+    w_[5] += g * both(x);
+    if (x.path_bin >= 0 && x.path_bin < kEntropyBins) w_[size_t(6 + x.path_bin)] += g;
 }
 
 BudgetChoice choose_budget(const CostProfile & profile, const std::vector<float> & accept, int32_t max_budget,

@@ -37,6 +37,7 @@ struct NodeFeatures {
     float h_parent;       // top-K entropy of the draft distribution that proposed it
     int32_t path_bin;     // entropy partition bin of its path entropy (-1: none)
     float agreement;      // how often the draft's first choice was the target's token lately (0..1)
+    uint8_t source;       // who proposed it: DraftSource bits (n-gram drafts behave differently)
 };
 
 // The chance that the target accepts a node once it has accepted its parent: logistic in the
@@ -53,8 +54,8 @@ public:
     void begin_generation() { generation_bias_ = 0.0; }
 
 private:
-    // bias, logit q, agreement, parent entropy, path entropy bins
-    static constexpr int kFeatures = 4 + kEntropyBins;
+    // bias, logit q, agreement, parent entropy, n-gram only, model and n-gram, path entropy bins
+    static constexpr int kFeatures = 6 + kEntropyBins;
     double score(const NodeFeatures & x) const;
     std::array<double, kFeatures> w_{0.0, 1.0};
     double generation_bias_ = 0.0;

@@ -7,13 +7,27 @@ namespace heterospec {
 
 void DraftTree::reset(int32_t root_token) {
     nodes_.clear();
-    nodes_.push_back({root_token, -1, 0, 1.0f, 1.0f, -1.0f, 0.0f});
+    nodes_.push_back({root_token, -1, 0, 1.0f, 1.0f, -1.0f, 0.0f, 0});
 }
 
-int32_t DraftTree::add(int32_t parent, int32_t token, float q) {
+int32_t DraftTree::add(int32_t parent, int32_t token, float q, uint8_t source) {
     const DraftNode & p = nodes_[size_t(parent)];
-    nodes_.push_back({token, parent, p.depth + 1, q, p.v * q, -1.0f, p.hp + std::max(p.h, 0.0f)});
+    nodes_.push_back({token, parent, p.depth + 1, q, p.v * q, -1.0f, p.hp + std::max(p.h, 0.0f), source});
     return int32_t(nodes_.size()) - 1;
+}
+
+int32_t DraftTree::child(int32_t parent, int32_t token) const {
+    // children come after their parent; trees are small enough for a scan
+    for (size_t i = size_t(parent) + 1; i < nodes_.size(); ++i)
+        if (nodes_[i].parent == parent && nodes_[i].token == token) return int32_t(i);
+    return -1;
+}
+
+int32_t DraftTree::add_or_merge(int32_t parent, int32_t token, float q, uint8_t source) {
+    const int32_t c = child(parent, token);
+    if (c < 0) return add(parent, token, q, source);
+    nodes_[size_t(c)].source |= source;
+    return c;
 }
 
 void DraftTree::top(const std::vector<int32_t> & cand, size_t n, std::vector<int32_t> & out) const {

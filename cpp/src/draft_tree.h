@@ -22,12 +22,20 @@ struct DraftNode {
     float h;          // top-K entropy of the draft distribution at this node, -1 if not expanded
     float hp;         // path entropy: the sum of h over the ancestors whose distributions drafted
                       // this node's path (section 3's meta-path score, for any node)
+    uint8_t source;   // which drafters proposed it: bits of DraftSource (0 for the root)
 };
+
+// Who proposed a node. A hybrid tree's node can come from both.
+enum DraftSource : uint8_t { kFromModel = 1, kFromNgram = 2 };
 
 class DraftTree {
 public:
     void reset(int32_t root_token);
-    int32_t add(int32_t parent, int32_t token, float q);
+    int32_t add(int32_t parent, int32_t token, float q, uint8_t source = kFromModel);
+    // As add, unless `parent` already has a child with `token` (another drafter proposed it):
+    // then that child, now marked as proposed by `source` too, keeping its q.
+    int32_t add_or_merge(int32_t parent, int32_t token, float q, uint8_t source);
+    int32_t child(int32_t parent, int32_t token) const;   // -1: none
     void set_entropy(int32_t i, float h) { nodes_[size_t(i)].h = h; }
 
     const DraftNode & operator[](int32_t i) const { return nodes_[size_t(i)]; }

@@ -8,13 +8,14 @@
 #include <stdexcept>
 
 #include "draft_tree.h"
-#include "drafters/draft_model.h"
+#include "drafters/drafter.h"
 #include "cost_model.h"
 #include "entropy.h"
 #include "mode.h"
 #include "model.h"
 #include "policy.h"
 #include "sampler.h"
+#include "suffix_index.h"
 #include "text_stream.h"
 #include "verifier.h"
 
@@ -48,15 +49,26 @@ struct Engine::Impl {
     const llama_vocab * vocab = nullptr;
     int32_t n_vocab = 0;
     uint32_t n_ctx = 0;
-    std::unique_ptr<Verifier> verifier;
-    std::unique_ptr<DraftModelDrafter> drafter;
+    std::unique_ptr<Verifier> verifier;   // null when the target cannot hold a tree
+    SuffixIndex index;                    // every token the engine has seen, for n-gram drafts
+    // Each drafter with its own cost model: acceptance and drafting costs differ by drafter.
+    struct Speculator {
+        std::string name;
+        std::unique_ptr<Drafter> drafter;
+        CostModel cost;   // kept across generations (same models, same machine)
+    };
+    std::vector<Speculator> speculators;
+    std::string default_drafter;
+    int32_t n_seqs = 1;           // sequences per context: max_nodes, or fewer in a small context
+    CostProfile target_profile;   // t_verify(n), measured once
+    Drafter * drafter = nullptr;  // the generation's
+    CostModel * cost = nullptr;
     std::mutex mu;
     Generation gen;
     // per-step buffers, reused
     DraftTree tree;
     TreeBatch tb;
     Policy policy;
-    CostModel cost;           // kept across generations (same models, same machine)
     bool wrong_rule = false;  // tests only: see Engine::debug_wrong_rule
     std::vector<float> accept_est, child_est;   // acceptance estimates: drafted nodes, guessed children
     std::vector<uint8_t> on_path;
@@ -83,6 +95,7 @@ struct Engine::Impl {
     // Adds one sampled token to the output. Returns false when generation must end here.
     bool accept(int32_t token) {
         Generation & g = gen;
+        index.push(token);   // ends of generation too: a repeated request ends the same way
         if (!g.params.ignore_eos && llama_vocab_is_eog(vocab, token)) {
             g.finish_reason = "stop";
             return false;
@@ -128,28 +141,26 @@ struct Engine::Impl {
                                   // so that big trees can be chosen where verification is cheap)
     };
 
+    static constexpr int32_t kFreeDepth = 16;
+
     StepLimits plan(llama_pos P) const {
         const SpecParams & sp = gen.params.spec;
         const bool chain = gen.mode == Mode::chain;
         StepLimits L;
         L.shape.branching = chain ? 1 : sp.branching;
-        L.shape.width = chain ? 1 : sp.width;
+        L.shape.width = chain ? 1 : std::min(sp.width, n_seqs);
         L.shape.p_min = chain ? sp.p_min : 0.0f;
         const int32_t room = int32_t(n_ctx) - 1 - P;
         const int32_t batch_room = int32_t(llama_n_batch(target_ctx.get())) - 1;
-        // the draft holds W temporary cells per level beyond the first
-        const int32_t draft_room = int32_t(llama_n_ctx(draft_ctx.get())) - 1 - P;
-        auto fit_depth = [&](int32_t d) {
-            d = std::min(d, room);
-            if (d > 1 && L.shape.width * (d - 1) > draft_room) d = 1 + std::max(0, draft_room) / L.shape.width;
-            return draft_room < 0 ? 0 : d;
-        };
+        auto fit_depth = [&](int32_t d) { return drafter->fit_depth(std::min(d, room), L.shape.width, P); };
         const int32_t depth = chain ? sp.n_max : sp.depth;
         const int32_t extra = gen.mode == Mode::heterospec ? Policy::alpha(depth) : 0;
         L.depth = fit_depth(depth);
         L.max_depth = fit_depth(depth + extra);
-        L.budget = std::min<int32_t>({chain ? sp.n_max : sp.budget, room, batch_room});
-        L.max_budget = std::min<int32_t>({cost_aware() ? opts.max_nodes : L.budget + extra, room, batch_room});
+        // model-free branches cost nothing to draft: the cost-aware allocation may look deeper
+        L.shape.free_depth = std::min(room, cost_aware() ? std::max(depth + extra, kFreeDepth) : depth + extra);
+        L.budget = std::min<int32_t>({chain ? sp.n_max : sp.budget, room, batch_room, n_seqs});
+        L.max_budget = std::min<int32_t>({cost_aware() ? n_seqs : L.budget + extra, room, batch_room, n_seqs});
         if (L.budget < 1) L.depth = L.max_depth = 0;
         return L;
     }
@@ -157,7 +168,7 @@ struct Engine::Impl {
     // What the acceptance model sees of node i.
     NodeFeatures features(int32_t i) const {
         const DraftNode & n = tree[i];
-        return {n.q, std::max(tree[n.parent].h, 0.0f), policy.bin(n.hp), cost.agreement()};
+        return {n.q, std::max(tree[n.parent].h, 0.0f), policy.bin(n.hp), cost->agreement(), n.source};
     }
 
     // Acceptance estimates (the product of conditional chances along the path) of every drafted
@@ -165,7 +176,7 @@ struct Engine::Impl {
     // level's (see worth_extending): a frontier node's child taken as likely, given its parent,
     // as the frontier node was.
     void estimates(std::vector<float> & all, std::vector<float> & next) {
-        const AcceptanceModel & acc = cost.acceptance;
+        const AcceptanceModel & acc = cost->acceptance;
         est.assign(size_t(tree.size()), 1.0f);
         for (int32_t i = 1; i < tree.size(); ++i) est[size_t(i)] = est[size_t(tree[i].parent)] * acc.estimate(features(i));
         tree.select_by(est, size_t(tree.size()), selected);
@@ -179,13 +190,13 @@ struct Engine::Impl {
     // score (section 4, beyond the paper). Returns false for a plain step.
     bool draft_cost_aware(const StepLimits & L, llama_pos P, double t0) {
         const int32_t calls0 = drafter->calls();
-        auto spent = [&] { return cost.spent_ms(drafter->calls() - calls0, now_ms() - t0); };
+        auto spent = [&] { return cost->spent_ms(drafter->calls() - calls0, now_ms() - t0); };
         drafter->start(tree, L.shape, P, 1);
         estimates(accept_est, child_est);
-        if (accept_est.empty() || !cost.worth_drafting(accept_est[0], L.max_budget, spent())) return false;
+        if (accept_est.empty() || !cost->worth_drafting(accept_est[0], L.max_budget, spent())) return false;
         for (int32_t d = 1; d < L.max_depth; ++d) {
             if (d > 1) estimates(accept_est, child_est);
-            const int32_t keep = cost.worth_extending(accept_est, child_est, L.max_budget, spent());
+            const int32_t keep = cost->worth_extending(accept_est, child_est, L.max_budget, spent());
             if (keep == 0) break;
             // expand only the frontier nodes whose children could be chosen: the `keep` best guesses
             const std::vector<int32_t> & frontier = drafter->frontier();
@@ -205,7 +216,7 @@ struct Engine::Impl {
     bool draft_tree(const StepLimits & L, llama_pos P, double t0) {
         if (L.depth < 1) return false;
         if (cost_aware()) {
-            if (!cost.should_draft(L.max_depth)) return false;
+            if (!cost->should_draft(L.max_depth)) return false;
             return draft_cost_aware(L, P, t0);
         }
         drafter->start(tree, L.shape, P, L.depth);
@@ -220,8 +231,8 @@ struct Engine::Impl {
             tr.bin = policy.bin(tr.entropy);
             if (cost_aware()) {
                 estimates(accept_est, child_est);
-                const BudgetChoice c = cost.choose(accept_est, L.max_budget,
-                                                   cost.spent_ms(drafter->calls() - calls0, now_ms() - t0));
+                const BudgetChoice c = cost->choose(accept_est, L.max_budget,
+                                                   cost->spent_ms(drafter->calls() - calls0, now_ms() - t0));
                 if (c.budget > 0) tr.predicted = float(c.expected_tokens);
                 selected.resize(size_t(c.budget));   // ids in selection order, from estimates()
                 return;
@@ -237,13 +248,12 @@ struct Engine::Impl {
 
     bool cost_aware() const { return gen.mode == Mode::heterospec && gen.params.spec.cost_aware; }
 
-    // Keeps the accepted path in both caches; the walk's extra token is the next root.
-    void commit(const WalkResult & w, llama_pos P, bool draft_ran) {
+    // Keeps the accepted path in the target's and the drafter's caches; the walk's extra token
+    // is the next root.
+    void commit(const WalkResult & w, llama_pos P) {
         verifier->commit(tb, w.last, P);
-        if (draft_ran) {   // also when no node was kept for verification
-            for (int32_t & e : accepted) e = tb.node[size_t(e)];
-            drafter->commit(tree, accepted);
-        }
+        for (int32_t & e : accepted) e = tb.node[size_t(e)];
+        drafter->commit(tree, accepted);
         gen.n_past = P + tb.depth[size_t(w.last)] + 1;
         gen.root = w.token;
     }
@@ -266,18 +276,18 @@ struct Engine::Impl {
                 if (!on_path[size_t(n.parent)]) continue;   // the target never looked there
                 const bool accepted = on_path[size_t(i)] || (n.parent == last && n.token == w.token);
                 if (i == first_choice) agreed = accepted;
-                cost.observe_node(features(i), accepted);
+                cost->observe_node(features(i), accepted);
             }
-            cost.observe_agreement(agreed);
+            cost->observe_agreement(agreed);
         }
-        cost.observe_step(drafted, w.emitted, draft_passes, draft_ms, tb.size(), verify_ms);
+        cost->observe_step(drafted, w.emitted, draft_passes, draft_ms, tb.size(), verify_ms);
     }
 
-    // The root's most probable child (the draft's first choice).
+    // The root's most probable child (the drafter's first choice).
     int32_t root_best() const {
         int32_t best = 1;
-        for (int32_t i = 2; i < tree.size() && tree[i].parent == 0; ++i)
-            if (tree[i].q > tree[best].q) best = i;
+        for (int32_t i = 2; i < tree.size(); ++i)
+            if (tree[i].parent == 0 && tree[i].q > tree[best].q) best = i;
         return best;
     }
 
@@ -300,7 +310,6 @@ struct Engine::Impl {
         const bool drafted = draft_tree(L, P, t0);
         if (drafted) allocate(L, t0, calls0, tr);
         else selected.clear();   // a plain step: the root alone
-        if (drafter->calls() == calls0) drafter->defer(g.root);
         tb.build(tree, selected);
         const double t1 = now_ms();
 
@@ -311,7 +320,11 @@ struct Engine::Impl {
         const WalkResult w = walk_tree(
             tb, [&](int32_t e) { return wrong_rule ? wrong_rule_draw(e) : g.sampler->sample(verifier->logits(e), g.history.data(), g.history.size()); },
             [&](int32_t y) { return accept(y); }, accepted);
-        if (!w.stopped) commit(w, P, drafter->calls() != calls0);
+        for (int32_t e : accepted) {   // also when generation ends inside the path
+            g.stats.accepted_model += (tree[tb.node[size_t(e)]].source & kFromModel) != 0;
+            g.stats.accepted_ngram += (tree[tb.node[size_t(e)]].source & kFromNgram) != 0;
+        }
+        if (!w.stopped) commit(w, P);
         if (cost_aware()) observe(w, drafted, drafter->calls() - calls0, t1 - t0, t2 - t1);
         const double t3 = now_ms();
         g.stats.steps++;
@@ -335,39 +348,28 @@ struct Engine::Impl {
         return !w.stopped;
     }
 
-    // Times one pass of n tokens (all with logits) on an empty cache, best of a few.
-    static double time_pass(llama_context * ctx, llama_batch_ext * batch, int32_t n, int32_t token) {
-        double best = 1e30;
-        for (int rep = 0; rep < 3; ++rep) {
-            llama_memory_clear(llama_get_memory(ctx), false);
-            llama_batch_ext_clear(batch);
-            for (int32_t i = 0; i < n; ++i) {
-                const int32_t idx = llama_batch_ext_add_token(batch, 0, token);
-                const llama_pos pos = i;
-                llama_batch_ext_set_pos(batch, idx, &pos);
-                llama_batch_ext_set_output_logits(batch, idx, true);
+    // The cost ladder t_verify(n) of the target, once per engine, and the cost of a drafting
+    // level, once per drafter. Clears the caches.
+    void measure_profile(Speculator & s, int32_t width) {
+        if (!s.cost.profile.empty()) return;
+        if (target_profile.empty()) {
+            const int32_t token = std::max(0, llama_vocab_bos(vocab));
+            const int32_t most = std::min<int32_t>(n_seqs + 1, int32_t(llama_n_batch(target_ctx.get())));
+            time_pass(target_ctx.get(), batch.get(), 1, token);   // warm-up
+            for (int32_t n : {1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256}) {
+                if (n > most) break;
+                target_profile.sizes.push_back(n);
+                target_profile.verify_ms.push_back(time_pass(target_ctx.get(), batch.get(), n, token));
             }
-            best = std::min(best, decode_timed(ctx, batch, "profiling"));
         }
-        llama_memory_clear(llama_get_memory(ctx), false);
-        return best;
+        s.cost.profile = target_profile;
+        s.cost.profile.draft_level_ms = s.drafter->time_level(width);
     }
 
-    // The cost ladder t_verify(n) of the target and the cost of a draft level, once per engine.
-    void measure_profile(int32_t width) {
-        CostProfile & profile = cost.profile;
-        if (!profile.empty()) return;
-        const int32_t token = std::max(0, llama_vocab_bos(vocab));
-        const int32_t most = std::min<int32_t>(opts.max_nodes + 1, int32_t(llama_n_batch(target_ctx.get())));
-        time_pass(target_ctx.get(), batch.get(), 1, token);   // warm-up
-        for (int32_t n : {1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256}) {
-            if (n > most) break;
-            profile.sizes.push_back(n);
-            profile.verify_ms.push_back(time_pass(target_ctx.get(), batch.get(), n, token));
-        }
-        BatchPtr db(llama_batch_ext_init(draft_ctx.get()));
-        time_pass(draft_ctx.get(), db.get(), width, token);
-        profile.draft_level_ms = time_pass(draft_ctx.get(), db.get(), width, token);
+    Speculator * find_speculator(const std::string & name) {
+        for (Speculator & s : speculators)
+            if (s.name == name) return &s;
+        return nullptr;
     }
 
     int32_t wrong_rule_draw(int32_t e) {
@@ -403,6 +405,9 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     if (!options.draft.path.empty()) {
         m.draft = load_model(options.draft);
         check_same_vocab(m.target.get(), m.draft.get());
+        // tree attention through sequence ids: one sequence per path, in one unified cache
+        check_tree_capable(m.target.get(), options.target.path);
+        check_tree_capable(m.draft.get(), options.draft.path);
     }
     m.vocab = llama_model_get_vocab(m.target.get());
     m.n_vocab = llama_vocab_n_tokens(m.vocab);
@@ -415,19 +420,21 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     spec.flash_attn = options.flash_attn;
     spec.cache_type_k = options.cache_type_k;
     spec.cache_type_v = options.cache_type_v;
-    if (m.draft) {
-        // tree attention through sequence ids: one sequence per path, in one unified cache
-        check_tree_capable(m.target.get(), options.target.path);
-        check_tree_capable(m.draft.get(), options.draft.path);
-        spec.n_seq_max = uint32_t(options.max_nodes);
+    const bool trees = tree_capable(m.target.get());   // else: plain decoding only
+    if (trees) {
+        // one sequence per verified node; llama.cpp wants no more sequences than a batch holds
+        m.n_seqs = std::min<int32_t>({options.max_nodes, int32_t(spec.n_ctx), int32_t(spec.n_batch)});
+        spec.n_seq_max = uint32_t(m.n_seqs);
         spec.kv_unified = true;
     }
     m.target_ctx = make_context(m.target.get(), spec);
-    if (m.draft) {
-        m.draft_ctx = make_context(m.draft.get(), spec);
-        m.verifier.reset(new Verifier(m.target_ctx.get(), options.max_nodes));
-        m.drafter.reset(new DraftModelDrafter(m.draft_ctx.get(), options.max_nodes));
+    if (m.draft) m.draft_ctx = make_context(m.draft.get(), spec);
+    if (trees) {
+        m.verifier.reset(new Verifier(m.target_ctx.get(), m.n_seqs));
+        for (NamedDrafter & d : make_drafters({m.draft_ctx.get(), &m.index, m.n_seqs}))
+            m.speculators.push_back({d.name, std::move(d.drafter), CostModel()});
     }
+    m.default_drafter = options.drafter != "auto" ? options.drafter : m.draft ? "model" : "ngram";
     m.n_ctx = llama_n_ctx(m.target_ctx.get());
     m.batch.reset(llama_batch_ext_init(m.target_ctx.get()));
 }
@@ -438,6 +445,7 @@ const EngineOptions & Engine::options() const { return impl_->opts; }
 int32_t Engine::n_vocab() const { return impl_->n_vocab; }
 uint32_t Engine::n_ctx() const { return impl_->n_ctx; }
 bool Engine::has_draft() const { return bool(impl_->draft); }
+bool Engine::can_speculate() const { return impl_->verifier != nullptr; }
 
 std::string Engine::model_description() const {
     char buf[256];
@@ -525,9 +533,13 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
                                     " tokens but the context holds " + std::to_string(m.n_ctx) +
                                     "; shorten it or raise n_ctx (-c)");
 
-    // with a draft, the default is the cost-aware HeteroSpec mode: it never runs slower than plain
-    const Mode mode = resolve_mode(params.spec.mode, bool(m.draft));
+    // the default is the cost-aware HeteroSpec mode: it never runs slower than plain
+    const Mode mode = resolve_mode(params.spec.mode, m.verifier != nullptr);
     const SpecParams & sp = params.spec;
+    const std::string drafter_name = sp.drafter.empty() || sp.drafter == "auto" ? m.default_drafter : sp.drafter;
+    Impl::Speculator * spec = mode == Mode::ar ? nullptr : m.find_speculator(drafter_name);
+    if (mode != Mode::ar && !spec)
+        throw std::invalid_argument("drafter '" + drafter_name + "' needs a draft model (-md / draft=)");
     const int32_t most_nodes = sp.budget + (mode == Mode::heterospec ? Policy::alpha(sp.depth) : 0);
     if ((mode == Mode::tree || mode == Mode::heterospec) && (most_nodes > m.opts.max_nodes || sp.width > m.opts.max_nodes))
         throw std::invalid_argument("tree budget and width must be at most max_nodes (" +
@@ -541,12 +553,17 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
     g.params = params;
     g.mode = mode;
     g.params.spec.mode = g.stats.mode = mode_name(mode);
+    m.drafter = spec ? spec->drafter.get() : nullptr;
+    m.cost = spec ? &spec->cost : nullptr;
+    if (spec) g.params.spec.drafter = g.stats.drafter = spec->name;
     m.policy = sp.policy_thresholds.empty() ? Policy::builtin() : Policy();
     if (!sp.policy_thresholds.empty()) m.policy.thresholds = sp.policy_thresholds;
     std::copy(sp.policy_gamma.begin(), sp.policy_gamma.end(), m.policy.gamma.begin());
     g.sampler.reset(new Sampler(params.sampling, m.n_vocab));
     g.text.reset(new TextStream(params.stop));
     g.history = prompt;
+    m.index.begin_document();
+    for (int32_t t : prompt) m.index.push(t);
     g.stats.prompt_tokens = int32_t(prompt.size());
     g.t_start = now_ms();
     g.done = false;
@@ -557,8 +574,8 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
     }
     try {
         if (m.cost_aware()) {
-            m.measure_profile(sp.width);
-            m.cost.begin_generation();
+            m.measure_profile(*spec, sp.width);
+            m.cost->begin_generation();
         }
         if (mode != Mode::ar) {
             // the last prompt token is the first step's root
@@ -631,18 +648,23 @@ void Engine::set_cost_profile(const std::vector<int32_t> & sizes, const std::vec
         if ((i > 0 && sizes[i] <= sizes[i - 1]) || !(verify_ms[i] > 0))
             throw std::invalid_argument("cost profile sizes must ascend and timings be positive");
     std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->cost = CostModel();
-    impl_->cost.profile = {sizes, verify_ms, draft_level_ms};
-    impl_->cost.projected = projected;
+    impl_->target_profile = {sizes, verify_ms, 0.0};
+    for (Impl::Speculator & s : impl_->speculators) {
+        s.cost = CostModel();
+        // model-free drafting costs nothing here or there
+        s.cost.profile = {sizes, verify_ms, s.drafter->context() ? draft_level_ms : 0.0};
+        s.cost.projected = projected;
+    }
 }
 
 std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profile(int32_t width) {
     Impl & m = *impl_;
-    if (!m.draft) throw std::invalid_argument("the cost profile needs a draft model");
+    Impl::Speculator * s = m.find_speculator(m.default_drafter);
+    if (!s) throw std::invalid_argument("this target cannot speculate (its memory cannot hold a draft tree)");
     std::lock_guard<std::mutex> lock(m.mu);
     m.gen.done = true;   // measuring clears the caches: any generation in progress ends
-    m.measure_profile(width);
-    return {m.cost.profile.sizes, m.cost.profile.verify_ms, m.cost.profile.draft_level_ms};
+    m.measure_profile(*s, width);
+    return {s->cost.profile.sizes, s->cost.profile.verify_ms, s->cost.profile.draft_level_ms};
 }
 
 Result Engine::result() const {

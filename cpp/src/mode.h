@@ -13,17 +13,19 @@ enum class Mode {
     heterospec,  // the tree allocated per step (entropy bins; cost-aware or the paper's gamma)
 };
 
-// "auto" is heterospec with a draft model, plain decoding without one.
-inline Mode resolve_mode(const std::string & name, bool has_draft) {
+// "auto" is heterospec, or plain decoding for a target whose memory cannot hold a draft tree
+// (recurrent and hybrid models).
+inline Mode resolve_mode(const std::string & name, bool trees) {
     Mode m;
-    if (name == "auto") m = has_draft ? Mode::heterospec : Mode::ar;
+    if (name == "auto") m = trees ? Mode::heterospec : Mode::ar;
     else if (name == "ar") m = Mode::ar;
     else if (name == "chain") m = Mode::chain;
     else if (name == "tree") m = Mode::tree;
     else if (name == "heterospec") m = Mode::heterospec;
     else throw std::logic_error("unvalidated mode '" + name + "'");   // config.cpp validates names
-    if (m != Mode::ar && !has_draft)
-        throw std::invalid_argument("mode '" + name + "' needs a draft model (-md / draft=)");
+    if (m != Mode::ar && !trees)
+        throw std::invalid_argument("mode '" + name + "' needs a target with attention-only memory: this one is "
+                                    "recurrent or hybrid and cannot hold a draft tree (use mode 'ar')");
     return m;
 }
 

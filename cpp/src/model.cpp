@@ -251,8 +251,12 @@ ContextPtr make_context(llama_model * model, const ContextSpec & spec) {
     return ctx;
 }
 
+bool tree_capable(const llama_model * model) {
+    return !llama_model_is_recurrent(model) && !llama_model_is_hybrid(model);
+}
+
 void check_tree_capable(const llama_model * model, const std::string & path) {
-    if (llama_model_is_recurrent(model) || llama_model_is_hybrid(model))
+    if (!tree_capable(model))
         throw std::invalid_argument("'" + path + "' has a recurrent or hybrid memory, which cannot hold a draft "
                                     "tree; speculative decoding needs attention-only models (use it without a draft)");
 }
@@ -321,6 +325,23 @@ double decode_run(llama_context * ctx, llama_batch_ext * batch, const int32_t * 
         if (calls) ++*calls;
     }
     return ms;
+}
+
+double time_pass(llama_context * ctx, llama_batch_ext * batch, int32_t n, int32_t token) {
+    double best = 1e30;
+    for (int rep = 0; rep < 3; ++rep) {
+        llama_memory_clear(llama_get_memory(ctx), false);
+        llama_batch_ext_clear(batch);
+        for (int32_t i = 0; i < n; ++i) {
+            const int32_t idx = llama_batch_ext_add_token(batch, 0, token);
+            const llama_pos pos = i;
+            llama_batch_ext_set_pos(batch, idx, &pos);
+            llama_batch_ext_set_output_logits(batch, idx, true);
+        }
+        best = std::min(best, decode_timed(ctx, batch, "profiling"));
+    }
+    llama_memory_clear(llama_get_memory(ctx), false);
+    return best;
 }
 
 // ---------------------------------------------------------------------------------- defaults

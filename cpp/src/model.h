@@ -42,6 +42,7 @@ struct ContextSpec {
 ContextPtr make_context(llama_model * model, const ContextSpec & spec);
 
 // Tree verification branches the KV cache by sequence: recurrent and hybrid memories cannot.
+bool tree_capable(const llama_model * model);
 void check_tree_capable(const llama_model * model, const std::string & path);
 
 // Throws std::invalid_argument naming the first difference (size, special tokens, token text).
@@ -59,6 +60,10 @@ double decode_timed(llama_context * ctx, llama_batch_ext * batch, const char * w
 // llama.cpp; counts the decode calls in *calls when given.
 double decode_run(llama_context * ctx, llama_batch_ext * batch, const int32_t * tokens, size_t n,
                   llama_pos pos0, int32_t n_seqs, bool logits_last, const char * who, int32_t * calls = nullptr);
+
+// Times one pass of n tokens (all with logits) on an empty cache, best of a few; clears the
+// cache afterwards.
+double time_pass(llama_context * ctx, llama_batch_ext * batch, int32_t n, int32_t token);
 
 // Default thread count: physical cores (llama.cpp's habit), at least 1.
 int32_t default_threads();

@@ -24,6 +24,9 @@ struct EngineOptions {
     std::string flash_attn = "auto";    // -fa: "on", "off" or "auto"
     std::string cache_type_k = "f16";   // -ctk
     std::string cache_type_v = "f16";   // -ctv (quantized V needs flash attention)
+    std::string drafter = "auto";   // what drafts trees: "model" (the draft model), "ngram" (earlier
+                                    // text: prompt, output, earlier requests; no model), "hybrid"
+                                    // (both in one tree); "auto": hybrid with a draft model, else ngram
     int32_t max_nodes = 64;         // largest verification budget a call may use (sizes the
                                     // contexts' sequence count; at most 255)
     bool verbose = false;           // forward llama.cpp's log to stderr
@@ -45,7 +48,8 @@ struct SamplingParams {
 // Speculative decoding (algorithm sections 2, 5 and 6).
 struct SpecParams {
     std::string mode = "auto";      // "ar" (plain), "chain", "tree", "heterospec";
-                                    // "auto": heterospec with a draft, else ar
+                                    // "auto": heterospec (plain for models that cannot hold a tree)
+    std::string drafter;            // this call's drafter (see EngineOptions::drafter); empty: the engine's
     // tree: depth d, branching k (top-k children per expanded node), frontier width W, budget N
     int32_t depth = 4;
     int32_t branching = 4;

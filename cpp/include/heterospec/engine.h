@@ -43,6 +43,9 @@ public:
     int32_t n_vocab() const;
     uint32_t n_ctx() const;
     bool has_draft() const;
+    // Whether the target's memory can hold a draft tree (attention-only models): else every
+    // call decodes plainly.
+    bool can_speculate() const;
     std::string model_description() const;
 
     std::vector<int32_t> tokenize(const std::string & text, bool add_special, bool parse_special) const;

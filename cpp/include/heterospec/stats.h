@@ -12,7 +12,8 @@ struct Stats {
     double prompt_ms = 0;           // prompt processing, up to the first generated token
     double decode_ms = 0;           // everything after the first generated token
 
-    std::string mode;               // the decoding mode that ran: "ar", "chain" or "tree"
+    std::string mode;               // the decoding mode that ran: "ar", "chain", "tree" or "heterospec"
+    std::string drafter;            // the drafter that ran ("model", "ngram", "hybrid"; empty for "ar")
     int32_t steps = 0;              // decoding steps (one target pass each, or one plain token)
     int32_t target_calls = 0;       // llama_decode calls on the target after the prompt
     int32_t draft_calls = 0;        // llama_decode calls on the draft after the prompt
@@ -21,6 +22,10 @@ struct Stats {
     double verify_ms = 0;           // target passes over the trees
     double host_ms = 0;             // decode time spent outside llama.cpp: tree building,
                                     // sorting, KV bookkeeping, sampling
+    // Accepted draft tokens by the drafter that proposed them (a hybrid tree's node proposed by
+    // both counts in both)
+    int32_t accepted_model = 0;
+    int32_t accepted_ngram = 0;
     // Calibration of the cost-aware allocation: over the steps it chose to verify nodes, the
     // tokens it expected them to emit and the tokens they did emit.
     int32_t predicted_steps = 0;

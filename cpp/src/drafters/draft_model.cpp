@@ -24,7 +24,7 @@ void DraftModelDrafter::decode_committed(const std::vector<int32_t> & tokens, bo
     n_past_ += llama_pos(tokens.size());
 }
 
-void DraftModelDrafter::begin(const std::vector<int32_t> & prefix) {
+void DraftModelDrafter::do_begin(const std::vector<int32_t> & prefix) {
     kv_.reset();
     pending_.clear();
     n_past_ = 0;
@@ -33,7 +33,7 @@ void DraftModelDrafter::begin(const std::vector<int32_t> & prefix) {
     llama_ms_ = 0;
 }
 
-void DraftModelDrafter::start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) {
+void DraftModelDrafter::do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) {
     if (n_past_ + llama_pos(pending_.size()) != root_pos)
         throw std::logic_error("draft cache out of step with the committed text");
     shape_ = shape;
@@ -53,7 +53,7 @@ void DraftModelDrafter::start(DraftTree & tree, const DraftShape & shape, llama_
     cand_.clear();
     for (const auto & tp : root_top_) {
         if (tp.p < shape.p_min) break;   // sorted: the rest are lower still
-        cand_.push_back(tree.add(0, tp.id, tp.p));
+        cand_.push_back(tree.add_or_merge(0, tp.id, tp.p, kFromModel));
     }
     tree.top(cand_, size_t(shape.width), frontier_);
     extend(tree, levels - 1);
@@ -119,13 +119,13 @@ void DraftModelDrafter::expand_frontier(DraftTree & tree) {
         tree.set_entropy(frontier_[i], topk_entropy(top_.data(), top_.size()));
         for (const auto & tp : top_) {
             if (tp.p < shape_.p_min) break;
-            cand_.push_back(tree.add(frontier_[i], tp.id, tp.p));
+            cand_.push_back(tree.add_or_merge(frontier_[i], tp.id, tp.p, kFromModel));
         }
     }
     tree.top(cand_, size_t(shape_.width), frontier_);
 }
 
-void DraftModelDrafter::commit(const DraftTree & tree, const std::vector<int32_t> & accepted) {
+void DraftModelDrafter::do_commit(const DraftTree & tree, const std::vector<int32_t> & accepted) {
     // the live sequence whose path shares the longest prefix with the accepted path
     int32_t best_seq = 0, best_len = 0;
     std::vector<int32_t> & chain = cand_;
@@ -142,6 +142,21 @@ void DraftModelDrafter::commit(const DraftTree & tree, const std::vector<int32_t
     for (size_t i = size_t(best_len); i < accepted.size(); ++i) pending_.push_back(tree[accepted[i]].token);
 }
 
-void DraftModelDrafter::defer(int32_t token) { pending_.push_back(token); }
+double DraftModelDrafter::time_level(int32_t width) {
+    const int32_t token = std::max(0, llama_vocab_bos(llama_model_get_vocab(llama_get_model(ctx_))));
+    time_pass(ctx_, batch_.get(), width, token);   // warm-up
+    const double ms = time_pass(ctx_, batch_.get(), width, token);
+    kv_.reset();
+    pending_.clear();
+    n_past_ = 0;
+    return ms;
+}
+
+int32_t DraftModelDrafter::fit_depth(int32_t depth, int32_t width, llama_pos root_pos) const {
+    const int32_t room = int32_t(llama_n_ctx(ctx_)) - 1 - root_pos;
+    if (room < 0) return 0;
+    if (depth > 1 && width * (depth - 1) > room) depth = 1 + room / width;
+    return depth;
+}
 
 }  // namespace heterospec

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "draft_tree.h"
+#include "drafters/drafter.h"
 #include "kv_paths.h"
 #include "llama.h"
 #include "model.h"
@@ -18,39 +19,31 @@
 
 namespace heterospec {
 
-struct DraftShape {
-    int32_t branching = 4;   // children per expanded node
-    int32_t width = 4;       // frontier width
-    float p_min = 0.0f;      // chain mode: do not draft a token the draft gives less than p_min
-};
-
-class DraftModelDrafter {
+class DraftModelDrafter : public Drafter {
 public:
     DraftModelDrafter(llama_context * ctx, int32_t n_seq_max);
+    const char * name() const override { return "model"; }
 
-    // New generation: processes `prefix` (the prompt without its last token) in sequence 0.
-    void begin(const std::vector<int32_t> & prefix);
+    int32_t extend(DraftTree & tree, int32_t levels) override;
+    const std::vector<int32_t> & frontier() const override { return frontier_; }
+    void narrow_frontier(const std::vector<int32_t> & nodes) override;
 
-    // Starts a step's tree at `tree` (already reset to the root, the newest committed token,
-    // at position root_pos) and drafts `levels` levels (>= 1).
-    void start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels);
-    // Drafts more levels on the same tree (extended drafting). Returns the levels added.
-    int32_t extend(DraftTree & tree, int32_t levels);
+    int32_t calls() const override { return calls_; }
+    double llama_ms() const override { return llama_ms_; }
+    double time_level(int32_t width) override;
+    // Each level beyond the first holds `width` temporary cells in the draft's cache.
+    int32_t fit_depth(int32_t depth, int32_t width, llama_pos root_pos) const override;
+    llama_context * context() const override { return ctx_; }
 
-    // After verification: `accepted` are the accepted tree nodes (root excluded, in path order).
+protected:
+    // Processes `prefix` in sequence 0.
+    void do_begin(const std::vector<int32_t> & prefix) override;
+    void do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) override;
     // Keeps the longest accepted prefix already in the draft's cache and queues the rest, to be
     // run with the next root.
-    void commit(const DraftTree & tree, const std::vector<int32_t> & accepted);
-    // A step that drafted nothing: its root is committed but the draft has not run it.
-    void defer(int32_t root_token);
-
-    int32_t calls() const { return calls_; }
-    double llama_ms() const { return llama_ms_; }
-    const std::vector<TokenProb> & root_top() const { return root_top_; }
-    // The nodes the next level would expand, best first.
-    const std::vector<int32_t> & frontier() const { return frontier_; }
-    // Expands only `nodes` (a subset of the frontier) on the next level.
-    void narrow_frontier(const std::vector<int32_t> & nodes);
+    void do_commit(const DraftTree & tree, const std::vector<int32_t> & accepted) override;
+    // The root is committed but the draft has not run it: it runs with the next root.
+    void do_defer(const DraftTree & tree) override { pending_.push_back(tree[0].token); }
 
 private:
     void decode_or_throw();

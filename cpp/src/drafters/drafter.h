@@ -1,0 +1,108 @@
+// The drafter interface: what proposes a step's tree of continuations (algorithm section 2).
+//
+// The engine owns its drafters and drives one per generation:
+//   begin(prefix)  once, with the prompt minus its last token (the first step's root);
+//   start(tree)    each speculative step: drafts `levels` levels below the root;
+//   extend(tree)   more levels on the same tree, while the allocation asks for them, expanding
+//                  only the frontier nodes it keeps (narrow_frontier);
+//   commit(tree)   after verification: the accepted nodes; a step that never called start
+//                  commits its root alone.
+// Tree nodes carry the drafter's probability q of their token given the path, so that the tree
+// selection, the entropy policy and the cost-aware budget work the same on every drafter.
+//
+// Adding a drafter is one file and a line in registry.cpp. A drafter that needs the target's
+// hidden states (an EAGLE-3 head) would say so with wants_target_hidden() and read them in
+// commit from the verifier; nothing in the engine's loop needs to change for it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "draft_tree.h"
+#include "llama.h"
+
+namespace heterospec {
+
+struct DraftShape {
+    int32_t branching = 4;   // children per expanded node
+    int32_t width = 4;       // frontier width
+    float p_min = 0.0f;      // chain mode: do not draft a token the drafter gives less than p_min
+    int32_t free_depth = 0;  // how deep a drafter whose levels cost no model pass may draft at once
+};
+
+class Drafter {
+public:
+    virtual ~Drafter() = default;
+    virtual const char * name() const = 0;
+
+    // New generation: `prefix` is the prompt without its last token.
+    void begin(const std::vector<int32_t> & prefix) {
+        started_ = false;
+        do_begin(prefix);
+    }
+    // Starts a step's tree at `tree` (reset to the root, the newest committed token, at position
+    // root_pos) and drafts `levels` (>= 1) levels.
+    void start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) {
+        started_ = true;
+        do_start(tree, shape, root_pos, levels);
+    }
+    // Drafts more levels on the step's tree. Returns the levels added.
+    virtual int32_t extend(DraftTree & tree, int32_t levels) { return 0; }
+    // The nodes the next level would expand, best first (empty: nothing more to extend).
+    virtual const std::vector<int32_t> & frontier() const { return no_frontier_; }
+    // Expands only `nodes` (a subset of the frontier) on the next level.
+    virtual void narrow_frontier(const std::vector<int32_t> & nodes) {}
+    // After verification: `accepted` are the accepted tree nodes (root excluded, path order).
+    void commit(const DraftTree & tree, const std::vector<int32_t> & accepted) {
+        if (started_) do_commit(tree, accepted);
+        else do_defer(tree);
+        started_ = false;
+    }
+
+    // Cost: model passes and milliseconds inside llama.cpp since begin().
+    virtual int32_t calls() const { return 0; }
+    virtual double llama_ms() const { return 0.0; }
+    // What one drafting level costs, measured once (ms; 0 for model-free drafting).
+    virtual double time_level(int32_t width) { return 0.0; }
+    // The deepest tree the drafter's own cache has room for, from root position `root_pos`.
+    virtual int32_t fit_depth(int32_t depth, int32_t width, llama_pos root_pos) const { return depth; }
+    // Its model context, if any (tests inspect its KV cache).
+    virtual llama_context * context() const { return nullptr; }
+    // Whether it needs the target's hidden states at commit (EAGLE-style heads; none yet).
+    virtual bool wants_target_hidden() const { return false; }
+
+protected:
+    virtual void do_begin(const std::vector<int32_t> & prefix) = 0;
+    virtual void do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) = 0;
+    virtual void do_commit(const DraftTree & tree, const std::vector<int32_t> & accepted) = 0;
+    // A step that drafted nothing: its root (tree[0]) is committed all the same.
+    virtual void do_defer(const DraftTree & tree) = 0;
+
+private:
+    bool started_ = false;
+    std::vector<int32_t> no_frontier_;
+};
+
+class SuffixIndex;
+
+// What drafters may be built from: the draft model's context (null without one) and the
+// engine's n-gram memory of everything it has seen.
+struct DrafterInputs {
+    llama_context * draft_ctx = nullptr;
+    const SuffixIndex * index = nullptr;
+    int32_t n_seq_max = 1;
+};
+
+// The drafters an engine offers, by name ("model", "ngram", "hybrid"): those its inputs allow.
+struct NamedDrafter {
+    std::string name;
+    std::unique_ptr<Drafter> drafter;
+};
+std::vector<NamedDrafter> make_drafters(const DrafterInputs & in);
+// Whether `name` is a drafter the registry knows, and whether it needs a draft model.
+bool drafter_known(const std::string & name);
+bool drafter_needs_model(const std::string & name);
+
+}  // namespace heterospec

@@ -1,0 +1,48 @@
+// Model-free drafting: the continuations of the context's longest earlier match (in the
+// prompt, the output so far or an earlier request), from the engine's SuffixIndex.
+//
+// The most recent occurrences of the longest match (up to kStarts) give a trie of
+// continuations with counts; distinct continuations become branches, and a node's q is its
+// count over its parent's count plus one (one occurrence is weak evidence), times
+// m / (m + 1) at the first level for a match of m tokens (longer matches are likelier to go on
+// the same way). The whole trie is drafted at once, up to DraftShape::free_depth: it costs no
+// model pass, so the allocation sees every node before choosing.
+#pragma once
+
+#include <vector>
+
+#include "drafters/drafter.h"
+#include "suffix_index.h"
+
+namespace heterospec {
+
+class NgramDrafter : public Drafter {
+public:
+    static constexpr size_t kStarts = 16;   // occurrences merged into one trie
+    static constexpr size_t kScan = 64;     // occurrences looked at to find the longest match
+
+    explicit NgramDrafter(const SuffixIndex & index) : index_(index) {}
+    const char * name() const override { return "ngram"; }
+
+    // Adds the trie's nodes below the root of `tree` (merging with nodes already there), at
+    // least `levels` deep when the continuations are: the hybrid drafter's n-gram branches.
+    void add_branches(DraftTree & tree, const DraftShape & shape, int32_t levels);
+    int32_t last_match() const { return match_; }
+
+protected:
+    void do_begin(const std::vector<int32_t> &) override {}   // the engine feeds the index
+    void do_start(DraftTree & tree, const DraftShape & shape, llama_pos, int32_t levels) override {
+        add_branches(tree, shape, levels);
+    }
+    void do_commit(const DraftTree &, const std::vector<int32_t> &) override {}
+    void do_defer(const DraftTree &) override {}
+
+private:
+    const SuffixIndex & index_;
+    int32_t match_ = 0;
+    std::vector<int32_t> starts_;
+    std::vector<TrieNode> trie_;
+    std::vector<int32_t> node_of_, kids_;
+};
+
+}  // namespace heterospec
