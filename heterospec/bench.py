@@ -18,7 +18,7 @@ from typing import Optional
 
 from .engine import Engine
 
-SPEC_KEYS = {"depth": int, "branching": int, "width": int, "budget": int, "n_max": int, "p_min": float,
+SPEC_KEYS = {"drafter": str, "depth": int, "branching": int, "width": int, "budget": int, "n_max": int, "p_min": float,
              "policy": str, "cost_aware": lambda v: v.lower() in ("1", "true", "yes", "on")}
 
 
@@ -39,10 +39,21 @@ def parse_mode(text: str) -> tuple[str, dict]:
 MT_BENCH = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
 
 
-def load_prompts(path: str, engine: Engine, limit: Optional[int] = None, skip: int = 0,
+def load_prompts(paths, engine: Engine, limit: Optional[int] = None, skip: int = 0,
                  per_category: Optional[int] = None) -> list[tuple[str, str]]:
-    """(category, prompt text) from a JSONL file with a `prompt` or `turns` (Spec-Bench) field;
-    bad lines are reported and skipped."""
+    """(category, prompt text) from JSONL files with a `prompt` or `turns` (Spec-Bench) field,
+    `turns` formatted with the model's chat template; bad lines are reported and skipped. skip,
+    limit and per_category apply to each file."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out = []
+    for path in paths:
+        out += _load_prompt_file(path, engine, limit, skip, per_category)
+    return out
+
+
+def _load_prompt_file(path, engine: Engine, limit: Optional[int], skip: int,
+                      per_category: Optional[int]) -> list[tuple[str, str]]:
     out = []
     taken: dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
@@ -81,8 +92,17 @@ def _progress(done: int, total: int, t0: float) -> None:
               end="", file=sys.stderr, flush=True)
 
 
-def _peer_modes(grid) -> list[tuple[str, Optional[int], Optional[float]]]:
-    return [("llama.cpp", None, None)] + [(f"llama.cpp-spec n_max={n} p_min={p:g}", n, p) for n, p in grid]
+def _peer_modes(draft) -> list[tuple[str, Optional[list], dict]]:
+    """(name, llama-speculative-simple arguments or None for plain decoding, settings): with a
+    draft model, draft-simple over n_max / p_min; without one, the draftless n-gram types."""
+    from .peer import NGRAM_GRID, PEER_GRID, draft_spec_args
+    modes = [("llama.cpp", None, {})]
+    if draft:
+        modes += [(f"llama.cpp-spec n_max={n} p_min={p:g}", draft_spec_args(draft, n, p), {"n_max": n, "p_min": p})
+                  for n, p in PEER_GRID]
+    else:
+        modes += [(f"llama.cpp-spec {label}", args, {"args": " ".join(args)}) for label, args in NGRAM_GRID]
+    return modes
 
 
 def run(args) -> int:
@@ -103,13 +123,13 @@ def run(args) -> int:
             args.pad[role] = {"source": src, "shape": shape, "type": args.pad_type}
     peer_exe, peer_error = None, None
     if getattr(args, "peer", False):
-        from .peer import PEER_GRID, PeerError, peer_binary
+        from .peer import PeerError, peer_binary
         try:
             peer_exe = peer_binary(Path(args.cache_dir), jobs=max(1, os.cpu_count() or 1))
         except PeerError as e:
             peer_error = str(e)
             print(f"heterospec bench: llama.cpp peer unavailable: {e}", file=sys.stderr)
-        peer_modes = _peer_modes(PEER_GRID)
+        peer_modes = _peer_modes(args.model_draft)
     else:
         peer_modes = []
     engine_kw = {k: getattr(args, k) for k in ("n_threads", "n_ctx", "n_gpu_layers") if getattr(args, k) is not None}
@@ -153,13 +173,13 @@ def run(args) -> int:
                     done += len(token_prompts) - len(per_prompt)
                     continue
                 runs[name].append(per_prompt)
-            for name, n_max, p_min in (peer_modes if peer_exe else []):
+            for name, spec, _ in (peer_modes if peer_exe else []):
                 if name in peer_failed:
                     continue
                 from .peer import PeerError, run_peer
                 try:
-                    per_prompt = [run_peer(peer_exe, args.model, args.model_draft, f, args.max_tokens,
-                                           args.n_threads or os.cpu_count() or 1, engine.n_ctx, n_max, p_min,
+                    per_prompt = [run_peer(peer_exe, args.model, f, args.max_tokens,
+                                           args.n_threads or os.cpu_count() or 1, engine.n_ctx, spec,
                                            prompt_tokens=len(ids))
                                   for f, (_, ids) in zip(prompt_files, token_prompts)]
                     peer_runs[name].append(per_prompt)
@@ -170,7 +190,7 @@ def run(args) -> int:
         if sys.stderr.isatty():
             print(file=sys.stderr)
         engine_info = {"target": engine.description, "n_ctx": engine.n_ctx}
-        profile = engine.cost_profile() if engine.has_draft else None
+        profile = engine.cost_profile() if engine.can_speculate else None
         projected = None
         if device_profile:
             projected = project(engine, device_profile, modes, runs, failed, token_prompts, args)
@@ -276,7 +296,7 @@ def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed
             c_steps = sum(r.stats.steps for r in sel)
             per_cat[c] = {"tokens_per_second": statistics.median(_median_rate(reps, tok, sec, keep)),
                           "tau": sum(r.stats.generated_tokens for r in sel) / c_steps if c_steps else 0.0,
-                          "prompts": len(sel)}
+                          "prompts": len(sel), **_accepted_by_source(sel)}
         calib = [r.stats for r in last if r.stats.predicted_steps]
         n_pred = sum(s.predicted_steps for s in calib)
         results[name] = {
@@ -297,8 +317,9 @@ def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed
             "step_ms": decode / steps if steps else 0.0,
             "greedy_matches_ar": matched,
             "categories": per_cat,
+            **_accepted_by_source(last),
         }
-    for name, n_max, p_min in peer_modes:
+    for name, _, settings in peer_modes:
         if name in peer_failed or not peer_runs[name]:
             results[name] = {"error": peer_failed.get(name, "did not run")}
             continue
@@ -308,7 +329,8 @@ def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed
         last = reps[-1]
         drafted = sum(r.get("n_drafted", 0) for r in last)
         results[name] = {
-            "settings": {"n_max": n_max, "p_min": p_min},
+            "settings": settings,
+            "llama_cpp_output": last[0].get("log", []),   # its own lines, first prompt of the last repeat
             "per_prompt_tokens_per_second": [[tok(r) / sec(r) if sec(r) else 0.0 for r in rep] for rep in reps],
             "tokens_per_second": statistics.median(tps),
             "tokens_per_second_min": min(tps), "tokens_per_second_max": max(tps),
@@ -317,7 +339,9 @@ def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed
             "host_share": None, "step_ms": None, "greedy_matches_ar": None,
             "categories": {c: {"tokens_per_second": statistics.median(
                                _median_rate(reps, tok, sec, lambda i, c=c: categories[i] == c)),
-                               "tau": None, "prompts": categories.count(c)} for c in cats},
+                               "tau": None, "prompts": categories.count(c),
+                               "acceptance": _peer_acceptance([r for i, r in enumerate(last) if categories[i] == c])}
+                           for c in cats},
         }
     base = results.get("ar", {})
     for v in results.values():
@@ -328,7 +352,42 @@ def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed
             b = base.get("categories", {}).get(c, {}).get("tokens_per_second")
             f["speedup"] = f["tokens_per_second"] / b if b else None
     _add_paired(results)
+    _add_paired_categories(results, categories)
     return results
+
+
+def _accepted_by_source(results) -> dict:
+    """Accepted draft tokens per generated token, by the drafter that proposed them."""
+    tokens = sum(r.stats.generated_tokens for r in results)
+    return {f"accepted_{src}": sum(getattr(r.stats, f"accepted_{src}") for r in results) / tokens if tokens else 0.0
+            for src in ("model", "ngram")}
+
+
+def _peer_acceptance(runs) -> Optional[float]:
+    drafted = sum(r.get("n_drafted", 0) for r in runs)
+    return sum(r.get("n_accept", 0) for r in runs) / drafted if drafted else None
+
+
+def _add_paired_categories(results: dict, categories: list) -> None:
+    """Per category: each mode against plain decoding and against llama.cpp's best configuration
+    in that category (paired over the category's prompts)."""
+    from .paired import paired_ratio
+    peers = [k for k, v in results.items() if k.startswith("llama.cpp") and "error" not in v]
+    for c in sorted(set(categories)):
+        idx = [i for i, x in enumerate(categories) if x == c]
+        sub = lambda v: [[rep[i] for i in idx] for rep in v["per_prompt_tokens_per_second"]]
+        best = max(peers, key=lambda k: results[k]["categories"][c]["tokens_per_second"]) if peers else None
+        for name, v in results.items():
+            if "error" in v or name.startswith("llama.cpp"):
+                continue
+            paired = {}
+            for label, ref in (("ar", "ar" if "ar" in results and "error" not in results["ar"] else None),
+                               ("best llama.cpp", best)):
+                if ref and ref != name:
+                    r = paired_ratio(sub(v), sub(results[ref])) if len(idx) > 1 else None
+                    if r:
+                        paired[label] = {"against": ref, **r}
+            v["categories"][c]["paired"] = paired
 
 
 def best_peer(results: dict) -> Optional[str]:
@@ -361,6 +420,8 @@ def print_table(results: dict) -> None:
         for name, v in ok.items():
             row = [v["categories"].get(c, {}).get("speedup") for c in cats]
             print(f"{name:<44} " + " ".join(f"{x:{w - 1}.2f}x" if x else f"{'-':>{w}}" for x in row))
+    if len(cats) > 1:
+        _print_categories(ok, cats)
     best = best_peer(results)
     if best:
         b = results[best]["tokens_per_second"]
@@ -385,6 +446,27 @@ def print_table(results: dict) -> None:
         if c:
             print(f"calibration of {name}: predicted {c['predicted_tokens_per_step']:.2f} tokens per verifying "
                   f"step, realised {c['realised_tokens_per_step']:.2f} ({c['steps']} steps)")
+
+
+def _print_categories(ok: dict, cats: list) -> None:
+    """Per category and mode: tok/s, tau, accepted tokens per generated token by source, and the
+    paired ratios against plain decoding and llama.cpp's best configuration in the category."""
+    from .paired import describe
+    print("\nper category: tok/s, tau, accepted draft tokens per generated token (n-gram / model), "
+          "paired ratios")
+    for c in cats:
+        print(f"  {c}")
+        for name, v in ok.items():
+            f = v["categories"].get(c)
+            if not f:
+                continue
+            tau = f"tau {f['tau']:.2f}" if f.get("tau") else ""
+            acc = (f"accepted ngram {f['accepted_ngram']:.2f} model {f['accepted_model']:.2f}"
+                   if "accepted_ngram" in f else
+                   f"acceptance {f['acceptance']:.0%}" if f.get("acceptance") is not None else "")
+            print(f"    {name:<44} {f['tokens_per_second']:7.1f} tok/s {tau:>9} {acc}")
+            for label, r in f.get("paired", {}).items():
+                print(f"      / {label} ({r['against']}): {describe(r)}")
 
 
 def _sha256(path: str, cache: Path) -> str:
@@ -427,7 +509,7 @@ def environment(args, engine_info: dict, n_prompts: int) -> dict:
             **{k: str(v) for k, v in models.items() if v},
             **{f"{k}_sha256": _sha256(v, cache) for k, v in models.items() if v},
             "padded": getattr(args, "pad", {}),
-            "prompts": str(args.prompts), "n_prompts": n_prompts, "skip": args.skip,
+            "prompts": [str(p) for p in args.prompts] if isinstance(args.prompts, list) else str(args.prompts), "n_prompts": n_prompts, "skip": args.skip,
             "max_tokens": args.max_tokens, "repeats": args.repeats}
 
 

@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure decoding modes side by side (greedy)")
     b.add_argument("-m", "--model", required=True, help="target model (GGUF)")
     b.add_argument("-md", "--model-draft", help="draft model (GGUF)")
-    b.add_argument("--prompts", required=True, help="JSONL file with a 'prompt' or 'turns' field per line")
+    b.add_argument("--prompts", required=True, nargs="+",
+                   help="JSONL files with a 'prompt' or 'turns' field per line (turns: chat-formatted)")
     b.add_argument("--limit", type=int, help="use the first N prompts")
     b.add_argument("--skip", type=int, default=0, help="skip the first N lines (e.g. those used to calibrate)")
     b.add_argument("--per-category", type=int, help="use the first N prompts of each category")
@@ -159,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-ngl", "--n-gpu-layers", type=int, dest="n_gpu_layers")
     b.add_argument("--json", help="write every figure to this JSON file")
     b.add_argument("--peer", action="store_true",
-                   help="also run llama.cpp's llama-speculative-simple (plain and a grid of n_max/p_min), "
-                        "built on demand from the pinned llama.cpp")
+                   help="also run llama.cpp from the same pin, built on demand: plain decoding and "
+                        "llama-speculative-simple over a grid (with -md: draft-simple n_max/p_min; without: "
+                        "the draftless types ngram-simple, ngram-map-k, ngram-mod, ngram-cache)")
     b.add_argument("--cache-dir", default="benchmarks/.cache",
                    help="where the peer is built and padded models are kept (benchmarks/.cache)")
     b.add_argument("--plot", help="write the speedup chart (PNG) here (default: beside --json)")

@@ -148,6 +148,11 @@ class Engine:
     def has_draft(self) -> bool:
         return self._engine.has_draft
 
+    @property
+    def can_speculate(self) -> bool:
+        """False for targets whose memory cannot hold a draft tree (recurrent, hybrid): plain only."""
+        return self._engine.can_speculate
+
     def is_eog(self, token: int) -> bool:
         """Whether `token` ends generation (EOS, EOT and the like)."""
         return self._engine.is_eog(int(token))

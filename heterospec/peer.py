@@ -15,8 +15,26 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-# llama.cpp's speculation settings the benchmark tries; it reports the best
+# llama.cpp's speculation settings the benchmark tries; it reports the best. With a draft model:
+# draft-simple over n_max / p_min.
 PEER_GRID = [(n_max, p_min) for n_max in (2, 3, 4, 6, 8) for p_min in (0.0, 0.75)]
+# Without one: the draftless types of the pin, each as llama.cpp documents it (common/arg.cpp),
+# with its defaults and with short settings that draft more often on a small model.
+NGRAM_GRID = [
+    ("ngram-simple", ["--spec-type", "ngram-simple"]),   # size-n 12, size-m 48
+    ("ngram-simple n=3 m=8", ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3",
+                              "--spec-ngram-simple-size-m", "8"]),
+    ("ngram-map-k n=4 m=16", ["--spec-type", "ngram-map-k", "--spec-ngram-map-k-size-n", "4",
+                              "--spec-ngram-map-k-size-m", "16"]),
+    ("ngram-mod n_match=16 n_max=16 n_min=2", ["--spec-type", "ngram-mod", "--spec-ngram-mod-n-match", "16",
+                                               "--spec-ngram-mod-n-max", "16", "--spec-ngram-mod-n-min", "2"]),
+    ("ngram-cache", ["--spec-type", "ngram-cache"]),     # n_draft 8, fixed at the pin
+]
+
+
+def draft_spec_args(draft, n_max: int, p_min: float) -> list[str]:
+    return ["-md", str(draft), "--spec-type", "draft-simple", "--spec-draft-n-max", str(n_max),
+            "--spec-draft-p-min", str(p_min)]
 # llama-speculative-simple needs a draft; plain llama.cpp decoding comes from llama-batched with
 # one sequence, the same binary family (common's arguments, threads, sampler)
 TARGETS = ["llama-speculative-simple", "llama-batched"]
@@ -87,24 +105,25 @@ def parse_peer_output(text: str) -> dict:
     out = {"tokens": tokens, "seconds": tokens / tps if tps > 0 else float(m.group(2)), "tokens_per_second": tps}
     for key, value in _FIELD.findall(text):
         out[key] = int(value)
+    # llama.cpp's own words, for the record
+    out["log"] = [line.strip() for line in text.splitlines()
+                  if _DECODED.search(line) or _FIELD.search(line) or "accept    =" in line]
     return out
 
 
-def run_peer(exe: Path, target, draft, prompt_file: Path, n_predict: int, threads: int, n_ctx: int,
-             n_max: Optional[int] = None, p_min: Optional[float] = None, timeout: float = 600,
-             prompt_tokens: int = 0) -> dict:
-    """One greedy generation by llama.cpp: plain (llama-batched, one sequence) when n_max is None,
-    else draft-model speculation (llama-speculative-simple)."""
-    if n_max is None:
+def run_peer(exe: Path, target, prompt_file: Path, n_predict: int, threads: int, n_ctx: int,
+             spec: Optional[list] = None, timeout: float = 600, prompt_tokens: int = 0) -> dict:
+    """One greedy generation by llama.cpp: plain (llama-batched, one sequence) when `spec` is None,
+    else speculation (llama-speculative-simple) with the arguments `spec` (draft_spec_args or one
+    of NGRAM_GRID's)."""
+    if spec is None:
         # llama-batched counts the prompt in -n
         cmd = [str(exe.parent / "llama-batched"), "-m", str(target), "-f", str(prompt_file), "-np", "1",
                "-n", str(prompt_tokens + n_predict), "--temp", "0", "-t", str(threads)]
     else:
         cmd = [str(exe), "-m", str(target), "-f", str(prompt_file), "-n", str(n_predict), "--temp", "0",
                # a little headroom: llama.cpp drafts past the last position it will keep
-               "-t", str(threads), "-c", str(n_ctx + 64), "--ignore-eos",
-               "-md", str(draft), "--spec-type", "draft-simple", "--spec-draft-n-max", str(n_max),
-                "--spec-draft-p-min", str(p_min)]
+               "-t", str(threads), "-c", str(n_ctx + 64), "--ignore-eos", *spec]
     for attempt in range(3):
         try:
             r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,

@@ -17,10 +17,26 @@ main: accept    = 50.833%
 
 def test_parse_peer_output():
     r = parse_peer_output(PEER_LOG)
+    log = r.pop("log")
     assert r == {"tokens": 96, "seconds": 96 / 640.0, "tokens_per_second": 640.0, "n_drafted": 120, "n_accept": 61}
+    assert log[0].startswith("main: decoded   96 tokens") and "main: n_accept  = 61" in log   # quoted as it is
     # llama-batched's line (the plain baseline)
     r = parse_peer_output("main: decoded 96 tokens in 0.09 s, speed: 1066.67 t/s\n")
+    r.pop("log")
     assert r == {"tokens": 96, "seconds": 96 / 1066.67, "tokens_per_second": 1066.67}
+
+
+def test_peer_grids():
+    """With a draft model llama.cpp runs draft-simple over n_max/p_min; without one, its draftless
+    types, named as llama.cpp names them."""
+    from heterospec.bench import _peer_modes
+    with_draft = _peer_modes("d.gguf")
+    assert with_draft[0] == ("llama.cpp", None, {})
+    assert all("draft-simple" in args and "-md" in args for _, args, _ in with_draft[1:])
+    draftless = _peer_modes(None)
+    types = {args[args.index("--spec-type") + 1] for _, args, _ in draftless[1:]}
+    assert types == {"ngram-simple", "ngram-map-k", "ngram-mod", "ngram-cache"}
+    assert all("-md" not in args for _, args, _ in draftless[1:])
 
 
 def test_bench_reports_modes_and_survives_a_missing_peer(tiny, tmp_path, capsys, monkeypatch):

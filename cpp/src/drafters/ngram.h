@@ -2,11 +2,12 @@
 // prompt, the output so far or an earlier request), from the engine's SuffixIndex.
 //
 // The most recent occurrences of the longest match (up to kStarts) give a trie of
-// continuations with counts; distinct continuations become branches, and a node's q is its
-// count over its parent's count plus one (one occurrence is weak evidence), times
-// m / (m + 1) at the first level for a match of m tokens (longer matches are likelier to go on
-// the same way). The whole trie is drafted at once, up to DraftShape::free_depth: it costs no
-// model pass, so the allocation sees every node before choosing.
+// continuations with counts; distinct continuations become branches. A node's q is the share of
+// its parent's occurrences that went on with its token, times m / (m + 1) for a context that
+// matches them over m tokens (m: the match length plus the node's depth - 1): a long match is
+// likelier to go on the same way than a one-token coincidence. The whole trie is drafted at
+// once, up to DraftShape::free_depth: it costs no model pass, so the allocation sees every node
+// before choosing.
 #pragma once
 
 #include <vector>
