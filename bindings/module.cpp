@@ -181,6 +181,7 @@ NB_MODULE(_core, m) {
         .def("result", &Engine::result)
         .def("debug_kv_state", &Engine::debug_kv_state)
         .def("debug_n_past", &Engine::debug_n_past)
+        .def("clear_ngram_memory", &Engine::clear_ngram_memory)
         .def("debug_wrong_rule", &Engine::debug_wrong_rule, "on"_a)
         .def("cost_profile", &Engine::cost_profile, "width"_a = 4, release_gil())
         .def("set_cost_profile", &Engine::set_cost_profile, "sizes"_a, "verify_ms"_a, "draft_level_ms"_a,

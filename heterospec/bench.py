@@ -159,6 +159,9 @@ def run(args) -> int:
                     done += len(token_prompts)
                     continue
                 per_prompt = []
+                # every pass serves the same stream of distinct requests from an empty memory:
+                # no mode drafts from another's output of the same prompt
+                engine.clear_ngram_memory()
                 try:
                     for i, (cat, ids) in enumerate(token_prompts):
                         r = engine.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True,
@@ -524,6 +527,7 @@ def project(engine: Engine, prof: dict, modes, runs, failed, token_prompts, args
             continue
         if kw["mode"] == "heterospec" and kw.get("cost_aware", True):
             # decides by the device's costs: run it again with that profile installed
+            engine.clear_ngram_memory()
             results = [engine.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True,
                                        trace=True, **kw) for _, ids in token_prompts]
         else:

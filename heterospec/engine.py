@@ -181,6 +181,11 @@ class Engine:
 
     # -- generation ----------------------------------------------------------------------------
 
+    def clear_ngram_memory(self) -> None:
+        """Forgets earlier requests: n-gram drafts then come from the current prompt and output
+        only. (A repeated request is otherwise drafted whole from the engine's memory.)"""
+        self._engine.clear_ngram_memory()
+
     def _ensure_profile(self, params) -> None:
         """The cost-aware budget needs the machine's cost profile: measured once per model pair and
         machine (about a second), then cached on disk (see heterospec/profile_cache.py)."""

@@ -6,7 +6,7 @@ import pytest
 from heterospec import Engine, _core
 from conftest import shared_model
 from test_heterospec import FLAT
-from test_speculative import PROMPTS, check_greedy, chi2_threshold, two_sample_chi2
+from test_speculative import PROMPTS, check_greedy, chi2_threshold, first_diff, two_sample_chi2
 
 T = _core.testing
 
@@ -205,17 +205,43 @@ RAG = ("Answer from the document.\n\nDocument: The Nile is a river in north-east
        "Africa.\n\nQuestion: How long is the Nile and where does it flow?")
 
 
+def batch_noise(path, ids, n, n_ctx, every=4):
+    """How far llama.cpp's own kernels move a position's top-two logit gap between its one-token
+    loop and a batched pass over the same text: the largest change over every `every`-th of n
+    positions (a flip of the top token counts both gaps)."""
+    toks, gaps = _core.testing.llama_cpp_greedy(str(path), ids, n, n_ctx, 2)
+    worst = 0.0
+    for k in range(0, n, every):
+        t, g = _core.testing.llama_cpp_greedy(str(path), list(ids) + list(toks[:k]), 1, n_ctx, 2)
+        worst = max(worst, abs(gaps[k] - g[0]) if t[0] == toks[k] else gaps[k] + g[0])
+    return worst
+
+
 def test_ngram_speculation_on_smollm2_is_exact():
+    """SmolLM2 Q4_1 on CPU: llama.cpp's logits of a position move by tenths between a one-token
+    pass and a batched one (measured here), so greedy outputs may part where plain decoding's
+    top-two gap is within that noise; every parting point must be such a point."""
     path = shared_model("SmolLM2-135M-Instruct.Q4_1.gguf")
     with Engine(path, n_ctx=2048, n_threads=2) as e:
         e._engine.set_cost_profile(*FLAT, projected=True)
         e._profile_ready = True
-        ties, accepted = 0, 0
+        first = e.tokenize(e.format_chat([{"role": "user", "content": CODE_EDIT}]), parse_special=True)
+        tie = max(1e-2, 2 * batch_noise(path, first, 48, e.n_ctx))
+        assert tie < 2.0, tie   # llama.cpp's noise, not a wrong engine
+        parted, accepted = 0, 0
         for content in (CODE_EDIT, RAG, "Repeat exactly: the quick brown fox jumps over the lazy dog."):
             ids = e.tokenize(e.format_chat([{"role": "user", "content": content}]), parse_special=True)
             ref = e.generate(ids, max_tokens=64, temperature=0, mode="ar")
             for shape in (dict(), dict(mode="tree", depth=8, budget=16)):
+                e.clear_ngram_memory()   # no copying of the plain run's output
                 got = e.generate(ids, max_tokens=64, temperature=0, **shape)
-                ties += check_greedy(e, path, ids, got, ref, f"{shape} {content[:30]!r}") == "tie"
                 accepted += got.stats.accepted_ngram
-        assert ties <= 1 and accepted > 40, (ties, accepted)
+                k = first_diff(got.tokens, ref.tokens)
+                if k is None:
+                    assert got.tokens == ref.tokens and got.text == ref.text
+                    continue
+                parted += 1
+                _, gaps = _core.testing.llama_cpp_greedy(str(path), ids, k + 1, e.n_ctx, 2)
+                assert gaps[k] < tie, f"{shape} {content[:30]!r}: parted at {k}, gap {gaps[k]} (noise {tie})"
+        print(f"noise {tie:.3f}, parted {parted}, accepted {accepted}")
+        assert parted <= 4 and accepted > 30, (parted, accepted)

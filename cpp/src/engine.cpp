@@ -141,7 +141,7 @@ struct Engine::Impl {
                                   // so that big trees can be chosen where verification is cheap)
     };
 
-    static constexpr int32_t kFreeDepth = 16;
+    static constexpr int32_t kFreeDepth = 48;
 
     StepLimits plan(llama_pos P) const {
         const SpecParams & sp = gen.params.spec;
@@ -634,6 +634,12 @@ std::vector<std::vector<std::pair<int32_t, int32_t>>> Engine::debug_kv_state() c
 }
 
 int32_t Engine::debug_n_past() const { return impl_->gen.n_past; }
+
+void Engine::clear_ngram_memory() {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->gen.done = true;   // a generation in progress would draft from a memory without its prompt
+    impl_->index = SuffixIndex(impl_->index.capacity());
+}
 
 void Engine::debug_wrong_rule(bool on) {
     std::lock_guard<std::mutex> lock(impl_->mu);

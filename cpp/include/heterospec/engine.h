@@ -66,6 +66,10 @@ public:
     // start() + step() until done.
     Result generate(const std::vector<int32_t> & prompt, const GenerateParams & params);
 
+    // Forgets the text of earlier requests that n-gram drafting draws on (benchmarks start each
+    // pass over their prompts from an empty memory, so that no mode copies another's output).
+    void clear_ngram_memory();
+
     // Tests: (pos_min, pos_max) of every sequence of the target's and the draft's cache, and the
     // number of committed tokens in the target's cache.
     std::vector<std::vector<std::pair<int32_t, int32_t>>> debug_kv_state() const;
