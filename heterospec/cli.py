@@ -55,7 +55,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                         "ngram: continuations of earlier text (prompt, output, earlier requests) in a tree, "
                         "no model needed (the role of llama.cpp's --spec-type ngram-simple, ngram-map-k, "
                         "ngram-map-k4v, ngram-mod and ngram-cache); hybrid: both in one tree "
-                        "(default: model with -md, else ngram)")
+                        "(default: hybrid with -md, else ngram)")
     g.add_argument("--tree-depth", type=int, dest="depth", help="tree depth d (4)")
     g.add_argument("--tree-branching", type=int, dest="branching", help="children per expanded node k (4)")
     g.add_argument("--tree-width", type=int, dest="width", help="frontier width W (4)")

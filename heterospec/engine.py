@@ -71,7 +71,8 @@ class Engine:
 
     `drafter` says what drafts the trees: "ngram" (continuations of earlier text: the prompt,
     the output so far and earlier requests to this engine; no model needed), "model" (the draft
-    model), "hybrid" (both in one tree). Default: "model" with a draft model, else "ngram".
+    model), "hybrid" (both in one tree). Default: "hybrid" with a draft model (it measured best),
+    else "ngram".
 
     One generation runs at a time per engine; native work runs with the GIL released.
     """

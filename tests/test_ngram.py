@@ -96,7 +96,7 @@ def test_no_draft_model_means_ngram_speculation_by_default(flat_engines):
     alone, pair = flat_engines
     r = alone.generate(REPEATS[0], max_tokens=8, temperature=0)
     assert (r.stats.mode, r.stats.drafter) == ("heterospec", "ngram")
-    assert pair.generate("hello", max_tokens=4, temperature=0).stats.drafter == "model"
+    assert pair.generate("hello", max_tokens=4, temperature=0).stats.drafter == "hybrid"
 
 
 @pytest.mark.parametrize("shape", [dict(mode="heterospec"), dict(mode="tree", depth=6, budget=12),

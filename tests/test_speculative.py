@@ -99,7 +99,8 @@ def test_tree_accepts_more_than_chain_on_the_code_pair(code_pair, code_prompts):
     tau = {}
     for name, shape in (("chain", dict(mode="chain", n_max=4, p_min=0.0)),
                         ("tree", dict(mode="tree", depth=4, branching=4, width=4, budget=8))):
-        rs = [code_pair.generate(code_pair.tokenize(p)[-200:], max_tokens=64, temperature=0, **shape)
+        rs = [code_pair.generate(code_pair.tokenize(p)[-200:], max_tokens=64, temperature=0, drafter="model",
+                                 **shape)
               for p in code_prompts[:10]]
         tau[name] = sum(r.stats.generated_tokens for r in rs) / sum(r.stats.steps for r in rs)
     assert tau["tree"] > tau["chain"] + 0.3, tau

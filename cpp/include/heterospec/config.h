@@ -26,7 +26,8 @@ struct EngineOptions {
     std::string cache_type_v = "f16";   // -ctv (quantized V needs flash attention)
     std::string drafter = "auto";   // what drafts trees: "model" (the draft model), "ngram" (earlier
                                     // text: prompt, output, earlier requests; no model), "hybrid"
-                                    // (both in one tree); "auto": hybrid with a draft model, else ngram
+                                    // (both in one tree); "auto": hybrid with a draft model (it
+                                    // measured best), else ngram
     int32_t max_nodes = 64;         // largest verification budget a call may use (sizes the
                                     // contexts' sequence count; at most 255)
     bool verbose = false;           // forward llama.cpp's log to stderr
