@@ -23,7 +23,7 @@ class SuffixIndex {
 public:
     static constexpr int32_t kGram = 4;        // the long chain's n-gram length
     static constexpr int32_t kMaxMatch = 32;   // match lengths are measured up to this
-    static constexpr size_t kDefaultCapacity = size_t(1) << 18;   // 256K tokens, about 3 MB
+    static constexpr size_t kDefaultCapacity = size_t(1) << 18;   // 256K tokens, at most ~15 MB
 
     explicit SuffixIndex(size_t capacity = kDefaultCapacity);
 
