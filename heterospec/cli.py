@@ -102,7 +102,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         r = engine.last_result
         s = r.stats
-        spec = (f", {s.mode}: {s.mean_accepted:.2f} tokens/step over {s.steps} steps, "
+        spec = (f", {s.mode} ({s.drafter} drafts): {s.mean_accepted:.2f} tokens/step over {s.steps} steps, "
                 f"{s.mean_nodes:.1f} nodes verified/step" if s.mode != "ar" else "")
         print(f"heterospec: {s.generated_tokens} tokens, {s.tokens_per_second:.1f} tok/s "
               f"({s.decode_ms / 1e3:.2f} s), prompt {s.prompt_tokens} tokens at "

@@ -65,3 +65,8 @@ def test_speculative_flags(tiny, tiny_engine):
         assert "tokens/step" in p.stderr and flags[1] in p.stderr
     p = run("generate", "-m", tiny.target, "-p", "x", "--drafter", "model")
     assert p.returncode == 1 and "needs a draft model" in p.stderr
+    # one model: n-gram drafts, the same text
+    p = run("generate", "-m", tiny.target, "-p", "hello world", "-n", 16, "--temp", 0, "-t", 1,
+            "--no-display-prompt", "--drafter", "ngram", "--mode", "tree")
+    assert p.returncode == 0 and p.stdout == expected + "\n" and "(ngram drafts)" in p.stderr, p.stderr
+    assert "ngram-simple" in run("generate", "--help").stdout     # --drafter maps to llama.cpp's names
