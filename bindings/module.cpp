@@ -288,13 +288,14 @@ NB_MODULE(_core, m) {
             const int32_t n = ix.match(max_starts, scan, starts);
             return nb::make_tuple(n, starts);
         }, "max_starts"_a = 16, "scan"_a = 64)
-        .def("trie", [](const SuffixIndex & ix, const std::vector<int32_t> & starts, int32_t depth) {
+        .def("trie", [](const SuffixIndex & ix, const std::vector<int32_t> & starts, int32_t depth,
+                        size_t max_nodes) {
             std::vector<TrieNode> out;
-            continuation_trie(ix, starts, depth, out);
+            continuation_trie(ix, starts, depth, max_nodes, out);
             std::vector<std::tuple<int32_t, int32_t, int32_t>> r;
             for (const TrieNode & n : out) r.push_back({n.token, n.parent, n.count});
             return r;
-        }, "starts"_a, "depth"_a);
+        }, "starts"_a, "depth"_a, "max_nodes"_a = size_t(256));
 
     t.def("topk_entropy", [](const std::vector<float> & probs) {
         std::vector<TokenProb> v;

@@ -74,6 +74,8 @@ def test_merging_keeps_one_node_per_token_and_marks_both_sources():
     c = t.add_or_merge(0, 6, 0.3, 2)
     assert a == b and c != a and len(t) == 3
     assert t.source(a) == 3 and t.source(c) == 2 and t.node(a)[3] == pytest.approx(0.6)
+    t.reset(0)                                          # a new step's tree: nothing to merge with
+    assert t.add_or_merge(0, 5, 0.3, 2) == 1 and len(t) == 2 and t.source(1) == 2
 
 
 # -- exactness on the suite's tiny models --------------------------------------------------------
@@ -169,11 +171,25 @@ def test_ends_and_stop_strings_inside_accepted_ngram_runs(tiny):
                 r1 = e.generate(prompt, max_tokens=80, temperature=0, mode="ar", stop=[stop])
                 r2 = e.generate(prompt, max_tokens=80, temperature=0, stop=[stop])
                 assert (r2.text, r2.finish_reason) == (r1.text, r1.finish_reason) and stop not in r2.text
+                assert r2.stats.accepted_ngram > 0
             if ref.tokens:
                 n = max(1, len(ref.tokens) // 2)
                 r3 = e.generate(prompt, max_tokens=n, temperature=0)
                 assert r3.tokens == ref.tokens[:n] and r3.finish_reason == "length"
+                if n > 2:
+                    assert r3.stats.steps < n   # max_tokens was reached inside an accepted run
         assert inside >= 2
+
+
+def test_earlier_requests_are_remembered_until_cleared(flat_engines):
+    engine = flat_engines[0]
+    prompt = PROMPTS[1]
+    engine.clear_ngram_memory()
+    fresh = engine.generate(prompt, max_tokens=40, temperature=0).stats.accepted_ngram
+    again = engine.generate(prompt, max_tokens=40, temperature=0).stats.accepted_ngram
+    engine.clear_ngram_memory()
+    cleared = engine.generate(prompt, max_tokens=40, temperature=0).stats.accepted_ngram
+    assert again > fresh and cleared == fresh, (fresh, again, cleared)   # the repeat was copied
 
 
 def test_context_limit_with_ngram_drafts(tiny):

@@ -8,18 +8,23 @@ namespace heterospec {
 void DraftTree::reset(int32_t root_token) {
     nodes_.clear();
     nodes_.push_back({root_token, -1, 0, 1.0f, 1.0f, -1.0f, 0.0f, 0});
+    last_child_.assign(1, -1);
+    prev_sibling_.assign(1, -1);
 }
 
 int32_t DraftTree::add(int32_t parent, int32_t token, float q, uint8_t source) {
     const DraftNode & p = nodes_[size_t(parent)];
     nodes_.push_back({token, parent, p.depth + 1, q, p.v * q, -1.0f, p.hp + std::max(p.h, 0.0f), source});
-    return int32_t(nodes_.size()) - 1;
+    const int32_t id = int32_t(nodes_.size()) - 1;
+    prev_sibling_.push_back(last_child_[size_t(parent)]);
+    last_child_.push_back(-1);
+    last_child_[size_t(parent)] = id;
+    return id;
 }
 
 int32_t DraftTree::child(int32_t parent, int32_t token) const {
-    // children come after their parent; trees are small enough for a scan
-    for (size_t i = size_t(parent) + 1; i < nodes_.size(); ++i)
-        if (nodes_[i].parent == parent && nodes_[i].token == token) return int32_t(i);
+    for (int32_t c = last_child_[size_t(parent)]; c >= 0; c = prev_sibling_[size_t(c)])
+        if (nodes_[size_t(c)].token == token) return c;
     return -1;
 }
 

@@ -61,6 +61,7 @@ public:
 
 private:
     std::vector<DraftNode> nodes_;
+    std::vector<int32_t> last_child_, prev_sibling_;   // children as linked lists, for child()
     mutable std::vector<int32_t> scratch_;
 };
 

@@ -639,8 +639,12 @@ int32_t Engine::debug_n_past() const { return impl_->gen.n_past; }
 
 void Engine::clear_ngram_memory() {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->gen.done = true;   // a generation in progress would draft from a memory without its prompt
-    impl_->index = SuffixIndex(impl_->index.capacity());
+    Impl & m = *impl_;
+    m.index = SuffixIndex(m.index.capacity());
+    if (!m.gen.done) {   // a generation in progress keeps its own text
+        m.index.begin_document();
+        for (int32_t t : m.gen.history) m.index.push(t);
+    }
 }
 
 void Engine::debug_wrong_rule(bool on) {
@@ -667,7 +671,9 @@ void Engine::set_cost_profile(const std::vector<int32_t> & sizes, const std::vec
 
 std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profile(int32_t width) {
     Impl & m = *impl_;
-    Impl::Speculator * s = m.find_speculator(m.default_drafter);
+    // the draft model's pass is measured whenever there is one, whatever the default drafter:
+    // the profile is cached per model pair and serves every drafter
+    Impl::Speculator * s = m.find_speculator(m.draft ? "model" : "ngram");
     if (!s) throw std::invalid_argument("this target cannot speculate (its memory cannot hold a draft tree)");
     std::lock_guard<std::mutex> lock(m.mu);
     m.gen.done = true;   // measuring clears the caches: any generation in progress ends

@@ -48,7 +48,7 @@ void SuffixIndex::rebuild() {
     tokens_.clear();
     prev_token_.clear();
     prev_gram_.clear();
-    last_token_.clear();
+    std::fill(last_token_.begin(), last_token_.end(), -1);
     last_gram_.clear();
     doc_start_ = 0;
     for (int32_t t : kept) {
@@ -89,19 +89,20 @@ int32_t SuffixIndex::match(size_t max_starts, size_t scan, std::vector<int32_t> 
 }
 
 void continuation_trie(const SuffixIndex & index, const std::vector<int32_t> & starts, int32_t depth,
-                       std::vector<TrieNode> & out) {
-    out.assign(1, TrieNode{-1, -1, int32_t(starts.size())});
+                       size_t max_nodes, std::vector<TrieNode> & out) {
+    out.assign(1, TrieNode{-1, -1, int32_t(starts.size()), -1, -1});
     for (int32_t s : starts) {
         int32_t node = 0;
         for (int32_t d = 0; d < depth; ++d) {
             const int32_t t = index.at(int64_t(s) + d);
             if (t < 0) break;
-            int32_t child = -1;
-            for (size_t c = size_t(node) + 1; c < out.size(); ++c)
-                if (out[c].parent == node && out[c].token == t) { child = int32_t(c); break; }
+            int32_t child = out[size_t(node)].first_child;
+            while (child >= 0 && out[size_t(child)].token != t) child = out[size_t(child)].next_sibling;
             if (child < 0) {
-                out.push_back({t, node, 0});
+                if (out.size() >= max_nodes) break;
+                out.push_back({t, node, 0, -1, out[size_t(node)].first_child});
                 child = int32_t(out.size()) - 1;
+                out[size_t(node)].first_child = child;
             }
             out[size_t(child)].count++;
             node = child;

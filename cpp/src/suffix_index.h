@@ -56,15 +56,18 @@ private:
 };
 
 // The continuations that followed `starts` (up to `depth` tokens each, stopping at document
-// boundaries), merged into a trie: node 0 is the root (count: the number of starts), every
-// other node a token after its parent's path with how many starts continued that way. Parents
-// come before their children.
+// boundaries), merged into a trie of at most max_nodes nodes (the earlier starts, the more recent
+// occurrences, go deepest): node 0 is the root (count: the number of starts), every other node a
+// token after its parent's path with how many starts continued that way. Parents come before
+// their children; each node's children are a linked list (first_child, next_sibling; -1 ends).
 struct TrieNode {
     int32_t token;
     int32_t parent;
     int32_t count;
+    int32_t first_child;
+    int32_t next_sibling;
 };
 void continuation_trie(const SuffixIndex & index, const std::vector<int32_t> & starts, int32_t depth,
-                       std::vector<TrieNode> & out);
+                       size_t max_nodes, std::vector<TrieNode> & out);
 
 }  // namespace heterospec

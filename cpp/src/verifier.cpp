@@ -14,7 +14,8 @@ WalkResult walk_tree(const TreeBatch & tb, const std::function<int32_t(int32_t)>
         w.token = sample(w.last);
         const int32_t c = tb.child_with_token(w.last, w.token);
         w.emitted++;
-        if (!emit(w.token)) {
+        if (!emit(w.token)) {   // a drafted token that ends generation was accepted all the same
+            if (c >= 0) accepted.push_back(c);
             w.stopped = true;
             return w;
         }

@@ -24,7 +24,8 @@ struct WalkResult {
 // The acceptance walk (section 6): from the root, draw y = sample(entry) from the target and
 // follow the child with token y while there is one; every drawn token goes to emit(y), which
 // returns false to stop generation. Exact for any tree: it only samples from the target.
-// `accepted` receives the accepted entries in path order.
+// `accepted` receives the accepted entries in path order (when generation stops, the last may be
+// the child of `last` that drew the final token).
 WalkResult walk_tree(const TreeBatch & tb, const std::function<int32_t(int32_t entry)> & sample,
                      const std::function<bool(int32_t token)> & emit, std::vector<int32_t> & accepted);
 

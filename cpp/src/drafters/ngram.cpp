@@ -8,18 +8,19 @@ namespace heterospec {
 void NgramDrafter::add_branches(DraftTree & tree, const DraftShape & shape, int32_t levels) {
     match_ = index_.match(kStarts, kScan, starts_);
     if (match_ == 0) return;
-    continuation_trie(index_, starts_, std::max(levels, shape.free_depth), trie_);
+    continuation_trie(index_, starts_, std::max(levels, shape.free_depth), kMaxNodes, trie_);
     node_of_.assign(trie_.size(), -1);
     node_of_[0] = 0;
     // parents come first: each trie node's best `branching` children join the tree
     for (int32_t p = 0; p < int32_t(trie_.size()); ++p) {
         if (node_of_[size_t(p)] < 0) continue;   // its parent was left out
         kids_.clear();
-        for (int32_t c = p + 1; c < int32_t(trie_.size()); ++c)
-            if (trie_[size_t(c)].parent == p) kids_.push_back(c);
+        for (int32_t c = trie_[size_t(p)].first_child; c >= 0; c = trie_[size_t(c)].next_sibling) kids_.push_back(c);
         if (kids_.empty()) continue;
-        std::stable_sort(kids_.begin(), kids_.end(), [&](int32_t a, int32_t b) {
-            return trie_[size_t(a)].count > trie_[size_t(b)].count; });
+        // most frequent first; ties: the one added first (the more recent occurrence)
+        std::sort(kids_.begin(), kids_.end(), [&](int32_t a, int32_t b) {
+            const int32_t ca = trie_[size_t(a)].count, cb = trie_[size_t(b)].count;
+            return ca != cb ? ca > cb : a < b; });
         const float total = float(trie_[size_t(p)].count);
         // below the parent, the context matches the occurrences over match_ + depth(parent) tokens
         const float m = float(match_ + tree[node_of_[size_t(p)]].depth);
@@ -29,7 +30,8 @@ void NgramDrafter::add_branches(DraftTree & tree, const DraftShape & shape, int3
             h -= f * std::log(f);
         }
         const int32_t parent = node_of_[size_t(p)];
-        if (tree[parent].h < 0) tree.set_entropy(parent, h);
+        // a node the draft model will expand keeps the model's entropy (one unit per path)
+        if (tree[parent].h < 0 && !(tree[parent].source & kFromModel)) tree.set_entropy(parent, h);
         for (size_t k = 0; k < kids_.size() && k < size_t(shape.branching); ++k) {
             const int32_t c = kids_[k];
             const float q = float(trie_[size_t(c)].count) / total * (m / (m + 1.0f));

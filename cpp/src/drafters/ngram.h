@@ -21,6 +21,7 @@ class NgramDrafter : public Drafter {
 public:
     static constexpr size_t kStarts = 16;   // occurrences merged into one trie
     static constexpr size_t kScan = 64;     // occurrences looked at to find the longest match
+    static constexpr size_t kMaxNodes = 256;   // trie nodes per step: bounds the host work
 
     explicit NgramDrafter(const SuffixIndex & index) : index_(index) {}
     const char * name() const override { return "ngram"; }
