@@ -321,8 +321,9 @@ struct Engine::Impl {
             tb, [&](int32_t e) { return wrong_rule ? wrong_rule_draw(e) : g.sampler->sample(verifier->logits(e), g.history.data(), g.history.size()); },
             [&](int32_t y) { return accept(y); }, accepted);
         for (int32_t e : accepted) {   // also when generation ends inside the path
-            g.stats.accepted_model += (tree[tb.node[size_t(e)]].source & kFromModel) != 0;
-            g.stats.accepted_ngram += (tree[tb.node[size_t(e)]].source & kFromNgram) != 0;
+            const uint8_t source = tree[tb.node[size_t(e)]].source;
+            g.stats.accepted_model += (source & kFromModel) != 0;
+            g.stats.accepted_ngram += (source & kFromNgram) != 0;
         }
         if (!w.stopped) commit(w, P);
         if (cost_aware()) observe(w, drafted, drafter->calls() - calls0, t1 - t0, t2 - t1);

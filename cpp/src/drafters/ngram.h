@@ -29,7 +29,6 @@ public:
     // Adds the trie's nodes below the root of `tree` (merging with nodes already there), at
     // least `levels` deep when the continuations are: the hybrid drafter's n-gram branches.
     void add_branches(DraftTree & tree, const DraftShape & shape, int32_t levels);
-    int32_t last_match() const { return match_; }
 
 protected:
     void do_begin(const std::vector<int32_t> &) override {}   // the engine feeds the index
