@@ -113,10 +113,13 @@ NB_MODULE(_core, m) {
         .def_rw("spec", &GenerateParams::spec)
         .def_rw("max_tokens", &GenerateParams::max_tokens)
         .def_rw("stop", &GenerateParams::stop)
-        .def_rw("ignore_eos", &GenerateParams::ignore_eos);
+        .def_rw("ignore_eos", &GenerateParams::ignore_eos)
+        .def_rw("cache_prompt", &GenerateParams::cache_prompt)
+        .def_rw("logprobs", &GenerateParams::logprobs);
 
     nb::class_<Stats>(m, "Stats")
         .def_ro("prompt_tokens", &Stats::prompt_tokens)
+        .def_ro("cached_tokens", &Stats::cached_tokens)
         .def_ro("generated_tokens", &Stats::generated_tokens)
         .def_ro("prompt_ms", &Stats::prompt_ms)
         .def_ro("decode_ms", &Stats::decode_ms)
@@ -148,6 +151,11 @@ NB_MODULE(_core, m) {
             std::vector<std::tuple<int32_t, int32_t, int32_t, int32_t, float, int32_t, float, int32_t>> out;
             for (const auto & t : r.trace) out.emplace_back(t.depth, t.nodes, t.accepted, t.rank, t.entropy, t.bin, t.predicted, t.levels);
             return out;
+        })
+        .def_prop_ro("logprobs", [](const Result & r) {
+            std::vector<std::tuple<int32_t, float, std::vector<std::pair<int32_t, float>>>> out;
+            for (const auto & l : r.logprobs) out.emplace_back(l.token, l.logprob, l.top);
+            return out;
         });
 
     nb::class_<Engine>(m, "Engine")
@@ -160,6 +168,12 @@ NB_MODULE(_core, m) {
         .def("tokenize", &Engine::tokenize, "text"_a, "add_special"_a, "parse_special"_a)
         .def("detokenize", &Engine::detokenize, "tokens"_a, "special"_a)
         .def("is_eog", &Engine::is_eog, "token"_a)
+        .def_prop_ro("chat_template", &Engine::chat_template)
+        .def_prop_ro("special_tokens", [](const Engine & e) {
+            const SpecialTokens s = e.special_tokens();
+            return nb::make_tuple(s.bos, s.eos, s.add_bos, s.add_eos);
+        })
+        .def("cancel", &Engine::cancel)
         .def("format_chat",
              [](const Engine & e, const std::vector<std::pair<std::string, std::string>> & msgs,
                 bool add_generation_prompt, const std::string & tmpl) {

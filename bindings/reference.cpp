@@ -89,9 +89,10 @@ tree_vs_paths(const std::string & path, const std::vector<int32_t> & prompt,
 
     ContextSpec spec{512, 512, 64, true, n_threads, n_threads, "auto", "f16", "f16"};
     ContextPtr ctx = make_context(model.get(), spec);
-    Verifier v(ctx.get(), 64);
+    CachedTokens cached;
+    Verifier v(ctx.get(), 64, cached);
     std::vector<int32_t> prefix(prompt.begin(), prompt.end() - 1);
-    v.begin(prefix);
+    v.begin(prefix, false);
     v.decode(tb, llama_pos(prefix.size()));
     std::vector<std::vector<float>> tree_rows(tokens.size() + 1), path_rows(tokens.size() + 1);
     for (int32_t e = 0; e < tb.size(); ++e) {

@@ -2,14 +2,26 @@
 
 Options are passed through to the native option structs: a keyword left as None keeps the
 engine's default (defined once, in cpp/include/heterospec/config.h).
+
+Threading contract: one Engine may be shared by any number of threads. A generation owns the
+engine from its start to its end (a stream: until it is exhausted, closed or garbage-collected);
+other callers wait their turn in a first-come queue, each for at most its `queue_timeout`
+seconds (None: no limit), after which EngineBusy is raised. `Engine.cancel()` and
+`Stream.close()` may be called from any thread: the generation stops at its next step. A thread
+that holds an unfinished stream and asks the same engine for another generation gets a
+RuntimeError instead of waiting for itself.
 """
 from __future__ import annotations
 
+import collections
 import os
+import threading
+import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 from . import _core
+from . import chat_template as _chat
 
 Prompt = Union[str, Sequence[int]]
 _RANDOM_SEED = 2**64 - 1  # native "pick a random seed"
@@ -38,14 +50,133 @@ class Stats:
 class GenerationResult:
     text: str
     tokens: list[int]
-    finish_reason: str  # "stop" (end of generation or a stop string) or "length"
+    finish_reason: str  # "stop" (end of generation or a stop string), "length" or "cancelled"
     stats: Stats = field(repr=False)
     trace: list = field(default_factory=list, repr=False)  # (depth, nodes, accepted, rank, entropy, bin, predicted, levels) per step
+    # with logprobs=N: per token, (token id, log-probability, [(id, log-probability)] of the N likeliest)
+    logprobs: Optional[list] = field(default=None, repr=False)
 
     @classmethod
-    def _from_native(cls, r: "_core.Result") -> "GenerationResult":
+    def _from_native(cls, r: "_core.Result", logprobs: bool = False) -> "GenerationResult":
         return cls(text=r.text, tokens=list(r.tokens), finish_reason=r.finish_reason, stats=Stats(r.stats),
-                   trace=list(r.trace))
+                   trace=list(r.trace), logprobs=list(r.logprobs) if logprobs else None)
+
+
+class EngineBusy(TimeoutError):
+    """Another generation held the engine for longer than the caller's queue_timeout."""
+
+
+class _Queue:
+    """First come, first served ownership of an engine, one generation at a time."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._waiting: collections.deque = collections.deque()
+        self._owner: Optional[object] = None
+        self._owner_thread: Optional[int] = None
+
+    def acquire(self, timeout: Optional[float]) -> object:
+        ticket = object()
+        with self._cond:
+            if self._owner is not None and self._owner_thread == threading.get_ident():
+                raise RuntimeError("this thread's unfinished stream owns the engine: exhaust it or close() it "
+                                   "before starting another generation")
+            self._waiting.append(ticket)
+            try:
+                ok = self._cond.wait_for(lambda: self._owner is None and self._waiting[0] is ticket, timeout)
+            except BaseException:
+                self._waiting.remove(ticket)
+                self._cond.notify_all()
+                raise
+            if not ok:
+                self._waiting.remove(ticket)
+                self._cond.notify_all()
+                raise EngineBusy(f"the engine stayed busy with another generation for {timeout} s (queue_timeout)")
+            self._waiting.popleft()
+            self._owner, self._owner_thread = ticket, threading.get_ident()
+            return ticket
+
+    def moved(self, ticket: object) -> None:
+        """The owner is now advanced from this thread."""
+        with self._cond:
+            if self._owner is ticket:
+                self._owner_thread = threading.get_ident()
+
+    def release(self, ticket: object) -> None:
+        with self._cond:
+            if self._owner is ticket:
+                self._owner = self._owner_thread = None
+                self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._waiting) + (self._owner is not None)
+
+
+class Stream(Iterator[str]):
+    """The text of one generation, piece by piece as it is decoded. It owns its engine until it
+    is exhausted, closed (close(), a `with` block) or garbage-collected; `result` holds the
+    outcome from then on (finish_reason "cancelled" if closed early)."""
+
+    def __init__(self, engine: "Engine", native: "_core.Engine", ticket: object, logprobs: bool):
+        self._engine, self._native, self._ticket, self._logprobs = engine, native, ticket, logprobs
+        self.result: Optional[GenerationResult] = None
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> str:
+        while self._native is not None:
+            self._engine._queue.moved(self._ticket)
+            try:
+                text, done = self._native.step()
+            except BaseException:
+                self._finish(cancel=True)
+                raise
+            if done:
+                self._finish()
+            if text:
+                return text
+        raise StopIteration
+
+    def new_logprobs(self, since: int) -> list:
+        """Logprobs (as in GenerationResult) of the tokens generated from index `since` on."""
+        r = self.result if self._native is None else None
+        if r is not None:
+            return (r.logprobs or [])[since:]
+        return list(self._native.result().logprobs)[since:] if self._native is not None else []
+
+    def close(self) -> None:
+        """Stops the generation (if it is still running) and hands the engine to the next caller."""
+        self._finish(cancel=True)
+
+    cancel = close
+
+    def _finish(self, cancel: bool = False) -> None:
+        native, self._native = self._native, None
+        if native is None:
+            return
+        try:
+            if cancel:   # end the native generation now, so that its result is complete
+                native.cancel()
+                while not native.step()[1]:
+                    pass
+            self.result = GenerationResult._from_native(native.result(), self._logprobs)
+            self._engine._last = self.result
+        finally:
+            self._engine._queue.release(self._ticket)
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 def _set(obj, **values) -> None:
@@ -74,7 +205,8 @@ class Engine:
     model), "hybrid" (both in one tree). Default: "hybrid" with a draft model (it measured best),
     else "ngram".
 
-    One generation runs at a time per engine; native work runs with the GIL released.
+    One generation runs at a time per engine; concurrent callers queue for it (see the module's
+    threading contract). Native work runs with the GIL released.
     """
 
     def __init__(self, model: Union[str, os.PathLike], draft: Union[str, os.PathLike, None] = None, *,
@@ -111,6 +243,7 @@ class Engine:
                              "n_gpu_layers": opts.target.n_gpu_layers, "flash_attn": opts.flash_attn,
                              "max_nodes": opts.max_nodes}
         self._last: Optional[GenerationResult] = None
+        self._queue = _Queue()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -168,17 +301,45 @@ class Engine:
     def detokenize(self, tokens: Iterable[int], special: bool = False) -> str:
         return self._engine.detokenize([int(t) for t in tokens], special)
 
-    def format_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True,
-                    chat_template: Optional[str] = None) -> str:
-        """The prompt for `messages` ([{"role": ..., "content": ...}, ...]) per the model's template."""
-        pairs = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
-                raise ValueError(f"message {i} must be a mapping with 'role' and 'content'")
-            pairs.append((str(m["role"]), str(m["content"])))
-        if not pairs:
-            raise ValueError("messages is empty")
-        return self._engine.format_chat(pairs, add_generation_prompt, chat_template or "")
+    @property
+    def chat_template(self) -> Optional[str]:
+        """The Jinja chat template stored in the target GGUF (None: it has none)."""
+        return self._engine.chat_template or None
+
+    def format_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                    chat_template: Optional[str] = None, tools: Optional[Sequence[Mapping]] = None,
+                    **template_kwargs: Any) -> str:
+        """The prompt for `messages` ([{"role": ..., "content": ...}, ...]).
+
+        The template is `chat_template` (Jinja source, or a llama.cpp built-in name such as
+        "chatml"), else the GGUF's own. Jinja templates are rendered with jinja2 (sandboxed, as
+        Hugging Face does) with bos_token, eos_token, add_generation_prompt, `tools` and any
+        `template_kwargs`; llama.cpp's built-in templates are the fallback for models without a
+        template and where jinja2 is not installed. Raises ValueError (ChatTemplateError for a
+        template that fails)."""
+        msgs = _chat.normalize_messages(messages)
+        template = chat_template if chat_template is not None else self.chat_template
+        if template is not None and not isinstance(template, str):
+            raise TypeError("chat_template must be a string")
+        if template and _chat.is_jinja(template):
+            if _chat.jinja_available():
+                return self._render_jinja(template, msgs, add_generation_prompt, tools, template_kwargs)
+            warnings.warn("jinja2 is not installed (pip install 'heterospec[chat]'): the chat template is "
+                          "approximated by llama.cpp's built-in templates", RuntimeWarning, stacklevel=2)
+        elif tools:
+            raise ValueError("tools need a Jinja chat template that renders them")
+        pairs = [(m["role"], m["content"] or "") for m in msgs]
+        return self._engine.format_chat(pairs, add_generation_prompt, template or "")
+
+    def _render_jinja(self, template, msgs, add_generation_prompt, tools, extra) -> str:
+        bos, eos, add_bos, _ = self._engine.special_tokens
+        text = lambda t: self.detokenize([t], special=True) if t >= 0 else ""
+        bos_text = text(bos)
+        out = _chat.render(template, msgs, add_generation_prompt=add_generation_prompt, bos_token=bos_text,
+                           eos_token=text(eos), tools=tools, **extra)
+        if add_bos and bos_text and out.startswith(bos_text):
+            out = out[len(bos_text):]   # tokenizing the prompt adds BOS: keep one
+        return out
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -204,8 +365,12 @@ class Engine:
         {"sizes": batch sizes n, "verify_ms": t_verify(n), "draft_level_ms": one draft pass (0
         without a draft model)}. Measured once per model pair and machine, then cached."""
         params = self._params(mode="heterospec")
-        self._ensure_profile(params)
-        sizes, verify_ms, draft_ms = self._engine.cost_profile(params.spec.width)
+        ticket = self._queue.acquire(None)
+        try:
+            self._ensure_profile(params)
+            sizes, verify_ms, draft_ms = self._engine.cost_profile(params.spec.width)
+        finally:
+            self._queue.release(ticket)
         return {"sizes": list(sizes), "verify_ms": list(verify_ms), "draft_level_ms": draft_ms}
 
     def _prompt_tokens(self, prompt: Prompt) -> list[int]:
@@ -216,7 +381,7 @@ class Engine:
     def _params(self, max_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
                 repeat_penalty=None, repeat_last_n=None, seed=None, stop=None, ignore_eos=None,
                 mode=None, drafter=None, depth=None, branching=None, width=None, budget=None, n_max=None, p_min=None,
-                trace=None, policy=None, force_policy=False, cost_aware=None):
+                trace=None, policy=None, force_policy=False, cost_aware=None, cache_prompt=None, logprobs=None):
         p = _core.GenerateParams()
         if policy is not None:
             from .policy import check_pair, load_policy
@@ -241,7 +406,13 @@ class Engine:
                 raise ValueError(f"seed must be below 2**64 - 1, got {seed}")
         if isinstance(stop, str):
             stop = [stop]
-        _set(p, max_tokens=max_tokens, stop=list(stop) if stop is not None else None, ignore_eos=ignore_eos)
+        if logprobs is True:
+            logprobs = 0
+        elif logprobs is False:
+            logprobs = None
+        _check_int("logprobs", logprobs, 0)
+        _set(p, max_tokens=max_tokens, stop=list(stop) if stop is not None else None, ignore_eos=ignore_eos,
+             cache_prompt=cache_prompt, logprobs=logprobs)
         _set(p.sampling, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
              repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
         return p
@@ -254,7 +425,9 @@ class Engine:
                  depth: Optional[int] = None, branching: Optional[int] = None, width: Optional[int] = None,
                  budget: Optional[int] = None, n_max: Optional[int] = None, p_min: Optional[float] = None,
                  trace: Optional[bool] = None, policy=None, force_policy: bool = False,
-                 cost_aware: Optional[bool] = None) -> GenerationResult:
+                 cost_aware: Optional[bool] = None, cache_prompt: Optional[bool] = None,
+                 logprobs: Union[int, bool, None] = None,
+                 queue_timeout: Optional[float] = None) -> GenerationResult:
         """Generates a continuation of `prompt` (text, or token ids).
 
         Sampling defaults: max_tokens=256 (-1: until end of generation or a full context),
@@ -275,42 +448,58 @@ class Engine:
         for token when greedy, in distribution when sampling. trace=True records one
         (depth, nodes, accepted, rank, entropy, bin, predicted tokens, draft passes) tuple per step in
         `result.trace`.
-        """
-        params = self._params(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty,
-                              repeat_last_n, seed, stop, ignore_eos, mode, drafter, depth, branching, width,
-                              budget, n_max, p_min, trace, policy, force_policy, cost_aware)
-        tokens = self._prompt_tokens(prompt)
-        self._ensure_profile(params)
-        self._last = GenerationResult._from_native(self._engine.generate(tokens, params))
-        return self._last
 
-    def stream(self, prompt: Prompt, **kwargs) -> Iterator[str]:
-        """Like generate(), but yields the text as it is decoded. `last_result` holds the
-        outcome once the iterator is exhausted."""
+        cache_prompt=True (the default) keeps the KV of the longest prefix this prompt shares with
+        the previous call's text and processes only the rest (`stats.cached_tokens`); the output
+        is the same either way. logprobs=N (0..20) reports each token's log-probability and the N
+        likeliest alternatives in `result.logprobs`. queue_timeout: seconds to wait while another
+        generation owns the engine (None: no limit), then EngineBusy.
+        """
+        with self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
+                         stop=stop, ignore_eos=ignore_eos, mode=mode, drafter=drafter, depth=depth,
+                         branching=branching, width=width, budget=budget, n_max=n_max, p_min=p_min, trace=trace,
+                         policy=policy, force_policy=force_policy, cost_aware=cost_aware,
+                         cache_prompt=cache_prompt, logprobs=logprobs, queue_timeout=queue_timeout) as s:
+            for _ in s:   # a step at a time, so that Ctrl-C and cancel() stop it between steps
+                pass
+        return s.result
+
+    def stream(self, prompt: Prompt, *, queue_timeout: Optional[float] = None, **kwargs) -> Stream:
+        """Like generate(), but returns a Stream that yields the text as it is decoded; it owns
+        the engine until it is exhausted or closed. `stream.result` (and `last_result`) holds
+        the outcome from then on."""
         params = self._params(**kwargs)
         tokens = self._prompt_tokens(prompt)
-        self._ensure_profile(params)
         engine = self._engine
-        engine.start(tokens, params)
-        return self._drain(engine)
+        ticket = self._queue.acquire(queue_timeout)
+        try:
+            self._ensure_profile(params)
+            engine.start(tokens, params)
+        except BaseException:
+            self._queue.release(ticket)
+            raise
+        return Stream(self, engine, ticket, logprobs=params.logprobs >= 0)
 
-    def _drain(self, engine: "_core.Engine") -> Iterator[str]:
-        while True:
-            text, done = engine.step()
-            if text:
-                yield text
-            if done:
-                break
-        self._last = GenerationResult._from_native(engine.result())
+    def cancel(self) -> None:
+        """Stops the generation running now (from any thread, e.g. a GUI's stop button) at its
+        next step; it ends with finish_reason "cancelled". Queued callers are not affected."""
+        if self._native is not None:
+            self._native.cancel()
 
-    def chat(self, messages: Sequence[Mapping[str, str]], *, chat_template: Optional[str] = None,
-             stream: bool = False, **kwargs):
-        """Formats `messages` with the model's chat template and generates the reply.
-        Returns a GenerationResult, or an iterator of text pieces when stream=True."""
-        prompt = self.format_chat(messages, add_generation_prompt=True, chat_template=chat_template)
+    @property
+    def queue_length(self) -> int:
+        """Generations running or waiting for this engine."""
+        return len(self._queue)
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], *, chat_template: Optional[str] = None,
+             tools: Optional[Sequence[Mapping]] = None, stream: bool = False, **kwargs):
+        """Formats `messages` with the chat template (see format_chat) and generates the reply.
+        Returns a GenerationResult, or a Stream when stream=True."""
+        prompt = self.format_chat(messages, add_generation_prompt=True, chat_template=chat_template, tools=tools)
         return self.stream(prompt, **kwargs) if stream else self.generate(prompt, **kwargs)
 
     @property
     def last_result(self) -> Optional[GenerationResult]:
-        """The result of the most recent generate(), chat() or fully consumed stream()."""
+        """The result of the most recent generate(), chat() or finished stream()."""
         return self._last

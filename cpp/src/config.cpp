@@ -55,6 +55,7 @@ void validate(const GenerateParams & p) {
     if (t.budget < 0) bad("tree budget must be >= 0");
     if (t.n_max < 0 || t.n_max > 64) bad("chain n_max must be in 0..64");
     if (!(t.p_min >= 0.0f && t.p_min <= 1.0f)) bad("chain p_min must be in [0, 1]");
+    if (p.logprobs < -1 || p.logprobs > 20) bad("top_logprobs must be in 0..20");
     for (const auto & stop : p.stop)
         if (stop.empty()) bad("stop strings must not be empty");
 }

@@ -3,6 +3,7 @@
 #include "heterospec/engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <functional>
 #include <mutex>
 #include <stdexcept>
@@ -14,9 +15,11 @@
 #include "mode.h"
 #include "model.h"
 #include "policy.h"
+#include "prompt_cache.h"
 #include "sampler.h"
 #include "suffix_index.h"
 #include "text_stream.h"
+#include "topk.h"
 #include "verifier.h"
 
 namespace heterospec {
@@ -36,6 +39,8 @@ struct Generation {
     std::string finish_reason;
     Stats stats;
     std::vector<StepTrace> trace;
+    std::vector<TokenLogprob> logprobs;
+    const float * logits = nullptr;  // the target's logits the next accepted token was drawn from
     double t_start = 0, t_first = 0;
 };
 
@@ -51,6 +56,8 @@ struct Engine::Impl {
     uint32_t n_ctx = 0;
     std::unique_ptr<Verifier> verifier;   // null when the target cannot hold a tree
     SuffixIndex index;                    // every token the engine has seen, for n-gram drafts
+    CachedTokens target_cached, draft_cached;   // the prompt cache: what each KV cache holds
+    std::atomic<bool> cancel_requested{false};
     // Each drafter with its own cost model: acceptance and drafting costs differ by drafter.
     struct Speculator {
         std::string name;
@@ -89,7 +96,35 @@ struct Engine::Impl {
     // Runs `tokens` through the target at positions n_past.., logits for the last one only.
     void decode_target(const int32_t * tokens, size_t n) {
         decode_run(target_ctx.get(), batch.get(), tokens, n, gen.n_past, 1, true, "target");
+        target_cached.keep(size_t(gen.n_past));
+        target_cached.append(tokens, n);
         gen.n_past += llama_pos(n);
+    }
+
+    // Processes the prompt. Speculative modes run all but its last token, the first step's
+    // root; plain decoding runs it all, for the first token's logits. With the prompt cache,
+    // the prefix both caches hold already is kept.
+    void process_prompt(const std::vector<int32_t> & prompt, bool reuse) {
+        Generation & g = gen;
+        if (g.mode != Mode::ar) {
+            const std::vector<int32_t> prefix(prompt.begin(), prompt.end() - 1);
+            g.stats.cached_tokens = int32_t(verifier->begin(prefix, reuse));
+            drafter->begin(prefix, reuse);
+            g.n_past = llama_pos(prefix.size());
+            g.root = prompt.back();
+            return;
+        }
+        const size_t common = reuse ? std::min(target_cached.common_prefix(prompt), prompt.size() - 1) : 0;
+        g.n_past = keep_prefix(target_ctx.get(), llama_pos(common));
+        target_cached.keep(size_t(g.n_past));
+        g.stats.cached_tokens = int32_t(g.n_past);
+        decode_target(prompt.data() + g.n_past, prompt.size() - size_t(g.n_past));
+    }
+
+    // After a failure inside llama.cpp the caches' contents are unknown: the next call starts cold.
+    void forget_caches() {
+        target_cached.clear();
+        draft_cached.clear();
     }
 
     // Adds one sampled token to the output. Returns false when generation must end here.
@@ -102,6 +137,7 @@ struct Engine::Impl {
         }
         g.tokens.push_back(token);
         g.history.push_back(token);
+        if (g.params.logprobs >= 0) g.logprobs.push_back(token_logprob(g.logits, n_vocab, token, g.params.logprobs));
         if (g.tokens.size() == 1) g.t_first = now_ms();
         if (g.text->push(piece(token))) {
             g.finish_reason = "stop";
@@ -119,6 +155,7 @@ struct Engine::Impl {
         const float * logits = llama_get_logits_ith(target_ctx.get(), -1);
         if (!logits) throw std::runtime_error("no logits available from the target");
         const int32_t token = gen.sampler->sample(logits, gen.history.data(), gen.history.size());
+        gen.logits = logits;
         if (!accept(token)) return false;
         if (uint32_t(gen.n_past) >= n_ctx) {  // no room to feed the token back
             gen.finish_reason = "length";
@@ -318,7 +355,9 @@ struct Engine::Impl {
         const double t2 = now_ms();
 
         const WalkResult w = walk_tree(
-            tb, [&](int32_t e) { return wrong_rule ? wrong_rule_draw(e) : g.sampler->sample(verifier->logits(e), g.history.data(), g.history.size()); },
+            tb, [&](int32_t e) {
+                g.logits = verifier->logits(e);
+                return wrong_rule ? wrong_rule_draw(e) : g.sampler->sample(g.logits, g.history.data(), g.history.size()); },
             [&](int32_t y) { return accept(y); }, accepted);
         for (int32_t e : accepted) {   // also when generation ends inside the path
             const uint8_t source = tree[tb.node[size_t(e)]].source;
@@ -353,6 +392,7 @@ struct Engine::Impl {
     // level, once per drafter. Clears the caches.
     void measure_profile(Speculator & s, int32_t width) {
         if (!s.cost.profile.empty()) return;
+        forget_caches();
         if (target_profile.empty()) {
             const int32_t token = std::max(0, llama_vocab_bos(vocab));
             const int32_t most = std::min<int32_t>(n_seqs + 1, int32_t(llama_n_batch(target_ctx.get())));
@@ -431,8 +471,8 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     m.target_ctx = make_context(m.target.get(), spec);
     if (m.draft) m.draft_ctx = make_context(m.draft.get(), spec);
     if (trees) {
-        m.verifier.reset(new Verifier(m.target_ctx.get(), m.n_seqs));
-        for (NamedDrafter & d : make_drafters({m.draft_ctx.get(), &m.index, m.n_seqs}))
+        m.verifier.reset(new Verifier(m.target_ctx.get(), m.n_seqs, m.target_cached));
+        for (NamedDrafter & d : make_drafters({m.draft_ctx.get(), &m.draft_cached, &m.index, m.n_seqs}))
             m.speculators.push_back({d.name, std::move(d.drafter), CostModel()});
     }
     // hybrid measured best with a draft model (benchmarks/README.md: 1.19x the draft model's
@@ -551,6 +591,7 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
         throw std::invalid_argument("chain n_max must be at most max_nodes (" + std::to_string(m.opts.max_nodes) + ")");
 
     std::lock_guard<std::mutex> lock(m.mu);
+    m.cancel_requested = false;
     Generation & g = m.gen;
     g = Generation();
     g.params = params;
@@ -580,19 +621,10 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
             m.measure_profile(*spec, sp.width);
             m.cost->begin_generation();
         }
-        if (mode != Mode::ar) {
-            // the last prompt token is the first step's root
-            const std::vector<int32_t> prefix(prompt.begin(), prompt.end() - 1);
-            m.verifier->begin(prefix);
-            m.drafter->begin(prefix);
-            g.n_past = llama_pos(prefix.size());
-            g.root = prompt.back();
-        } else {
-            llama_memory_clear(llama_get_memory(m.target_ctx.get()), false);
-            m.decode_target(prompt.data(), prompt.size());
-        }
+        m.process_prompt(prompt, params.cache_prompt);
     } catch (...) {
         g.done = true;
+        m.forget_caches();
         throw;
     }
 }
@@ -608,9 +640,15 @@ StepOutput Engine::step() {
     }
     bool more;
     try {
-        more = g.mode != Mode::ar ? m.step_spec() : m.step_ar();
+        if (m.cancel_requested.exchange(false)) {
+            g.finish_reason = "cancelled";
+            more = false;
+        } else {
+            more = g.mode != Mode::ar ? m.step_spec() : m.step_ar();
+        }
     } catch (...) {
         g.done = true;
+        m.forget_caches();
         throw;
     }
     out.text = g.text->take_ready();
@@ -637,6 +675,18 @@ std::vector<std::vector<std::pair<int32_t, int32_t>>> Engine::debug_kv_state() c
 }
 
 int32_t Engine::debug_n_past() const { return impl_->gen.n_past; }
+
+void Engine::cancel() { impl_->cancel_requested = true; }
+
+std::string Engine::chat_template() const {
+    const char * t = llama_model_chat_template(impl_->target.get(), nullptr);
+    return t ? t : "";
+}
+
+SpecialTokens Engine::special_tokens() const {
+    const llama_vocab * v = impl_->vocab;
+    return {llama_vocab_bos(v), llama_vocab_eos(v), llama_vocab_get_add_bos(v), llama_vocab_get_add_eos(v)};
+}
 
 void Engine::clear_ngram_memory() {
     std::lock_guard<std::mutex> lock(impl_->mu);
@@ -690,6 +740,7 @@ Result Engine::result() const {
     r.finish_reason = g.finish_reason;
     r.stats = g.stats;
     r.trace = g.trace;
+    r.logprobs = g.logprobs;
     return r;
 }
 

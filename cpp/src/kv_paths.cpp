@@ -4,9 +4,18 @@
 
 namespace heterospec {
 
-void KvPaths::reset() {
-    llama_memory_clear(llama_get_memory(ctx_), false);
+llama_pos keep_prefix(llama_context * ctx, llama_pos keep) {
+    llama_memory_t mem = llama_get_memory(ctx);
+    bool ok = keep > 0 && llama_memory_seq_rm(mem, 0, keep, -1);
+    for (llama_seq_id s = 1; ok && s < llama_seq_id(llama_n_seq_max(ctx)); ++s) ok = llama_memory_seq_rm(mem, s, -1, -1);
+    if (ok) return keep;
+    llama_memory_clear(mem, false);
+    return 0;
+}
+
+llama_pos KvPaths::reset(llama_pos keep) {
     live_ = 1;
+    return keep_prefix(ctx_, keep);
 }
 
 void KvPaths::ensure_live(int32_t n) {

@@ -11,12 +11,18 @@
 
 namespace heterospec {
 
+// Keeps positions [0, keep) of sequence 0 in `ctx`'s memory and drops everything else; returns
+// the positions kept (0, with the memory cleared, where a suffix cannot be dropped).
+llama_pos keep_prefix(llama_context * ctx, llama_pos keep);
+
 class KvPaths {
 public:
     KvPaths(llama_context * ctx, int32_t n_seq_max) : ctx_(ctx), n_seq_max_(n_seq_max) {}
 
-    // Forgets everything; sequence 0 alone will hold the prompt.
-    void reset();
+    // Keeps positions [0, keep) of sequence 0 and forgets everything else; sequence 0 alone
+    // will hold the prompt. Returns the positions kept (0 where the memory cannot drop a
+    // suffix, as in recurrent models).
+    llama_pos reset(llama_pos keep = 0);
     // Makes sequences 0..n-1 hold the committed prefix (n <= n_seq_max).
     void ensure_live(int32_t n);
     // Keeps positions [p0, p_end) of sequence `keep`, drops everything from p0 on elsewhere, and

@@ -58,4 +58,20 @@ void softmax_top_k(const float * logits, int32_t n_vocab, int32_t k, std::vector
     for (auto & t : out) t.p = std::exp(t.p - mx) / z;
 }
 
+TokenLogprob token_logprob(const float * logits, int32_t n_vocab, int32_t token, int32_t n_top) {
+    const float mx = *std::max_element(logits, logits + n_vocab);
+    double z = 0.0;   // exact exp here: these numbers are reported, not only ranked
+    for (int32_t i = 0; i < n_vocab; ++i) z += std::exp(double(logits[i] - mx));
+    const float log_z = float(std::log(z)) + mx;
+    TokenLogprob out;
+    out.token = token;
+    out.logprob = logits[token] - log_z;
+    if (n_top > 0) {
+        std::vector<TokenProb> top;
+        softmax_top_k(logits, n_vocab, n_top, top);
+        for (const TokenProb & t : top) out.top.emplace_back(t.id, logits[t.id] - log_z);
+    }
+    return out;
+}
+
 }  // namespace heterospec

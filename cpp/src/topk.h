@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "heterospec/stats.h"
 #include "sampler.h"
 
 namespace heterospec {
@@ -14,5 +15,8 @@ float sum_exp(const float * x, int32_t n, float mx);
 
 // Writes the top k (token, probability) pairs, most likely first, ties to the lower id.
 void softmax_top_k(const float * logits, int32_t n_vocab, int32_t k, std::vector<TokenProb> & out);
+
+// log softmax(logits)[token] and the n_top most likely tokens' log-probabilities.
+TokenLogprob token_logprob(const float * logits, int32_t n_vocab, int32_t token, int32_t n_top);
 
 }  // namespace heterospec

@@ -25,14 +25,18 @@ WalkResult walk_tree(const TreeBatch & tb, const std::function<int32_t(int32_t)>
     }
 }
 
-Verifier::Verifier(llama_context * ctx, int32_t n_seq_max)
-    : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max) {}
+Verifier::Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached)
+    : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max), cached_(cached) {}
 
 void Verifier::run() { llama_ms_ += decode_timed(ctx_, batch_.get(), "target"); }
 
-void Verifier::begin(const std::vector<int32_t> & prefix) {
-    kv_.reset();
-    llama_ms_ = decode_run(ctx_, batch_.get(), prefix.data(), prefix.size(), 0, 1, false, "target");
+size_t Verifier::begin(const std::vector<int32_t> & prefix, bool reuse) {
+    const size_t keep = size_t(kv_.reset(llama_pos(reuse ? cached_.common_prefix(prefix) : 0)));
+    cached_.keep(keep);
+    llama_ms_ = decode_run(ctx_, batch_.get(), prefix.data() + keep, prefix.size() - keep, llama_pos(keep), 1, false,
+                           "target");
+    cached_.append(prefix.data() + keep, prefix.size() - keep);
+    return keep;
 }
 
 void Verifier::decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs) {
@@ -64,6 +68,12 @@ const float * Verifier::logits(int32_t entry) const {
 
 void Verifier::commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos) {
     kv_.commit(tb.path[size_t(last_entry)], root_pos, root_pos + tb.depth[size_t(last_entry)] + 1);
+    path_tokens_.clear();   // the root and the accepted path, now at positions root_pos..
+    for (int32_t e = last_entry; e > 0; e = tb.parent[size_t(e)]) path_tokens_.push_back(tb.token[size_t(e)]);
+    path_tokens_.push_back(tb.token[0]);
+    std::reverse(path_tokens_.begin(), path_tokens_.end());
+    cached_.keep(size_t(root_pos));
+    cached_.append(path_tokens_.data(), path_tokens_.size());
 }
 
 }  // namespace heterospec

@@ -10,6 +10,7 @@
 #include "kv_paths.h"
 #include "llama.h"
 #include "model.h"
+#include "prompt_cache.h"
 
 namespace heterospec {
 
@@ -31,10 +32,13 @@ WalkResult walk_tree(const TreeBatch & tb, const std::function<int32_t(int32_t e
 
 class Verifier {
 public:
-    Verifier(llama_context * ctx, int32_t n_seq_max);
+    // `cached`: the record of what the target's cache holds (shared with the plain loop).
+    Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached);
 
-    // New generation: the prompt without its last token, in sequence 0, no logits.
-    void begin(const std::vector<int32_t> & prefix);
+    // New generation: the prompt without its last token, in sequence 0, no logits. With
+    // `reuse`, the prefix the cache holds already is kept and only the rest is run. Returns the
+    // tokens reused.
+    size_t begin(const std::vector<int32_t> & prefix, bool reuse);
     // Runs the batch: entry i at position root_pos + depth, in the sequences of its paths; the
     // root also runs in sequences n_paths..n_seqs-1 (padding for graph reuse).
     void decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs = 0);
@@ -51,6 +55,8 @@ private:
     llama_context * ctx_;
     BatchPtr batch_;
     KvPaths kv_;
+    CachedTokens & cached_;
+    std::vector<int32_t> path_tokens_;
     double llama_ms_ = 0;
 };
 

@@ -75,6 +75,9 @@ struct GenerateParams {
     int32_t max_tokens = 256;       // < 0: until end of generation or a full context
     std::vector<std::string> stop;  // stop strings: output ends before the first one
     bool ignore_eos = false;        // keep going past end-of-generation tokens
+    bool cache_prompt = true;       // reuse the KV of the longest prefix shared with the previous call
+    int32_t logprobs = -1;          // >= 0: report each token's log-probability and this many
+                                    // alternatives (OpenAI's top_logprobs, at most 20); -1: none
 };
 
 // Throws std::invalid_argument with a message naming the bad value.

@@ -1,5 +1,10 @@
 // The engine: a target model (and optionally a draft model with the same vocabulary) and the
-// decoding loop. Not thread-safe for concurrent generation: calls are serialised internally.
+// decoding loop.
+//
+// Threading: one generation at a time. Each call is atomic (an internal lock), but a generation
+// spans start() and every step(): callers that share an engine must own it from start() until
+// step() reports done (the Python Engine queues them). cancel() is the exception: any thread may
+// call it at any time.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +30,15 @@ struct Result {
     std::string finish_reason;       // "stop" (end of generation or stop string) or "length"
     Stats stats;
     std::vector<StepTrace> trace;    // per step, when asked for (spec.trace)
+    std::vector<TokenLogprob> logprobs;   // per generated token, when asked for (params.logprobs)
+};
+
+// The target vocabulary's special tokens (-1: none), for chat templates.
+struct SpecialTokens {
+    int32_t bos = -1;
+    int32_t eos = -1;
+    bool add_bos = false;   // tokenize(add_special=true) puts BOS first
+    bool add_eos = false;
 };
 
 struct StepOutput {
@@ -52,8 +66,13 @@ public:
     std::string detokenize(const std::vector<int32_t> & tokens, bool special) const;
     bool is_eog(int32_t token) const;
 
-    // Formats messages with the chat template stored in the target GGUF, or `tmpl` (a template
-    // text or a llama.cpp built-in name such as "chatml") when given.
+    // The Jinja chat template stored in the target GGUF (empty: none).
+    std::string chat_template() const;
+    SpecialTokens special_tokens() const;
+
+    // Formats messages with llama.cpp's built-in templates: the one it recognises in the target
+    // GGUF's template, or `tmpl` (a built-in name such as "chatml") when given. (The Python
+    // Engine renders the GGUF's Jinja template itself and falls back to this.)
     std::string format_chat(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
                             const std::string & tmpl = "") const;
 
@@ -65,6 +84,10 @@ public:
 
     // start() + step() until done.
     Result generate(const std::vector<int32_t> & prompt, const GenerateParams & params);
+
+    // Ends the generation in progress at its next step, with finish_reason "cancelled". Safe from
+    // any thread; without a generation in progress it does nothing (start() forgets it).
+    void cancel();
 
     // Forgets the text of earlier requests that n-gram drafting draws on (benchmarks start each
     // pass over their prompts from an empty memory, so that no mode copies another's output).

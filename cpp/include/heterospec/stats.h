@@ -3,11 +3,14 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace heterospec {
 
 struct Stats {
     int32_t prompt_tokens = 0;
+    int32_t cached_tokens = 0;      // prompt tokens whose KV was reused from the previous call
     int32_t generated_tokens = 0;   // tokens emitted (end-of-generation tokens excluded)
     double prompt_ms = 0;           // prompt processing, up to the first generated token
     double decode_ms = 0;           // everything after the first generated token
@@ -36,15 +39,23 @@ struct Stats {
     double mean_accepted() const { return steps ? double(generated_tokens) / steps : 0.0; }
     double mean_nodes() const { return steps ? double(nodes_verified) / steps : 0.0; }
 
-    // Prompt tokens per second.
+    // Prompt tokens processed (those not reused from the cache) per second.
     double prompt_tokens_per_second() const {
-        return prompt_ms > 0 ? prompt_tokens * 1e3 / prompt_ms : 0.0;
+        return prompt_ms > 0 ? (prompt_tokens - cached_tokens) * 1e3 / prompt_ms : 0.0;
     }
     // Generation speed: tokens after the first (which comes with the prompt) per second of
     // decoding, the rate llama.cpp reports as "eval".
     double tokens_per_second() const {
         return decode_ms > 0 && generated_tokens > 1 ? (generated_tokens - 1) * 1e3 / decode_ms : 0.0;
     }
+};
+
+// A generated token's log-probability under the target (softmax of its logits, before
+// sampling), with the most likely alternatives: OpenAI's `logprobs`.
+struct TokenLogprob {
+    int32_t token = -1;
+    float logprob = 0.0f;
+    std::vector<std::pair<int32_t, float>> top;   // (token, logprob), most likely first
 };
 
 // One speculative step, for calibration and plots.

@@ -9,8 +9,8 @@
 
 namespace heterospec {
 
-DraftModelDrafter::DraftModelDrafter(llama_context * ctx, int32_t n_seq_max)
-    : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max),
+DraftModelDrafter::DraftModelDrafter(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached)
+    : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max), cached_(cached),
       n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)))) {}
 
 void DraftModelDrafter::decode_or_throw() {
@@ -21,14 +21,17 @@ void DraftModelDrafter::decode_or_throw() {
 void DraftModelDrafter::decode_committed(const std::vector<int32_t> & tokens, bool logits_for_last) {
     llama_ms_ += decode_run(ctx_, batch_.get(), tokens.data(), tokens.size(), n_past_, kv_.live(),
                             logits_for_last, "draft", &calls_);
+    cached_.keep(size_t(n_past_));
+    cached_.append(tokens.data(), tokens.size());
     n_past_ += llama_pos(tokens.size());
 }
 
-void DraftModelDrafter::do_begin(const std::vector<int32_t> & prefix) {
-    kv_.reset();
+void DraftModelDrafter::do_begin(const std::vector<int32_t> & prefix, bool reuse) {
+    n_past_ = kv_.reset(llama_pos(reuse ? cached_.common_prefix(prefix) : 0));
+    cached_.keep(size_t(n_past_));
+    pending_.assign(prefix.begin() + n_past_, prefix.end());
+    decode_committed(pending_, false);
     pending_.clear();
-    n_past_ = 0;
-    decode_committed(prefix, false);
     calls_ = 0;
     llama_ms_ = 0;
 }
@@ -138,6 +141,8 @@ void DraftModelDrafter::do_commit(const DraftTree & tree, const std::vector<int3
         if (len > best_len) { best_len = len; best_seq = s; }
     }
     kv_.commit(best_seq, root_pos_ + 1, root_pos_ + 1 + best_len);
+    cached_.keep(size_t(root_pos_) + 1);
+    for (int32_t i = 0; i < best_len; ++i) cached_.append(&tree[accepted[size_t(i)]].token, 1);
     n_past_ = root_pos_ + 1 + best_len;
     for (size_t i = size_t(best_len); i < accepted.size(); ++i) pending_.push_back(tree[accepted[i]].token);
 }
@@ -147,6 +152,7 @@ double DraftModelDrafter::time_level(int32_t width) {
     time_pass(ctx_, batch_.get(), width, token);   // warm-up
     const double ms = time_pass(ctx_, batch_.get(), width, token);
     kv_.reset();
+    cached_.clear();
     pending_.clear();
     n_past_ = 0;
     return ms;

@@ -15,13 +15,15 @@
 #include "kv_paths.h"
 #include "llama.h"
 #include "model.h"
+#include "prompt_cache.h"
 #include "sampler.h"
 
 namespace heterospec {
 
 class DraftModelDrafter : public Drafter {
 public:
-    DraftModelDrafter(llama_context * ctx, int32_t n_seq_max);
+    // `cached`: the record of what the draft's cache holds, shared by every drafter using it.
+    DraftModelDrafter(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached);
     const char * name() const override { return "model"; }
 
     int32_t extend(DraftTree & tree, int32_t levels) override;
@@ -36,8 +38,8 @@ public:
     llama_context * context() const override { return ctx_; }
 
 protected:
-    // Processes `prefix` in sequence 0.
-    void do_begin(const std::vector<int32_t> & prefix) override;
+    // Processes `prefix` in sequence 0 (with `reuse`, the part not in the cache already).
+    void do_begin(const std::vector<int32_t> & prefix, bool reuse) override;
     void do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) override;
     // Keeps the longest accepted prefix already in the draft's cache and queues the rest, to be
     // run with the next root.
@@ -54,6 +56,7 @@ private:
     llama_context * ctx_;
     BatchPtr batch_;
     KvPaths kv_;
+    CachedTokens & cached_;
     int32_t n_vocab_;
     std::vector<int32_t> pending_;   // committed tokens not yet in the draft's cache
     llama_pos n_past_ = 0;           // committed tokens in the draft's cache

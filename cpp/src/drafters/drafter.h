@@ -1,7 +1,8 @@
 // The drafter interface: what proposes a step's tree of continuations (algorithm section 2).
 //
 // The engine owns its drafters and drives one per generation:
-//   begin(prefix)  once, with the prompt minus its last token (the first step's root);
+//   begin(prefix)  once, with the prompt minus its last token (the first step's root), reusing
+//                  what a model's cache holds of it already when asked (the prompt cache);
 //   start(tree)    each speculative step: drafts `levels` levels below the root;
 //   extend(tree)   more levels on the same tree, while the allocation asks for them, expanding
 //                  only the frontier nodes it keeps (narrow_frontier);
@@ -37,10 +38,11 @@ public:
     virtual ~Drafter() = default;
     virtual const char * name() const = 0;
 
-    // New generation: `prefix` is the prompt without its last token.
-    void begin(const std::vector<int32_t> & prefix) {
+    // New generation: `prefix` is the prompt without its last token. `reuse`: keep the part of
+    // it a model's cache holds already.
+    void begin(const std::vector<int32_t> & prefix, bool reuse) {
         started_ = false;
-        do_begin(prefix);
+        do_begin(prefix, reuse);
     }
     // Starts a step's tree at `tree` (reset to the root, the newest committed token, at position
     // root_pos) and drafts `levels` (>= 1) levels.
@@ -74,7 +76,7 @@ public:
     virtual bool wants_target_hidden() const { return false; }
 
 protected:
-    virtual void do_begin(const std::vector<int32_t> & prefix) = 0;
+    virtual void do_begin(const std::vector<int32_t> & prefix, bool reuse) = 0;
     virtual void do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) = 0;
     virtual void do_commit(const DraftTree & tree, const std::vector<int32_t> & accepted) = 0;
     // A step that drafted nothing: its root (tree[0]) is committed all the same.
@@ -86,11 +88,13 @@ private:
 };
 
 class SuffixIndex;
+class CachedTokens;
 
 // What drafters may be built from: the draft model's context (null without one) and the
 // engine's n-gram memory of everything it has seen.
 struct DrafterInputs {
     llama_context * draft_ctx = nullptr;
+    CachedTokens * draft_cached = nullptr;   // what the draft's cache holds (the prompt cache)
     const SuffixIndex * index = nullptr;
     int32_t n_seq_max = 1;
 };

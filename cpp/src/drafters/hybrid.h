@@ -12,8 +12,8 @@ namespace heterospec {
 
 class HybridDrafter : public Drafter {
 public:
-    HybridDrafter(llama_context * draft_ctx, int32_t n_seq_max, const SuffixIndex & index)
-        : model_(draft_ctx, n_seq_max), ngram_(index) {}
+    HybridDrafter(llama_context * draft_ctx, int32_t n_seq_max, CachedTokens & cached, const SuffixIndex & index)
+        : model_(draft_ctx, n_seq_max, cached), ngram_(index) {}
     const char * name() const override { return "hybrid"; }
 
     int32_t extend(DraftTree & tree, int32_t levels) override { return model_.extend(tree, levels); }
@@ -28,7 +28,7 @@ public:
     llama_context * context() const override { return model_.context(); }
 
 protected:
-    void do_begin(const std::vector<int32_t> & prefix) override { model_.begin(prefix); }
+    void do_begin(const std::vector<int32_t> & prefix, bool reuse) override { model_.begin(prefix, reuse); }
     void do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) override {
         model_.start(tree, shape, root_pos, levels);
         ngram_.add_branches(tree, shape, levels);

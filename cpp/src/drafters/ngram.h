@@ -31,7 +31,7 @@ public:
     void add_branches(DraftTree & tree, const DraftShape & shape, int32_t levels);
 
 protected:
-    void do_begin(const std::vector<int32_t> &) override {}   // the engine feeds the index
+    void do_begin(const std::vector<int32_t> &, bool) override {}   // the engine feeds the index
     void do_start(DraftTree & tree, const DraftShape & shape, llama_pos, int32_t levels) override {
         add_branches(tree, shape, levels);
     }

@@ -18,11 +18,11 @@ struct Entry {
 
 const Entry kDrafters[] = {
     {"model", true, [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
-         return std::make_unique<DraftModelDrafter>(in.draft_ctx, in.n_seq_max); }},
+         return std::make_unique<DraftModelDrafter>(in.draft_ctx, in.n_seq_max, *in.draft_cached); }},
     {"ngram", false, [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
          return std::make_unique<NgramDrafter>(*in.index); }},
     {"hybrid", true, [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
-         return std::make_unique<HybridDrafter>(in.draft_ctx, in.n_seq_max, *in.index); }},
+         return std::make_unique<HybridDrafter>(in.draft_ctx, in.n_seq_max, *in.draft_cached, *in.index); }},
 };
 
 const Entry * find(const std::string & name) {
