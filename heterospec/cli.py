@@ -110,6 +110,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import serve
+    except ImportError as e:
+        raise RuntimeError(f"the server needs its extra: pip install 'heterospec[server]' ({e})") from None
+    from pathlib import Path
+
+    from .engine import Engine
+
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    name = args.alias or Path(args.model).stem
+    with Engine(args.model, draft=args.model_draft, **_pick(args, ENGINE_KEYS)) as engine:
+        serve(engine, name, host=args.host, port=args.port, api_key=args.api_key,
+              log_level="debug" if args.verbose else "info")
+    return 0
+
+
 # bench --regime: the standard configurations of benchmarks/README.md
 REGIMES = {"memory-bound": ("cpu-300m", "f16"), "compute-bound": ("cpu-300m", "q8_0")}
 
@@ -142,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(g)
     _spec_args(g)
     g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API (needs heterospec[server])")
+    _model_args(s)
+    s.add_argument("--drafter", choices=["model", "ngram", "hybrid"],
+                   help="what drafts (default: hybrid with -md, else ngram); requests may override it")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8080, help="port (8080; 0: any free port)")
+    s.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY' on every endpoint but /health")
+    s.add_argument("-a", "--alias", help="model name the API reports and accepts (default: the file's stem)")
+    s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("bench", help="measure decoding modes side by side (greedy)")
     b.add_argument("-m", "--model", required=True, help="target model (GGUF)")

@@ -102,6 +102,12 @@ class _Queue:
             if self._owner is ticket:
                 self._owner_thread = threading.get_ident()
 
+    def if_owner(self, ticket: object, action) -> None:
+        """Runs `action` if `ticket` owns the engine (atomically with handing it on)."""
+        with self._cond:
+            if self._owner is ticket:
+                action()
+
     def release(self, ticket: object) -> None:
         with self._cond:
             if self._owner is ticket:
@@ -147,10 +153,16 @@ class Stream(Iterator[str]):
         return list(self._native.result().logprobs)[since:] if self._native is not None else []
 
     def close(self) -> None:
-        """Stops the generation (if it is still running) and hands the engine to the next caller."""
+        """Stops the generation (if it is still running) and hands the engine to the next caller.
+        Call it from the thread that iterates the stream; other threads use cancel()."""
         self._finish(cancel=True)
 
-    cancel = close
+    def cancel(self) -> None:
+        """Asks the generation to stop at its next step (from any thread): the iteration then
+        ends, with finish_reason "cancelled"."""
+        native = self._native
+        if native is not None:
+            self._engine._queue.if_owner(self._ticket, native.cancel)
 
     def _finish(self, cancel: bool = False) -> None:
         native, self._native = self._native, None

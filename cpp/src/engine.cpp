@@ -359,6 +359,7 @@ struct Engine::Impl {
                 g.logits = verifier->logits(e);
                 return wrong_rule ? wrong_rule_draw(e) : g.sampler->sample(g.logits, g.history.data(), g.history.size()); },
             [&](int32_t y) { return accept(y); }, accepted);
+        g.stats.accepted_draft += int32_t(accepted.size());
         for (int32_t e : accepted) {   // also when generation ends inside the path
             const uint8_t source = tree[tb.node[size_t(e)]].source;
             g.stats.accepted_model += (source & kFromModel) != 0;
