@@ -494,6 +494,7 @@ async def _sse(job: _Job, rid: str, model: str, chat: bool, include_usage: bool,
 def serve(engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 8080,
           api_key: Optional[str] = None, log_level: str = "info") -> None:
     """Runs the server until SIGINT/SIGTERM (uvicorn handles both and shuts down cleanly)."""
+    import signal
     import sys
 
     import uvicorn
@@ -512,4 +513,10 @@ def serve(engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 
                   file=sys.stderr, flush=True)
             break
     server.startup = startup
-    server.run()
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: end quietly
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
