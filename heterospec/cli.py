@@ -122,8 +122,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     name = args.alias or Path(args.model).stem
+    template = args.chat_template
+    if args.chat_template_file:
+        template = Path(args.chat_template_file).read_text(encoding="utf-8")
     with Engine(args.model, draft=args.model_draft, **_pick(args, ENGINE_KEYS)) as engine:
-        serve(engine, name, host=args.host, port=args.port, api_key=args.api_key,
+        if template:   # a template that does not parse fails here, not at the first request
+            engine.format_chat([{"role": "user", "content": "x"}], chat_template=template)
+        serve(engine, name, host=args.host, port=args.port, api_key=args.api_key, chat_template=template,
               log_level="debug" if args.verbose else "info")
     return 0
 
@@ -169,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8080, help="port (8080; 0: any free port)")
     s.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY' on every endpoint but /health")
     s.add_argument("-a", "--alias", help="model name the API reports and accepts (default: the file's stem)")
+    s.add_argument("--chat-template", dest="chat_template",
+                   help="chat template: Jinja source or a llama.cpp built-in name (default: the GGUF's)")
+    s.add_argument("--chat-template-file", dest="chat_template_file", help="read the Jinja chat template from a file")
     s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("bench", help="measure decoding modes side by side (greedy)")

@@ -211,9 +211,14 @@ class _Job:
 # -- the app -------------------------------------------------------------------------------------
 
 
-def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None) -> FastAPI:
+_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+
+
+def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
+               chat_template: Optional[str] = None) -> FastAPI:
     """The server's app on `engine`, answering to `model_name`; with `api_key`, every endpoint but
-    /health requires `Authorization: Bearer <api_key>`."""
+    /health requires `Authorization: Bearer <api_key>`. `chat_template` overrides the GGUF's (Jinja
+    source or a llama.cpp built-in name)."""
     app = FastAPI(title="HeteroSpec", version=__import__("heterospec").__version__)
     metrics = _Metrics(engine)
     created = int(time.time())
@@ -235,8 +240,8 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None) -
 
     @app.middleware("http")
     async def _auth_and_count(request: Request, call_next):
-        path = request.url.path
-        if api_key is not None and path != "/health":
+        path = request.url.path if request.url.path in _ENDPOINTS else "other"   # bounded label values
+        if api_key is not None and request.url.path != "/health":
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 metrics.requests.labels(path, "401").inc()
@@ -267,8 +272,8 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None) -
     async def chat_completions(body: ChatRequest, request: Request):
         _check_model(body.model, model_name)
         try:
-            prompt = engine.format_chat(body.messages, add_generation_prompt=True, tools=body.tools,
-                                        **(body.chat_template_kwargs or {}))
+            prompt = engine.format_chat(body.messages, add_generation_prompt=True, chat_template=chat_template,
+                                        tools=body.tools, **(body.chat_template_kwargs or {}))
         except ChatTemplateError as e:
             raise APIError(400, str(e), param="messages") from None
         except (ValueError, TypeError) as e:
@@ -492,14 +497,14 @@ async def _sse(job: _Job, rid: str, model: str, chat: bool, include_usage: bool,
 
 
 def serve(engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 8080,
-          api_key: Optional[str] = None, log_level: str = "info") -> None:
+          api_key: Optional[str] = None, chat_template: Optional[str] = None, log_level: str = "info") -> None:
     """Runs the server until SIGINT/SIGTERM (uvicorn handles both and shuts down cleanly)."""
     import signal
     import sys
 
     import uvicorn
 
-    app = create_app(engine, model_name, api_key)
+    app = create_app(engine, model_name, api_key, chat_template)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     original_startup = server.startup

@@ -27,10 +27,10 @@ GREEDY = dict(temperature=0, max_tokens=24, extra_body={"mode": "tree"})
 
 
 class LiveServer:
-    def __init__(self, engine, name="tiny", api_key=None):
+    def __init__(self, engine, name="tiny", api_key=None, chat_template=None):
         self.engine = engine
-        self.server = uvicorn.Server(uvicorn.Config(create_app(engine, name, api_key), host="127.0.0.1", port=0,
-                                                    log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(create_app(engine, name, api_key, chat_template), host="127.0.0.1",
+                                                    port=0, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 30
@@ -269,7 +269,20 @@ def test_serve_command_starts_prints_its_url_and_stops_cleanly(tiny, sig):
             p.kill()
 
 
-def test_serve_without_the_extra_or_with_a_bad_port_is_a_clear_error(tiny):
-    r = subprocess.run([sys.executable, "-m", "heterospec", "serve", "-m", str(tiny.target), "--port", "70000"],
+@pytest.mark.parametrize("args,words", [(["--port", "70000"], "--port"),
+                                        (["--chat-template", "{% for m in messages %}"], "does not parse")])
+def test_serve_with_bad_options_is_a_clear_error(tiny, args, words):
+    r = subprocess.run([sys.executable, "-m", "heterospec", "serve", "-m", str(tiny.target), "-c", "256", *args],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "--port" in r.stderr
+    assert r.returncode == 1 and words in r.stderr, r.stderr
+
+
+def test_a_chat_template_override(tiny):
+    engine = Engine(tiny.target, n_threads=1, n_ctx=256)
+    server = LiveServer(engine, chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")
+    try:
+        r = server.client.chat.completions.create(model="tiny", messages=MESSAGES[2], max_tokens=4, temperature=0)
+        assert r.usage.prompt_tokens == len(engine.tokenize("hello world", parse_special=True))
+    finally:
+        server.stop()
+        engine.close()
