@@ -17,6 +17,7 @@
 #include "entropy.h"
 #include "policy.h"
 #include "sampler.h"
+#include "sparse_prefill.h"
 #include "suffix_index.h"
 #include "topk.h"
 #include "text_stream.h"
@@ -43,6 +44,7 @@ NB_MODULE(_core, m) {
     // Where the numbers come from: the llama.cpp build and the devices it sees.
     m.def("build_info", []() {
         nb::dict d;
+        d["sparse_prefill"] = sparse_prefill_available();
         d["llama_cpp"] = HETEROSPEC_LLAMA_CPP_SOURCE;
         d["system_info"] = std::string(llama_print_system_info());
         std::vector<std::string> devices;
@@ -67,6 +69,15 @@ NB_MODULE(_core, m) {
         .def_rw("path", &ModelOptions::path)
         .def_rw("n_gpu_layers", &ModelOptions::n_gpu_layers);
 
+    nb::class_<SparsePrefillOptions>(m, "SparsePrefillOptions")
+        .def(nb::init<>())
+        .def_rw("mode", &SparsePrefillOptions::mode)
+        .def_rw("alpha", &SparsePrefillOptions::alpha)
+        .def_rw("row_frac", &SparsePrefillOptions::row_frac)
+        .def_rw("window_frac", &SparsePrefillOptions::window_frac)
+        .def_rw("k_max_frac", &SparsePrefillOptions::k_max_frac)
+        .def_rw("min_ctx", &SparsePrefillOptions::min_ctx);
+
     nb::class_<EngineOptions>(m, "EngineOptions")
         .def(nb::init<>())
         .def_rw("target", &EngineOptions::target)
@@ -80,6 +91,7 @@ NB_MODULE(_core, m) {
         .def_rw("cache_type_v", &EngineOptions::cache_type_v)
         .def_rw("drafter", &EngineOptions::drafter)
         .def_rw("max_nodes", &EngineOptions::max_nodes)
+        .def_rw("sparse_prefill", &EngineOptions::sparse_prefill)
         .def_rw("verbose", &EngineOptions::verbose);
 
     nb::class_<SamplingParams>(m, "SamplingParams")
@@ -122,6 +134,8 @@ NB_MODULE(_core, m) {
         .def_ro("cached_tokens", &Stats::cached_tokens)
         .def_ro("generated_tokens", &Stats::generated_tokens)
         .def_ro("prompt_ms", &Stats::prompt_ms)
+        .def_ro("sparse_kept_fraction", &Stats::sparse_kept_fraction)
+        .def_ro("sparse_columns", &Stats::sparse_columns)
         .def_ro("decode_ms", &Stats::decode_ms)
         .def_ro("mode", &Stats::mode)
         .def_ro("drafter", &Stats::drafter)
@@ -194,6 +208,29 @@ NB_MODULE(_core, m) {
                  return nb::make_tuple(out.text, out.done);
              })
         .def("result", &Engine::result)
+        .def("check", &Engine::check, "prompt"_a, "params"_a)
+        .def("score", [](Engine & e, const std::vector<int32_t> & prompt, const std::vector<int32_t> & continuation) {
+            std::pair<std::vector<float>, Stats> r;
+            {
+                nb::gil_scoped_release release;
+                r = e.score(prompt, continuation);
+            }
+            const size_t n = r.first.size();
+            float * data = new float[n];
+            std::copy(r.first.begin(), r.first.end(), data);
+            nb::capsule owner(data, [](void * p) noexcept { delete[] static_cast<float *>(p); });
+            const size_t shape[2] = {continuation.size(), size_t(e.n_vocab())};
+            return nb::make_tuple(nb::ndarray<nb::numpy, float, nb::ndim<2>>(data, 2, shape, owner), r.second);
+        }, "prompt"_a, "continuation"_a)
+        .def("logprobs_since", [](const Engine & e, size_t from) {
+            std::vector<std::tuple<int32_t, float, std::vector<std::pair<int32_t, float>>>> out;
+            for (const auto & l : e.logprobs_since(from)) out.emplace_back(l.token, l.logprob, l.top);
+            return out;
+        }, "from"_a)
+        .def("token_piece", [](const Engine & e, int32_t token) {
+            const std::string s = e.token_piece(token);
+            return nb::bytes(s.data(), s.size());
+        }, "token"_a)
         .def("debug_kv_state", &Engine::debug_kv_state)
         .def("debug_n_past", &Engine::debug_n_past)
         .def("clear_ngram_memory", &Engine::clear_ngram_memory)

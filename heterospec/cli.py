@@ -26,6 +26,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-ctv", "--cache-type-v", dest="cache_type_v", help="KV cache type for V (f16)")
     g.add_argument("--max-nodes", type=int, dest="max_nodes", help="largest tree budget a call may use (64)")
     g.add_argument("-v", "--verbose", action="store_true", default=None, help="show llama.cpp's log")
+    s = p.add_argument_group("sparse prefill (SampleAttention, for long prompts)")
+    s.add_argument("--sparse-prefill", choices=["off", "sample"], dest="sparse_prefill",
+                   help="sample: adaptive structured sparse attention over the target's prompt processing (off)")
+    s.add_argument("--sparse-alpha", type=float, dest="sparse_alpha", help="attention mass to keep (0.95)")
+    s.add_argument("--sparse-row-frac", type=float, dest="sparse_row_frac", help="query rows sampled (0.05)")
+    s.add_argument("--sparse-window-frac", type=float, dest="sparse_window_frac",
+                   help="local window, a fraction of the context (0.08)")
+    s.add_argument("--sparse-k-max", type=float, dest="sparse_k_max",
+                   help="most columns selected, a fraction of the context (0.25)")
+    s.add_argument("--sparse-min-ctx", type=int, dest="sparse_min_ctx", help="shorter contexts stay dense (2048)")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +82,8 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 
 
 ENGINE_KEYS = ("n_gpu_layers", "n_gpu_layers_draft", "n_ctx", "n_batch", "n_threads", "n_threads_batch",
-               "flash_attn", "cache_type_k", "cache_type_v", "drafter", "max_nodes", "verbose")
+               "flash_attn", "cache_type_k", "cache_type_v", "drafter", "max_nodes", "verbose", "sparse_prefill",
+               "sparse_alpha", "sparse_row_frac", "sparse_window_frac", "sparse_k_max", "sparse_min_ctx")
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
                  "seed", "stop", "ignore_eos", "mode", "depth", "branching", "width", "budget", "n_max", "p_min", "policy", "force_policy", "cost_aware")
 
@@ -121,6 +132,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_queue < 1:
+        raise ValueError(f"--max-queue must be at least 1, got {args.max_queue}")
     name = args.alias or Path(args.model).stem
     template = args.chat_template
     if args.chat_template_file:
@@ -129,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if template:   # a template that does not parse fails here, not at the first request
             engine.format_chat([{"role": "user", "content": "x"}], chat_template=template)
         serve(engine, name, host=args.host, port=args.port, api_key=args.api_key, chat_template=template,
-              log_level="debug" if args.verbose else "info")
+              max_queue=args.max_queue, log_level="debug" if args.verbose else "info")
     return 0
 
 
@@ -143,6 +156,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.pad_target:
             raise ValueError("--regime sets the padding itself: give it or --pad-target, not both")
         args.pad_target, args.pad_type = REGIMES[args.regime]
+    return run(args)
+
+
+def cmd_eval_prefill(args: argparse.Namespace) -> int:
+    from .eval_prefill import run
+    if not args.lengths or min(args.lengths) < 16:
+        raise ValueError("--lengths needs prompt lengths of at least 16 tokens")
+    if args.n_predict < 1 or args.repeats < 1:
+        raise ValueError("-n and --repeats must be at least 1")
+    if any(not 0.0 <= d <= 1.0 for d in args.needle_depths):
+        raise ValueError("--needle-depths must be in [0, 1]")
     return run(args)
 
 
@@ -174,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8080, help="port (8080; 0: any free port)")
     s.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY' on every endpoint but /health")
     s.add_argument("-a", "--alias", help="model name the API reports and accepts (default: the file's stem)")
+    s.add_argument("--max-queue", type=int, default=64, dest="max_queue",
+                   help="requests running or waiting beyond which the server answers 503 (64)")
     s.add_argument("--chat-template", dest="chat_template",
                    help="chat template: Jinja source or a llama.cpp built-in name (default: the GGUF's)")
     s.add_argument("--chat-template-file", dest="chat_template_file", help="read the Jinja chat template from a file")
@@ -212,6 +238,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cost-profile", help="also PROJECT each mode's speed under another device's cost profile "
                    "(JSON, see benchmarks/profiles/); projected figures are printed apart from measured ones")
     b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("eval-prefill", help="sparse prefill (SampleAttention) against dense attention: "
+                                           "TTFT, KL, top-1 agreement, greedy continuation, needle grid")
+    e.add_argument("-m", "--model", required=True, help="model (GGUF)")
+    e.add_argument("-c", "--ctx-size", type=int, default=8448, dest="n_ctx", help="context size (8448)")
+    e.add_argument("-b", "--batch-size", type=int, dest="n_batch", help="prompt tokens per decode call (512)")
+    e.add_argument("-t", "--threads", type=int, dest="n_threads")
+    e.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192], help="prompt lengths in tokens")
+    e.add_argument("-n", "--n-predict", type=int, default=64, dest="n_predict", help="continuation for KL and top-1 (64)")
+    e.add_argument("--repeats", type=int, default=2, help="TTFT repeats, interleaved (2)")
+    e.add_argument("--needle-depths", type=float, nargs="*", default=[0.1, 0.5, 0.9], dest="needle_depths",
+                   help="needle depths (0: start, 1: end); none: no needle grid")
+    e.add_argument("--needle-lengths", type=int, nargs="*", dest="needle_lengths",
+                   help="needle grid prompt lengths (default: --lengths)")
+    e.add_argument("--sparse-alpha", type=float, dest="sparse_alpha")
+    e.add_argument("--sparse-row-frac", type=float, dest="sparse_row_frac")
+    e.add_argument("--sparse-window-frac", type=float, dest="sparse_window_frac")
+    e.add_argument("--sparse-k-max", type=float, dest="sparse_k_max")
+    e.add_argument("--sparse-min-ctx", type=int, dest="sparse_min_ctx")
+    e.add_argument("--json", help="write every figure to this JSON file")
+    e.set_defaults(func=cmd_eval_prefill)
 
     c = sub.add_parser("calibrate", help="fit the entropy partition (policy JSON) for a model pair")
     c.add_argument("-m", "--model", required=True, help="target model (GGUF)")

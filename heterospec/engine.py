@@ -75,7 +75,8 @@ class _Queue:
         self._owner: Optional[object] = None
         self._owner_thread: Optional[int] = None
 
-    def acquire(self, timeout: Optional[float]) -> object:
+    def acquire(self, timeout: Optional[float], abort: Optional[threading.Event] = None) -> object:
+        """Waits for the engine. `abort` set while waiting (then call wake()) gives up: EngineBusy."""
         ticket = object()
         with self._cond:
             if self._owner is not None and self._owner_thread == threading.get_ident():
@@ -83,7 +84,10 @@ class _Queue:
                                    "before starting another generation")
             self._waiting.append(ticket)
             try:
-                ok = self._cond.wait_for(lambda: self._owner is None and self._waiting[0] is ticket, timeout)
+                ok = self._cond.wait_for(lambda: (abort is not None and abort.is_set()) or
+                                         (self._owner is None and self._waiting[0] is ticket), timeout)
+                if ok and abort is not None and abort.is_set():
+                    raise EngineBusy("the request was abandoned while it waited for the engine")
             except BaseException:
                 self._waiting.remove(ticket)
                 self._cond.notify_all()
@@ -96,16 +100,22 @@ class _Queue:
             self._owner, self._owner_thread = ticket, threading.get_ident()
             return ticket
 
+    def wake(self) -> None:
+        """Lets waiters look at their abort events again."""
+        with self._cond:
+            self._cond.notify_all()
+
     def moved(self, ticket: object) -> None:
         """The owner is now advanced from this thread."""
         with self._cond:
             if self._owner is ticket:
                 self._owner_thread = threading.get_ident()
 
-    def if_owner(self, ticket: object, action) -> None:
-        """Runs `action` if `ticket` owns the engine (atomically with handing it on)."""
+    def if_owner(self, ticket: Optional[object], action) -> None:
+        """Runs `action` if `ticket` owns the engine (None: if anyone does), atomically with
+        handing it on."""
         with self._cond:
-            if self._owner is ticket:
+            if self._owner is not None and (ticket is None or self._owner is ticket):
                 action()
 
     def release(self, ticket: object) -> None:
@@ -122,49 +132,55 @@ class _Queue:
 class Stream(Iterator[str]):
     """The text of one generation, piece by piece as it is decoded. It owns its engine until it
     is exhausted, closed (close(), a `with` block) or garbage-collected; `result` holds the
-    outcome from then on (finish_reason "cancelled" if closed early)."""
+    outcome from then on (finish_reason "cancelled" if closed early). Any thread may close or
+    cancel it: a close waits for a step in progress to end."""
 
     def __init__(self, engine: "Engine", native: "_core.Engine", ticket: object, logprobs: bool):
         self._engine, self._native, self._ticket, self._logprobs = engine, native, ticket, logprobs
+        self._lock = threading.Lock()   # one step, or the finish, at a time
         self.result: Optional[GenerationResult] = None
 
     def __iter__(self) -> "Stream":
         return self
 
     def __next__(self) -> str:
-        while self._native is not None:
-            self._engine._queue.moved(self._ticket)
-            try:
-                text, done = self._native.step()
-            except BaseException:
-                self._finish(cancel=True)
-                raise
-            if done:
-                self._finish()
+        while True:
+            with self._lock:
+                native = self._native
+                if native is None:
+                    raise StopIteration
+                self._engine._queue.moved(self._ticket)
+                try:
+                    text, done = native.step()
+                except BaseException:
+                    self._finish(cancel=True)
+                    raise
+                if done:
+                    self._finish()
             if text:
                 return text
-        raise StopIteration
 
     def new_logprobs(self, since: int) -> list:
         """Logprobs (as in GenerationResult) of the tokens generated from index `since` on."""
-        r = self.result if self._native is None else None
-        if r is not None:
-            return (r.logprobs or [])[since:]
-        return list(self._native.result().logprobs)[since:] if self._native is not None else []
+        native = self._native
+        if native is not None:
+            return list(native.logprobs_since(since))
+        return (self.result.logprobs or [])[since:] if self.result is not None else []
 
     def close(self) -> None:
-        """Stops the generation (if it is still running) and hands the engine to the next caller.
-        Call it from the thread that iterates the stream; other threads use cancel()."""
-        self._finish(cancel=True)
+        """Stops the generation (if it is still running) and hands the engine to the next caller."""
+        self.cancel()   # a step in progress ends sooner
+        with self._lock:
+            self._finish(cancel=True)
 
     def cancel(self) -> None:
-        """Asks the generation to stop at its next step (from any thread): the iteration then
-        ends, with finish_reason "cancelled"."""
+        """Asks the generation to stop at its next step (from any thread, without waiting): the
+        iteration then ends, with finish_reason "cancelled"."""
         native = self._native
         if native is not None:
             self._engine._queue.if_owner(self._ticket, native.cancel)
 
-    def _finish(self, cancel: bool = False) -> None:
+    def _finish(self, cancel: bool = False) -> None:   # with self._lock held
         native, self._native = self._native, None
         if native is None:
             return
@@ -212,6 +228,13 @@ class Engine:
     >>> with Engine("target.gguf", draft="draft.gguf") as eng:
     ...     print(eng.generate("def fibonacci(n):", max_tokens=64, temperature=0).text)
 
+    `sparse_prefill="sample"` runs SampleAttention (adaptive structured sparse attention) over the
+    target's prompt processing of long contexts: `sparse_alpha` (0.95, attention mass kept),
+    `sparse_row_frac` (0.05, query rows sampled), `sparse_window_frac` (0.08, local window),
+    `sparse_k_max` (0.25, most columns selected, a fraction of the context), `sparse_min_ctx`
+    (2048: shorter contexts stay dense); decoding and verification stay dense, and
+    `stats.sparse_kept_fraction` reports the share of attention columns kept.
+
     `drafter` says what drafts the trees: "ngram" (continuations of earlier text: the prompt,
     the output so far and earlier requests to this engine; no model needed), "model" (the draft
     model), "hybrid" (both in one tree). Default: "hybrid" with a draft model (it measured best),
@@ -228,7 +251,10 @@ class Engine:
                  flash_attn: Union[bool, str, None] = None,
                  cache_type_k: Optional[str] = None, cache_type_v: Optional[str] = None,
                  drafter: Optional[str] = None, max_nodes: Optional[int] = None, verbose: Optional[bool] = None,
-                 cost_profile_cache: Union[bool, str, os.PathLike] = True):
+                 cost_profile_cache: Union[bool, str, os.PathLike] = True,
+                 sparse_prefill: Optional[str] = None, sparse_alpha: Optional[float] = None,
+                 sparse_row_frac: Optional[float] = None, sparse_window_frac: Optional[float] = None,
+                 sparse_k_max: Optional[float] = None, sparse_min_ctx: Optional[int] = None):
         _check_int("n_ctx", n_ctx, 0)
         _check_int("n_batch", n_batch, 1)
         _check_int("n_threads", n_threads, 0)
@@ -244,6 +270,9 @@ class Engine:
         if draft is not None:
             opts.draft.path = os.fspath(draft)
             _set(opts.draft, n_gpu_layers=n_gpu_layers_draft if n_gpu_layers_draft is not None else n_gpu_layers)
+        _check_int("sparse_min_ctx", sparse_min_ctx, 0)
+        _set(opts.sparse_prefill, mode=sparse_prefill, alpha=sparse_alpha, row_frac=sparse_row_frac,
+             window_frac=sparse_window_frac, k_max_frac=sparse_k_max, min_ctx=sparse_min_ctx)
         _set(opts, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, n_threads_batch=n_threads_batch,
              flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, drafter=drafter,
              max_nodes=max_nodes, verbose=verbose)
@@ -309,6 +338,10 @@ class Engine:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
         return list(self._engine.tokenize(text, add_special, parse_special))
+
+    def token_piece(self, token: int) -> bytes:
+        """A token's own bytes (special tokens spelled out; maybe part of a UTF-8 character)."""
+        return self._engine.token_piece(int(token))
 
     def detokenize(self, tokens: Iterable[int], special: bool = False) -> str:
         return self._engine.detokenize([int(t) for t in tokens], special)
@@ -477,27 +510,55 @@ class Engine:
                 pass
         return s.result
 
-    def stream(self, prompt: Prompt, *, queue_timeout: Optional[float] = None, **kwargs) -> Stream:
+    def stream(self, prompt: Prompt, *, queue_timeout: Optional[float] = None,
+               abort: Optional[threading.Event] = None, **kwargs) -> Stream:
         """Like generate(), but returns a Stream that yields the text as it is decoded; it owns
         the engine until it is exhausted or closed. `stream.result` (and `last_result`) holds
-        the outcome from then on."""
-        params = self._params(**kwargs)
-        tokens = self._prompt_tokens(prompt)
+        the outcome from then on. `abort`: an Event that, set while this call waits for the
+        engine (then call `wake_queue()`), gives up the wait with EngineBusy."""
+        params, tokens = self.check(prompt, **kwargs)
         engine = self._engine
-        ticket = self._queue.acquire(queue_timeout)
+        ticket = self._queue.acquire(queue_timeout, abort)
         try:
             self._ensure_profile(params)
             engine.start(tokens, params)
+            return Stream(self, engine, ticket, logprobs=params.logprobs >= 0)
         except BaseException:
             self._queue.release(ticket)
             raise
-        return Stream(self, engine, ticket, logprobs=params.logprobs >= 0)
+
+    def check(self, prompt: Prompt, **kwargs):
+        """Checks a request as generate() would, without running it (ValueError, TypeError).
+        Returns the native parameters and the prompt's tokens."""
+        params = self._params(**kwargs)
+        tokens = self._prompt_tokens(prompt)
+        self._engine.check(tokens, params)
+        return params, tokens
+
+    def wake_queue(self) -> None:
+        """Lets callers waiting for the engine look at their `abort` events."""
+        self._queue.wake()
+
+    def score(self, prompt: Prompt, continuation: Sequence[int], *, queue_timeout: Optional[float] = None):
+        """Teacher-forced scoring: processes `prompt` as plain decoding would (with the engine's
+        sparse prefill, without the prompt cache), then feeds `continuation` token by token.
+        Returns (log-probabilities, a numpy array of len(continuation) x n_vocab, row i before
+        continuation[i]; Stats of the prompt: prompt_ms, sparse_kept_fraction)."""
+        tokens = self._prompt_tokens(prompt)
+        ticket = self._queue.acquire(queue_timeout)
+        try:
+            rows, stats = self._engine.score(tokens, [int(t) for t in continuation])
+        finally:
+            self._queue.release(ticket)
+        return rows, Stats(stats)
 
     def cancel(self) -> None:
-        """Stops the generation running now (from any thread, e.g. a GUI's stop button) at its
-        next step; it ends with finish_reason "cancelled". Queued callers are not affected."""
-        if self._native is not None:
-            self._native.cancel()
+        """Stops the generation that owns the engine now (from any thread, e.g. a GUI's stop
+        button) at its next step; it ends with finish_reason "cancelled". Queued callers are not
+        affected."""
+        native = self._native
+        if native is not None:
+            self._queue.if_owner(None, native.cancel)
 
     @property
     def queue_length(self) -> int:

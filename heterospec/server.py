@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 from sse_starlette.sse import EventSourceResponse
 
 from .chat_template import ChatTemplateError
-from .engine import Engine, GenerationResult
+from .engine import Engine, EngineBusy, GenerationResult
 
 # -- requests: OpenAI's fields, plus llama-server's and HeteroSpec's own (speculation) ------------
 
@@ -44,8 +44,8 @@ class _Common(BaseModel):
     frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     stop: Union[str, list[str], None] = None
     seed: Optional[StrictInt] = None
-    n: StrictInt = 1
-    stream: StrictBool = False
+    n: Optional[StrictInt] = None
+    stream: Optional[StrictBool] = None
     stream_options: Optional[dict] = None
     ignore_eos: Optional[StrictBool] = None
     cache_prompt: Optional[StrictBool] = None
@@ -71,7 +71,7 @@ class _Common(BaseModel):
     @field_validator("n")
     @classmethod
     def _one_choice(cls, v):
-        if v != 1:
+        if v is not None and v != 1:
             raise ValueError("only n=1 is supported")
         return v
 
@@ -89,13 +89,30 @@ class ChatRequest(_Common):
     logprobs: Optional[StrictBool] = None
     top_logprobs: Optional[StrictInt] = Field(default=None, ge=0, le=20)
     tools: Optional[list[dict]] = None
+    tool_choice: Union[str, dict, None] = None
+    response_format: Optional[dict] = None
     chat_template_kwargs: Optional[dict] = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice(cls, v):
+        if v not in (None, "none", "auto"):
+            raise ValueError("tool_choice may be 'none' or 'auto': tools reach the chat template, but tool calls "
+                             "are not parsed out of the reply")
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v):
+        if v is not None and v.get("type") != "text":
+            raise ValueError("only response_format {'type': 'text'} is supported")
+        return v
 
 
 class CompletionRequest(_Common):
     prompt: Union[str, list[StrictInt], list[str]]
     logprobs: Optional[StrictInt] = Field(default=None, ge=0, le=5)
-    echo: StrictBool = False
+    echo: Optional[StrictBool] = None
 
     @field_validator("prompt")
     @classmethod
@@ -183,26 +200,36 @@ class _Job:
 
     def _run(self) -> None:
         try:
-            stream = self.engine.stream(self.prompt, **self.kwargs)   # waits its turn
+            stream = self.engine.stream(self.prompt, abort=self.abandoned, **self.kwargs)   # waits its turn
+        except EngineBusy:   # the client left while it waited
+            self._put("error", APIError(499, "the client closed the request"))
+            return
+        except BaseException as e:   # reported to the request, never lost in the thread
+            self._put("error", e)
+            return
+        try:
             with self._lock:
                 self._stream = stream
             with stream:
                 n = 0
+                want = self.kwargs.get("logprobs") is not None
                 for piece in stream:
-                    if self.abandoned.is_set():
-                        break
-                    lp = stream.new_logprobs(n) if self.kwargs.get("logprobs") is not None else []
+                    lp = stream.new_logprobs(n) if want else []
                     n += len(lp)
                     self._put("text", piece, lp)
-                if self.abandoned.is_set():
-                    stream.cancel()
+                    if self.abandoned.is_set():
+                        break
+            rest = (stream.result.logprobs or [])[n:]   # tokens that ended without text of their own
+            if rest:
+                self._put("text", "", rest)
             self._put("done", stream.result)
-        except BaseException as e:   # reported to the request, never lost in the thread
+        except BaseException as e:
             self._put("error", e)
 
     def cancel(self) -> None:
-        """The client went away: stop at the next step (or as soon as the job gets the engine)."""
+        """The client went away: stop at the next step, or give up the wait for the engine."""
         self.abandoned.set()
+        self.engine.wake_queue()
         with self._lock:
             if self._stream is not None:
                 self._stream.cancel()
@@ -214,14 +241,49 @@ class _Job:
 _ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
 
 
+class _AuthAndCount:
+    """Pure ASGI middleware (Starlette's BaseHTTPMiddleware would hide client disconnects from
+    the endpoints): the API key, and request counts by endpoint and status."""
+
+    def __init__(self, app, api_key: Optional[str], metrics: "_Metrics"):
+        self.app, self.api_key, self.metrics = app, api_key, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        label = path if path in _ENDPOINTS else "other"   # bounded label values
+        if self.api_key is not None and path != "/health":
+            headers = dict(scope.get("headers") or [])
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):
+                self.metrics.requests.labels(label, "401").inc()
+                response = APIError(401, "Incorrect API key provided: pass it as 'Authorization: Bearer KEY'",
+                                    code="invalid_api_key").response()
+                return await response(scope, receive, send)
+        status = []
+
+        async def send_counted(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            self.metrics.requests.labels(label, str(status[0] if status else 500)).inc()
+
+
 def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
-               chat_template: Optional[str] = None) -> FastAPI:
+               chat_template: Optional[str] = None, max_queue: int = 64) -> FastAPI:
     """The server's app on `engine`, answering to `model_name`; with `api_key`, every endpoint but
     /health requires `Authorization: Bearer <api_key>`. `chat_template` overrides the GGUF's (Jinja
-    source or a llama.cpp built-in name)."""
+    source or a llama.cpp built-in name). More than `max_queue` generations running or waiting:
+    503."""
     app = FastAPI(title="HeteroSpec", version=__import__("heterospec").__version__)
     metrics = _Metrics(engine)
     created = int(time.time())
+    app.add_middleware(_AuthAndCount, api_key=api_key, metrics=metrics)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -237,19 +299,6 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
         param = ".".join(loc) or None
         msg = first.get("msg", "invalid request")
         return APIError(400, f"{param}: {msg}" if param else msg, param=param).response()
-
-    @app.middleware("http")
-    async def _auth_and_count(request: Request, call_next):
-        path = request.url.path if request.url.path in _ENDPOINTS else "other"   # bounded label values
-        if api_key is not None and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                metrics.requests.labels(path, "401").inc()
-                return APIError(401, "Incorrect API key provided: pass it as 'Authorization: Bearer KEY'",
-                                code="invalid_api_key").response()
-        response = await call_next(request)
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
 
     @app.get("/health")
     async def health():
@@ -295,6 +344,13 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
             raise APIError(400, f"max_tokens is {max_tokens} but the context holds {engine.n_ctx} tokens",
                            param="max_tokens")
         kwargs = _generation_kwargs(body, max_tokens, top_logprobs)
+        try:   # here, so that a streaming request is refused with a 4xx too
+            engine.check(ids, **kwargs)
+        except (ValueError, TypeError) as e:
+            raise APIError(400, str(e)) from None
+        if engine.queue_length >= max_queue:
+            raise APIError(503, f"the server has {max_queue} requests running or waiting; retry later",
+                           type_="server_error", code="server_busy")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         t0 = time.perf_counter()
         job = _Job(engine, ids, kwargs)
@@ -317,6 +373,7 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
                     break
         finally:
             watcher.cancel()
+            job.cancel()   # a no-op once the generation has ended; else (the handler was cancelled) stop it
         metrics.observe(result)
         metrics.latency.observe(time.perf_counter() - t0)
         if result.finish_reason == "cancelled":
@@ -379,11 +436,13 @@ def _as_api_error(e: BaseException) -> APIError:
 
 
 async def _watch_disconnect(request: Request, job: _Job) -> None:
+    """Waits for the client to go away (the body is read already: the next message is the
+    disconnect), then cancels the job."""
     while True:
-        if await request.is_disconnected():
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
             job.cancel()
             return
-        await asyncio.sleep(0.25)
 
 
 def _finish_reason(r: GenerationResult) -> str:
@@ -413,8 +472,8 @@ def _timings(r: GenerationResult) -> dict:
 
 
 def _token_entry(engine: Engine, token: int, logprob: float) -> dict:
-    text = engine.detokenize([token], special=True)
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+    raw = engine.token_piece(token)   # the token's own bytes (a part of a UTF-8 character, maybe)
+    return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
 
 
 def _chat_logprobs(engine: Engine, lps: list) -> dict:
@@ -425,10 +484,10 @@ def _chat_logprobs(engine: Engine, lps: list) -> dict:
 def _completion_logprobs(engine: Engine, lps: list, offset: int = 0) -> dict:
     tokens, token_lps, tops, offsets = [], [], [], []
     for t, lp, top in lps:
-        text = engine.detokenize([t], special=True)
+        text = engine.token_piece(t).decode("utf-8", errors="replace")
         tokens.append(text)
         token_lps.append(lp)
-        tops.append({engine.detokenize([a], special=True): alp for a, alp in top})
+        tops.append({engine.token_piece(a).decode("utf-8", errors="replace"): alp for a, alp in top})
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
@@ -497,14 +556,15 @@ async def _sse(job: _Job, rid: str, model: str, chat: bool, include_usage: bool,
 
 
 def serve(engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 8080,
-          api_key: Optional[str] = None, chat_template: Optional[str] = None, log_level: str = "info") -> None:
+          api_key: Optional[str] = None, chat_template: Optional[str] = None, max_queue: int = 64,
+          log_level: str = "info") -> None:
     """Runs the server until SIGINT/SIGTERM (uvicorn handles both and shuts down cleanly)."""
     import signal
     import sys
 
     import uvicorn
 
-    app = create_app(engine, model_name, api_key, chat_template)
+    app = create_app(engine, model_name, api_key, chat_template, max_queue)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     original_startup = server.startup

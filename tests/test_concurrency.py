@@ -120,6 +120,30 @@ def test_cancel_from_another_thread_stops_a_generation(tiny):
         assert r.finish_reason == "length" and len(r.tokens) == 8
 
 
+def test_a_cancel_with_nothing_running_does_not_touch_the_next_generation(tiny):
+    with Engine(tiny.target, n_threads=1) as e:
+        e.generate("hello world", max_tokens=4, temperature=0)
+        e.cancel()   # nothing owns the engine now
+        r = e.generate("hello world", max_tokens=8, temperature=0)
+        assert r.finish_reason == "length" and len(r.tokens) == 8
+        e._engine.cancel()   # even a raw native cancel between generations is forgotten at start
+        assert e.generate("hello world", max_tokens=8, temperature=0).finish_reason == "length"
+
+
+def test_close_from_another_thread_waits_for_the_step_and_frees_the_engine(tiny):
+    with Engine(tiny.target, n_threads=1, n_ctx=4096) as e:
+        s = e.stream("hello world", max_tokens=3000, temperature=0, ignore_eos=True, mode="ar")
+        next(s)
+        pieces = []
+        t = threading.Thread(target=lambda: pieces.extend(s))
+        t.start()
+        time.sleep(0.1)
+        s.close()
+        t.join(30)
+        assert s.result.finish_reason == "cancelled" and len(s.result.tokens) < 3000
+        assert e.generate("the cat", max_tokens=4, queue_timeout=5).tokens
+
+
 def test_cancel_reaches_a_blocking_generate(tiny):
     # 4,000 tokens take seconds even on the tiny model (attention over a long context)
     with Engine(tiny.target, n_threads=1, n_ctx=4096) as e:

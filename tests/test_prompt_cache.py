@@ -83,3 +83,35 @@ def test_a_cancelled_generation_leaves_a_usable_cache(tiny):
         assert r.stats.cached_tokens > 0
         assert r.tokens == e.generate("the cat sat on the mat", max_tokens=16, temperature=0, mode="tree",
                                       cache_prompt=False).tokens
+
+
+def test_switching_drafters_on_one_draft_context_keeps_the_cache_right(tiny):
+    with Engine(tiny.target, draft=tiny.draft, n_threads=1) as e:
+        prompt = "the cat sat on the mat and looked at the"
+        cold = e.generate(prompt, max_tokens=24, temperature=0, mode="tree", drafter="model", cache_prompt=False)
+        for drafter in ("model", "hybrid", "model", "ngram", "hybrid"):
+            r = e.generate(prompt, max_tokens=24, temperature=0, mode="tree", drafter=drafter)
+            assert r.tokens == cold.tokens and r.stats.cached_tokens == r.stats.prompt_tokens - 1, drafter
+            assert r.stats.nodes_verified > 0
+
+
+def test_a_stop_inside_an_accepted_path_then_a_cached_turn(tiny):
+    with Engine(tiny.target, draft=tiny.draft, n_threads=1) as e:
+        full = e.generate("the cat sat on", max_tokens=30, temperature=0, mode="tree")
+        stop = full.text[len(full.text) // 2:][:3]   # ends generation mid-way, likely inside a step's path
+        cut = e.generate("the cat sat on", max_tokens=30, temperature=0, mode="tree", stop=stop)
+        assert cut.finish_reason == "stop" and cut.stats.nodes_verified > 0
+        prompt = e.tokenize("the cat sat on") + cut.tokens + e.tokenize(" and then", add_special=False)
+        warm = e.generate(prompt, max_tokens=16, temperature=0, mode="tree")
+        assert warm.stats.cached_tokens > 0
+        assert warm.tokens == e.generate(prompt, max_tokens=16, temperature=0, mode="tree", cache_prompt=False).tokens
+
+
+def test_measuring_the_cost_profile_between_calls_starts_the_next_cold(tiny, tmp_path):
+    with Engine(tiny.target, draft=tiny.draft, n_threads=1, cost_profile_cache=tmp_path) as e:
+        a = e.generate("the cat sat on the mat", max_tokens=8, temperature=0, mode="tree")
+        e.cost_profile()   # measures: it clears both caches
+        b = e.generate("the cat sat on the mat", max_tokens=8, temperature=0, mode="tree")
+        assert b.stats.cached_tokens == 0 and b.tokens == a.tokens
+        c = e.generate("the cat sat on the mat", max_tokens=8, temperature=0, mode="tree")
+        assert c.stats.cached_tokens > 0 and c.tokens == a.tokens

@@ -27,10 +27,10 @@ GREEDY = dict(temperature=0, max_tokens=24, extra_body={"mode": "tree"})
 
 
 class LiveServer:
-    def __init__(self, engine, name="tiny", api_key=None, chat_template=None):
+    def __init__(self, engine, name="tiny", api_key=None, chat_template=None, max_queue=64):
         self.engine = engine
-        self.server = uvicorn.Server(uvicorn.Config(create_app(engine, name, api_key, chat_template), host="127.0.0.1",
-                                                    port=0, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(create_app(engine, name, api_key, chat_template, max_queue),
+                                                    host="127.0.0.1", port=0, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 30
@@ -62,6 +62,12 @@ def live(tiny):
 
 def chat(live, messages, **kw):
     return live.client.chat.completions.create(model="tiny", messages=messages, **{**GREEDY, **kw})
+
+
+def test_explicit_nulls_are_defaults(live):
+    body = {"messages": MESSAGES[0], "max_tokens": 3, "n": None, "stream": None, "temperature": None, "stop": None}
+    r = httpx.post(live.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
 
 
 def test_chat_completion_equals_the_library(live):
@@ -142,7 +148,7 @@ def test_a_client_leaving_mid_stream_cancels_and_the_next_request_is_unaffected(
         with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
-                if line.startswith("data:") and '"content":""' not in line:
+                if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
                     break   # a first piece of text: leave
         deadline = time.time() + 30
         while not server.metric("heterospec_generations_cancelled_total") and time.time() < deadline:
@@ -157,6 +163,79 @@ def test_a_client_leaving_mid_stream_cancels_and_the_next_request_is_unaffected(
     finally:
         server.stop()
         engine.close()
+
+
+def wait_until_idle(server, timeout=30):
+    deadline = time.time() + timeout
+    while server.engine.queue_length and time.time() < deadline:
+        time.sleep(0.02)
+    assert not server.engine.queue_length
+
+
+def test_a_client_leaving_a_non_streaming_request_cancels_it(tiny):
+    engine = Engine(tiny.target, n_threads=1, n_ctx=4096)
+    server = LiveServer(engine)
+    try:
+        body = {"messages": MESSAGES[4], "max_tokens": 4000, "temperature": 0, "ignore_eos": True}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/chat/completions", json=body, timeout=0.5)
+        wait_until_idle(server)
+        stopped = engine.last_result
+        assert stopped.finish_reason == "cancelled" and len(stopped.tokens) < 4000
+    finally:
+        server.stop()
+        engine.close()
+
+
+def test_a_client_leaving_while_queued_gives_up_its_place(tiny):
+    engine = Engine(tiny.target, n_threads=1, n_ctx=4096)
+    server = LiveServer(engine)
+    try:
+        s = engine.stream("hold the engine", max_tokens=5, temperature=0)   # the engine is busy
+        next(s)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/completions", json={"prompt": "queued", "max_tokens": 5}, timeout=0.3)
+        deadline = time.time() + 10
+        while engine.queue_length > 1 and time.time() < deadline:
+            time.sleep(0.02)
+        assert engine.queue_length == 1   # only the stream: the abandoned request left the queue
+        s.close()
+        assert engine.last_result.finish_reason == "cancelled" and engine.last_result.tokens   # the stream's
+    finally:
+        server.stop()
+        engine.close()
+
+
+def test_a_full_queue_answers_503(tiny):
+    engine = Engine(tiny.target, n_threads=1, n_ctx=256)
+    server = LiveServer(engine, max_queue=1)
+    try:
+        s = engine.stream("hold the engine", max_tokens=5, temperature=0)
+        next(s)
+        r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
+        s.close()
+        assert httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+    finally:
+        server.stop()
+        engine.close()
+
+
+def test_streaming_logprobs_cover_every_token(live):
+    full = chat(live, MESSAGES[6], logprobs=True, top_logprobs=2)
+    got = []
+    for ch in chat(live, MESSAGES[6], stream=True, logprobs=True, top_logprobs=2):
+        for c in ch.choices:
+            if c.logprobs and c.logprobs.content:
+                got.extend(c.logprobs.content)
+    assert [(e.token, e.logprob) for e in got] == [(e.token, e.logprob) for e in full.choices[0].logprobs.content]
+    assert len(got) == 24
+
+
+def test_a_bad_streaming_request_is_refused_before_streaming(live):
+    body = {"messages": MESSAGES[0], "stream": True, "mode": "tree", "budget": 1000}
+    r = httpx.post(live.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400 and "max_nodes" in r.json()["error"]["message"]
 
 
 def test_models_health_metrics(live):
@@ -183,6 +262,9 @@ BAD = [
     ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 50, "logprobs": True}, 400, "top_logprobs"),
     ({"messages": [{"role": "user", "content": "hi"}], "mode": "fast"}, 400, "mode"),
+    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}, 400, "response_format"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}, 400, "tool_choice"),
+    ({"messages": [{"role": "user", "content": "hi"}], "seed": -7}, 400, "seed"),
 ]
 
 

@@ -3,8 +3,11 @@
 
 The source comes from the llama-cpp-python source distribution named in
 llama_cpp.pin, which vendors llama.cpp under vendor/llama.cpp. We download it
-with pip, check its sha256, and unpack only what the build needs. A later run
-finds the stamp file and does nothing, so builds after the first are offline.
+with pip, check its sha256, unpack only what the build needs, and apply the
+patches in third_party/patches/ (in name order; each is checked to apply
+cleanly first, and the stamp records their sha256, so a changed patch unpacks
+afresh). A later run finds the stamp file and does nothing, so builds after the
+first are offline.
 
 Usage: fetch_llama_cpp.py [--dest DIR] [--extra PATH ...]
 Prints the llama.cpp directory on success.
@@ -22,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+PATCHES = HERE / "patches"
 
 # What the library build needs from vendor/llama.cpp (about 36 MB).
 BUILD_MEMBERS = ("CMakeLists.txt", "cmake/", "ggml/", "src/", "include/", "vendor/",
@@ -97,6 +101,25 @@ def download_sdist(pin: dict[str, str], downloads: Path) -> Path:
     return target
 
 
+def patches() -> list[Path]:
+    return sorted(PATCHES.glob("*.patch")) if PATCHES.is_dir() else []
+
+
+def patch_stamp() -> str:
+    return " ".join(f"{p.name}:{sha256_of(p)[:16]}" for p in patches())
+
+
+def apply_patches(tree: Path) -> None:
+    """Applies every patch to `tree`, after checking that each applies cleanly."""
+    for p in patches():
+        for check in (True, False):
+            cmd = ["patch", "-p1", "--forward", "--batch", "-i", str(p)] + (["--dry-run"] if check else [])
+            r = subprocess.run(cmd, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"fetch_llama_cpp: {p.name} does not apply to the pinned llama.cpp:\n{r.stdout}")
+        print(f"fetch_llama_cpp: applied {p.name}", file=sys.stderr)
+
+
 def unpack(sdist: Path, pin: dict[str, str], dest: Path, members: tuple[str, ...]) -> None:
     prefix = f"{pin['package'].replace('-', '_')}-{pin['version']}/vendor/llama.cpp/"
     tmp = Path(tempfile.mkdtemp(prefix=".llama.cpp-", dir=dest.parent))
@@ -117,8 +140,10 @@ def unpack(sdist: Path, pin: dict[str, str], dest: Path, members: tuple[str, ...
                 raise SystemExit(f"fetch_llama_cpp: {sdist.name} has no {prefix}")
             tar.extractall(tmp, members=picked, filter="data") if hasattr(tarfile, "data_filter") \
                 else tar.extractall(tmp, members=picked)
+        apply_patches(tmp)
         (tmp / ".heterospec-pin").write_text(f"{pin['package']}=={pin['version']} {pin['sha256']}\n"
-                                             f"members: {' '.join(members)}\n")
+                                             f"members: {' '.join(members)}\n"
+                                             f"patches: {patch_stamp()}\n")
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -133,7 +158,8 @@ def is_fresh(dest: Path, pin: dict[str, str], members: tuple[str, ...]) -> bool:
         return False
     lines = stamp.read_text().splitlines()
     have = set(lines[1].split(":", 1)[1].split()) if len(lines) > 1 else set()
-    return lines[0].endswith(pin["sha256"]) and set(members) <= have
+    patched = lines[2].split(":", 1)[1].strip() if len(lines) > 2 and lines[2].startswith("patches:") else ""
+    return lines[0].endswith(pin["sha256"]) and set(members) <= have and patched == patch_stamp()
 
 
 def fetch(dest: Path, extra: tuple[str, ...] = ()) -> Path:

@@ -27,6 +27,15 @@ void validate(const EngineOptions & o) {
     if (o.n_threads < 0 || o.n_threads_batch < 0) bad("thread counts must be >= 0 (0: automatic)");
     if (o.max_nodes < 1 || o.max_nodes > 255) bad("max_nodes must be in 1..255");
     check_drafter(o.drafter, "drafter");
+    const SparsePrefillOptions & sp = o.sparse_prefill;
+    if (sp.mode != "off" && sp.mode != "sample") bad("sparse_prefill must be 'off' or 'sample', not '" + sp.mode + "'");
+    auto fraction = [](float x) { return x > 0.0f && x <= 1.0f; };   // NaN fails too
+    if (!fraction(sp.alpha)) bad("sparse_alpha must be in (0, 1]");
+    if (!fraction(sp.row_frac)) bad("sparse_row_frac must be in (0, 1]");
+    if (!fraction(sp.window_frac)) bad("sparse_window_frac must be in (0, 1]");
+    if (!fraction(sp.k_max_frac)) bad("sparse_k_max must be in (0, 1]");
+    if (sp.min_ctx < 0) bad("sparse_min_ctx must be >= 0");
+    if (sp.on() && o.flash_attn == "off") bad("sparse_prefill needs flash attention (flash_attn 'auto' or 'on')");
     if (drafter_needs_model(o.drafter) && o.draft.path.empty())
         bad("drafter '" + o.drafter + "' needs a draft model (-md / draft=)");
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <functional>
 #include <mutex>
 #include <stdexcept>
@@ -17,6 +18,7 @@
 #include "policy.h"
 #include "prompt_cache.h"
 #include "sampler.h"
+#include "sparse_prefill.h"
 #include "suffix_index.h"
 #include "text_stream.h"
 #include "topk.h"
@@ -103,12 +105,18 @@ struct Engine::Impl {
 
     // Processes the prompt. Speculative modes run all but its last token, the first step's
     // root; plain decoding runs it all, for the first token's logits. With the prompt cache,
-    // the prefix both caches hold already is kept.
+    // the prefix both caches hold already is kept. Sparse prefill covers the target's prompt
+    // processing only; with it, plain decoding too runs the last token apart (dense, as the
+    // first speculative step does), so that both see the same prompt.
     void process_prompt(const std::vector<int32_t> & prompt, bool reuse) {
         Generation & g = gen;
         if (g.mode != Mode::ar) {
             const std::vector<int32_t> prefix(prompt.begin(), prompt.end() - 1);
-            g.stats.cached_tokens = int32_t(verifier->begin(prefix, reuse));
+            {
+                SparsePrefillScope sparse(target_ctx.get(), opts.sparse_prefill);
+                g.stats.cached_tokens = int32_t(verifier->begin(prefix, reuse));
+                g.stats.sparse_kept_fraction = sparse.kept_fraction(&g.stats.sparse_columns);
+            }
             drafter->begin(prefix, reuse);
             g.n_past = llama_pos(prefix.size());
             g.root = prompt.back();
@@ -118,7 +126,13 @@ struct Engine::Impl {
         g.n_past = keep_prefix(target_ctx.get(), llama_pos(common));
         target_cached.keep(size_t(g.n_past));
         g.stats.cached_tokens = int32_t(g.n_past);
-        decode_target(prompt.data() + g.n_past, prompt.size() - size_t(g.n_past));
+        const size_t apart = opts.sparse_prefill.on() ? 1 : 0;
+        {
+            SparsePrefillScope sparse(target_ctx.get(), opts.sparse_prefill);
+            decode_target(prompt.data() + g.n_past, prompt.size() - apart - size_t(g.n_past));
+            g.stats.sparse_kept_fraction = sparse.kept_fraction(&g.stats.sparse_columns);
+        }
+        if (apart) decode_target(&prompt.back(), 1);
     }
 
     // After a failure inside llama.cpp the caches' contents are unknown: the next call starts cold.
@@ -440,6 +454,7 @@ struct Engine::Impl {
 Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     Impl & m = *impl_;
     validate(options);
+    check_sparse_prefill(options.sparse_prefill);
     m.opts = options;
     set_log_verbose(options.verbose);
 
@@ -565,8 +580,8 @@ std::string Engine::format_chat(const std::vector<ChatMessage> & messages, bool 
     return std::string(buf.data(), size_t(n));
 }
 
-void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & params) {
-    Impl & m = *impl_;
+void Engine::check(const std::vector<int32_t> & prompt, const GenerateParams & params) const {
+    const Impl & m = *impl_;
     validate(params);
     if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
     for (int32_t t : prompt)
@@ -576,13 +591,12 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
         throw std::invalid_argument("the prompt has " + std::to_string(prompt.size()) +
                                     " tokens but the context holds " + std::to_string(m.n_ctx) +
                                     "; shorten it or raise n_ctx (-c)");
-
-    // the default is the cost-aware HeteroSpec mode: it never runs slower than plain
     const Mode mode = resolve_mode(params.spec.mode, m.verifier != nullptr);
     const SpecParams & sp = params.spec;
     const std::string drafter_name = sp.drafter.empty() || sp.drafter == "auto" ? m.default_drafter : sp.drafter;
-    Impl::Speculator * spec = mode == Mode::ar ? nullptr : m.find_speculator(drafter_name);
-    if (mode != Mode::ar && !spec)
+    bool known = false;
+    for (const Impl::Speculator & s : m.speculators) known |= s.name == drafter_name;
+    if (mode != Mode::ar && !known)
         throw std::invalid_argument("drafter '" + drafter_name + "' needs a draft model (-md / draft=)");
     const int32_t most_nodes = sp.budget + (mode == Mode::heterospec ? Policy::alpha(sp.depth) : 0);
     if ((mode == Mode::tree || mode == Mode::heterospec) && (most_nodes > m.opts.max_nodes || sp.width > m.opts.max_nodes))
@@ -590,6 +604,16 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
                                     std::to_string(m.opts.max_nodes) + ")");
     if (mode == Mode::chain && sp.n_max > m.opts.max_nodes)
         throw std::invalid_argument("chain n_max must be at most max_nodes (" + std::to_string(m.opts.max_nodes) + ")");
+}
+
+void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & params) {
+    Impl & m = *impl_;
+    check(prompt, params);
+    // the default is the cost-aware HeteroSpec mode: it never runs slower than plain
+    const Mode mode = resolve_mode(params.spec.mode, m.verifier != nullptr);
+    const SpecParams & sp = params.spec;
+    const std::string drafter_name = sp.drafter.empty() || sp.drafter == "auto" ? m.default_drafter : sp.drafter;
+    Impl::Speculator * spec = mode == Mode::ar ? nullptr : m.find_speculator(drafter_name);
 
     std::lock_guard<std::mutex> lock(m.mu);
     m.cancel_requested = false;
@@ -679,6 +703,46 @@ int32_t Engine::debug_n_past() const { return impl_->gen.n_past; }
 
 void Engine::cancel() { impl_->cancel_requested = true; }
 
+std::pair<std::vector<float>, Stats> Engine::score(const std::vector<int32_t> & prompt,
+                                                   const std::vector<int32_t> & continuation) {
+    Impl & m = *impl_;
+    GenerateParams params;
+    params.spec.mode = "ar";
+    check(prompt, params);
+    for (int32_t t : continuation)
+        if (t < 0 || t >= m.n_vocab) throw std::invalid_argument("continuation token id " + std::to_string(t) + " is outside the vocabulary");
+    if (prompt.size() + continuation.size() > m.n_ctx)
+        throw std::invalid_argument("prompt and continuation have " + std::to_string(prompt.size() + continuation.size()) +
+                                    " tokens but the context holds " + std::to_string(m.n_ctx));
+    std::lock_guard<std::mutex> lock(m.mu);
+    Generation & g = m.gen;
+    g = Generation();
+    g.params = params;
+    g.mode = Mode::ar;
+    std::vector<float> rows;
+    rows.reserve(continuation.size() * size_t(m.n_vocab));
+    try {
+        const double t0 = now_ms();
+        m.process_prompt(prompt, false);
+        g.stats.prompt_tokens = int32_t(prompt.size());
+        g.stats.prompt_ms = now_ms() - t0;
+        for (size_t i = 0; i < continuation.size(); ++i) {
+            const float * logits = llama_get_logits_ith(m.target_ctx.get(), -1);
+            if (!logits) throw std::runtime_error("no logits available from the target");
+            const float mx = *std::max_element(logits, logits + m.n_vocab);
+            double z = 0.0;
+            for (int32_t v = 0; v < m.n_vocab; ++v) z += std::exp(double(logits[v] - mx));
+            const float log_z = float(std::log(z)) + mx;
+            for (int32_t v = 0; v < m.n_vocab; ++v) rows.push_back(logits[v] - log_z);
+            if (i + 1 < continuation.size()) m.decode_target(&continuation[i], 1);
+        }
+    } catch (...) {
+        m.forget_caches();
+        throw;
+    }
+    return {std::move(rows), g.stats};
+}
+
 std::string Engine::chat_template() const {
     const char * t = llama_model_chat_template(impl_->target.get(), nullptr);
     return t ? t : "";
@@ -733,7 +797,26 @@ std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profi
     return {s->cost.profile.sizes, s->cost.profile.verify_ms, s->cost.profile.draft_level_ms};
 }
 
+std::vector<TokenLogprob> Engine::logprobs_since(size_t from) const {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    const auto & l = impl_->gen.logprobs;
+    return from < l.size() ? std::vector<TokenLogprob>(l.begin() + std::ptrdiff_t(from), l.end()) : std::vector<TokenLogprob>();
+}
+
+std::string Engine::token_piece(int32_t token) const {
+    if (token < 0 || token >= impl_->n_vocab)
+        throw std::invalid_argument("token id " + std::to_string(token) + " is outside the vocabulary");
+    std::vector<char> buf(64);
+    int32_t n = llama_token_to_piece(impl_->vocab, token, buf.data(), int32_t(buf.size()), 0, true);
+    if (n < 0) {
+        buf.resize(size_t(-n));
+        n = llama_token_to_piece(impl_->vocab, token, buf.data(), int32_t(buf.size()), 0, true);
+    }
+    return std::string(buf.data(), size_t(std::max(n, 0)));
+}
+
 Result Engine::result() const {
+    std::lock_guard<std::mutex> lock(impl_->mu);
     const Generation & g = impl_->gen;
     Result r;
     r.text = g.output;

@@ -14,6 +14,20 @@ struct ModelOptions {
     int32_t n_gpu_layers = -1;      // -ngl: layers on the GPU, -1 = all (ignored by CPU builds)
 };
 
+// SampleAttention (Zhu et al., arXiv 2406.15486): adaptive structured sparse attention for the
+// target's prompt processing (llama.cpp with third_party/patches/). Decoding and verification
+// stay dense. Defaults: the paper's values; k_max_frac caps the selected columns (static shapes).
+struct SparsePrefillOptions {
+    std::string mode = "off";       // "off" or "sample"
+    float alpha = 0.95f;            // attention mass to keep, (0, 1] (0.80: the paper's aggressive setting)
+    float row_frac = 0.05f;         // query rows sampled to score the columns, (0, 1]
+    float window_frac = 0.08f;      // local window before each ubatch, fraction of the context, (0, 1]
+    float k_max_frac = 0.25f;       // most columns selected besides the window, fraction of the context, (0, 1]
+    int32_t min_ctx = 2048;         // ubatches over fewer KV cells run dense
+
+    bool on() const { return mode == "sample"; }
+};
+
 struct EngineOptions {
     ModelOptions target;
     ModelOptions draft;             // draft.path empty: no draft model
@@ -30,6 +44,7 @@ struct EngineOptions {
                                     // measured best), else ngram
     int32_t max_nodes = 64;         // largest verification budget a call may use (sizes the
                                     // contexts' sequence count; at most 255)
+    SparsePrefillOptions sparse_prefill;
     bool verbose = false;           // forward llama.cpp's log to stderr
 };
 

@@ -76,11 +76,19 @@ public:
     std::string format_chat(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
                             const std::string & tmpl = "") const;
 
+    // Throws std::invalid_argument for a request start() would refuse (nothing runs).
+    void check(const std::vector<int32_t> & prompt, const GenerateParams & params) const;
+
     // One generation at a time: start() checks the request and processes the prompt, then each
     // step() produces at least one token until it reports done; result() holds the outcome.
     void start(const std::vector<int32_t> & prompt, const GenerateParams & params);
     StepOutput step();
     Result result() const;
+    // The generation's token log-probabilities from index `from` on (params.logprobs), cheaply
+    // while it streams.
+    std::vector<TokenLogprob> logprobs_since(size_t from) const;
+    // A token's bytes as the model spells it (special tokens included, no space stripped).
+    std::string token_piece(int32_t token) const;
 
     // start() + step() until done.
     Result generate(const std::vector<int32_t> & prompt, const GenerateParams & params);
@@ -88,6 +96,13 @@ public:
     // Ends the generation in progress at its next step, with finish_reason "cancelled". Safe from
     // any thread; without a generation in progress it does nothing (start() forgets it).
     void cancel();
+
+    // Teacher-forced scoring (the sparse-prefill accuracy harness): processes `prompt` as a plain
+    // generation would (sparse prefill included, no prompt cache), then feeds `continuation` a
+    // token at a time; row i holds log softmax of the target's logits before continuation[i].
+    // Returns the rows, flattened (continuation.size() x n_vocab), and the stats of the prompt.
+    std::pair<std::vector<float>, Stats> score(const std::vector<int32_t> & prompt,
+                                               const std::vector<int32_t> & continuation);
 
     // Forgets the text of earlier requests that n-gram drafting draws on (benchmarks start each
     // pass over their prompts from an empty memory, so that no mode copies another's output).

@@ -13,6 +13,9 @@ struct Stats {
     int32_t cached_tokens = 0;      // prompt tokens whose KV was reused from the previous call
     int32_t generated_tokens = 0;   // tokens emitted (end-of-generation tokens excluded)
     double prompt_ms = 0;           // prompt processing, up to the first generated token
+    double sparse_kept_fraction = 1.0;  // sparse prefill: share of attention columns kept over its
+                                        // sparse ubatches (all layers and KV heads); 1: all dense
+    int64_t sparse_columns = 0;         // attention columns those ubatches had in all (0: none ran sparse)
     double decode_ms = 0;           // everything after the first generated token
 
     std::string mode;               // the decoding mode that ran: "ar", "chain", "tree" or "heterospec"
