@@ -109,14 +109,31 @@ def patch_stamp() -> str:
     return " ".join(f"{p.name}:{sha256_of(p)[:16]}" for p in patches())
 
 
+def _patch_commands(patch: Path) -> list[tuple[list[str], list[str]]]:
+    """(check, apply) command pairs: git apply (git is there wherever the repo was cloned), else
+    patch(1)."""
+    out = []
+    if shutil.which("git"):
+        out.append((["git", "apply", "--check", "-p1", str(patch)], ["git", "apply", "-p1", str(patch)]))
+    if shutil.which("patch"):
+        base = ["patch", "-p1", "--forward", "--batch", "-i", str(patch)]
+        out.append((base + ["--dry-run"], base))
+    if not out:
+        raise SystemExit("fetch_llama_cpp: neither git nor patch is available to apply third_party/patches")
+    return out
+
+
 def apply_patches(tree: Path) -> None:
     """Applies every patch to `tree`, after checking that each applies cleanly."""
+    # the tree lies inside this repository: keep git from treating it as part of it
+    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tree.parent))
     for p in patches():
-        for check in (True, False):
-            cmd = ["patch", "-p1", "--forward", "--batch", "-i", str(p)] + (["--dry-run"] if check else [])
-            r = subprocess.run(cmd, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        check, apply = _patch_commands(p)[0]
+        for cmd in (check, apply):
+            r = subprocess.run(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if r.returncode != 0:
-                raise SystemExit(f"fetch_llama_cpp: {p.name} does not apply to the pinned llama.cpp:\n{r.stdout}")
+                raise SystemExit(f"fetch_llama_cpp: {p.name} does not apply to the pinned llama.cpp "
+                                 f"({' '.join(cmd[:2])}):\n{r.stdout}")
         print(f"fetch_llama_cpp: applied {p.name}", file=sys.stderr)
 
 
