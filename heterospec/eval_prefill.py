@@ -25,8 +25,8 @@ import numpy as np
 
 from .engine import Engine
 
-NEEDLE = "The secret passphrase is {code}. Remember it."
-QUESTION = "What is the secret passphrase mentioned in the text above? Answer with the passphrase only."
+NEEDLE = "The secret passphrase is {code}."
+PROBE = "\n\nThe secret passphrase is"   # the document then asks for it to be copied
 
 
 def source_text(min_chars: int, root: Optional[Path] = None) -> str:
@@ -71,16 +71,14 @@ def common_prefix(a, b) -> int:
 
 
 def needle_prompt(engine: Engine, text: str, n_tokens: int, depth: float, code: str) -> list[int]:
-    """A chat whose user message is a document of about n_tokens tokens with the needle at
-    `depth` (0: start, 1: end), then the question."""
-    tail = engine.tokenize("\n\n" + QUESTION, add_special=False)
-    frame = engine.tokenize(engine.format_chat([{"role": "user", "content": "x"}]), parse_special=True)
+    """About n_tokens tokens: the document with the needle at `depth` (0: start, 1: end), then the
+    start of the needle's sentence, for the model to complete by copying (retrieval through
+    attention, which small models do too)."""
+    probe = engine.tokenize(PROBE, add_special=False)
     needle = engine.tokenize(" " + NEEDLE.format(code=code) + " ", add_special=False)
-    body = engine.tokenize(text, add_special=False)[: max(0, n_tokens - len(tail) - len(frame) - len(needle))]
-    at = int(len(body) * depth)
-    content = engine.detokenize(body[:at]) + " " + NEEDLE.format(code=code) + " " + engine.detokenize(body[at:])
-    return engine.tokenize(engine.format_chat([{"role": "user", "content": content + "\n\n" + QUESTION}]),
-                           parse_special=True)
+    body = engine.tokenize(text)[: max(0, n_tokens - len(probe) - len(needle))]
+    at = max(1, int(len(body) * depth))   # after BOS
+    return body[:at] + needle + body[at:] + probe
 
 
 def ttft(engine: Engine, ids: list[int]) -> tuple[float, float]:
