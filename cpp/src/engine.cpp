@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <functional>
 #include <mutex>
 #include <stdexcept>
@@ -422,6 +421,11 @@ struct Engine::Impl {
         s.cost.profile.draft_level_ms = s.drafter->time_level(width);
     }
 
+    // The drafter a call asks for: its own, else the engine's.
+    const std::string & drafter_for(const SpecParams & sp) const {
+        return sp.drafter.empty() || sp.drafter == "auto" ? default_drafter : sp.drafter;
+    }
+
     Speculator * find_speculator(const std::string & name) {
         for (Speculator & s : speculators)
             if (s.name == name) return &s;
@@ -593,7 +597,7 @@ void Engine::check(const std::vector<int32_t> & prompt, const GenerateParams & p
                                     "; shorten it or raise n_ctx (-c)");
     const Mode mode = resolve_mode(params.spec.mode, m.verifier != nullptr);
     const SpecParams & sp = params.spec;
-    const std::string drafter_name = sp.drafter.empty() || sp.drafter == "auto" ? m.default_drafter : sp.drafter;
+    const std::string & drafter_name = m.drafter_for(sp);
     bool known = false;
     for (const Impl::Speculator & s : m.speculators) known |= s.name == drafter_name;
     if (mode != Mode::ar && !known)
@@ -612,8 +616,7 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
     // the default is the cost-aware HeteroSpec mode: it never runs slower than plain
     const Mode mode = resolve_mode(params.spec.mode, m.verifier != nullptr);
     const SpecParams & sp = params.spec;
-    const std::string drafter_name = sp.drafter.empty() || sp.drafter == "auto" ? m.default_drafter : sp.drafter;
-    Impl::Speculator * spec = mode == Mode::ar ? nullptr : m.find_speculator(drafter_name);
+    Impl::Speculator * spec = mode == Mode::ar ? nullptr : m.find_speculator(m.drafter_for(sp));
 
     std::lock_guard<std::mutex> lock(m.mu);
     m.cancel_requested = false;
@@ -729,10 +732,7 @@ std::pair<std::vector<float>, Stats> Engine::score(const std::vector<int32_t> & 
         for (size_t i = 0; i < continuation.size(); ++i) {
             const float * logits = llama_get_logits_ith(m.target_ctx.get(), -1);
             if (!logits) throw std::runtime_error("no logits available from the target");
-            const float mx = *std::max_element(logits, logits + m.n_vocab);
-            double z = 0.0;
-            for (int32_t v = 0; v < m.n_vocab; ++v) z += std::exp(double(logits[v] - mx));
-            const float log_z = float(std::log(z)) + mx;
+            const float log_z = log_sum_exp(logits, m.n_vocab);
             for (int32_t v = 0; v < m.n_vocab; ++v) rows.push_back(logits[v] - log_z);
             if (i + 1 < continuation.size()) m.decode_target(&continuation[i], 1);
         }

@@ -58,11 +58,15 @@ void softmax_top_k(const float * logits, int32_t n_vocab, int32_t k, std::vector
     for (auto & t : out) t.p = std::exp(t.p - mx) / z;
 }
 
-TokenLogprob token_logprob(const float * logits, int32_t n_vocab, int32_t token, int32_t n_top) {
+float log_sum_exp(const float * logits, int32_t n_vocab) {
     const float mx = *std::max_element(logits, logits + n_vocab);
-    double z = 0.0;   // exact exp here: these numbers are reported, not only ranked
+    double z = 0.0;
     for (int32_t i = 0; i < n_vocab; ++i) z += std::exp(double(logits[i] - mx));
-    const float log_z = float(std::log(z)) + mx;
+    return float(std::log(z)) + mx;
+}
+
+TokenLogprob token_logprob(const float * logits, int32_t n_vocab, int32_t token, int32_t n_top) {
+    const float log_z = log_sum_exp(logits, n_vocab);
     TokenLogprob out;
     out.token = token;
     out.logprob = logits[token] - log_z;

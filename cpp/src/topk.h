@@ -16,6 +16,9 @@ float sum_exp(const float * x, int32_t n, float mx);
 // Writes the top k (token, probability) pairs, most likely first, ties to the lower id.
 void softmax_top_k(const float * logits, int32_t n_vocab, int32_t k, std::vector<TokenProb> & out);
 
+// log sum over i of exp(logits[i]), exactly (in double): for figures that are reported.
+float log_sum_exp(const float * logits, int32_t n_vocab);
+
 // log softmax(logits)[token] and the n_top most likely tokens' log-probabilities.
 TokenLogprob token_logprob(const float * logits, int32_t n_vocab, int32_t token, int32_t n_top);
 
