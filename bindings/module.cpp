@@ -209,11 +209,12 @@ NB_MODULE(_core, m) {
              })
         .def("result", &Engine::result)
         .def("check", &Engine::check, "prompt"_a, "params"_a)
-        .def("score", [](Engine & e, const std::vector<int32_t> & prompt, const std::vector<int32_t> & continuation) {
+        .def("score", [](Engine & e, const std::vector<int32_t> & prompt, const std::vector<int32_t> & continuation,
+                         bool cache_prompt) {
             std::pair<std::vector<float>, Stats> r;
             {
                 nb::gil_scoped_release release;
-                r = e.score(prompt, continuation);
+                r = e.score(prompt, continuation, cache_prompt);
             }
             const size_t n = r.first.size();
             float * data = new float[n];
@@ -221,7 +222,7 @@ NB_MODULE(_core, m) {
             nb::capsule owner(data, [](void * p) noexcept { delete[] static_cast<float *>(p); });
             const size_t shape[2] = {continuation.size(), size_t(e.n_vocab())};
             return nb::make_tuple(nb::ndarray<nb::numpy, float, nb::ndim<2>>(data, 2, shape, owner), r.second);
-        }, "prompt"_a, "continuation"_a)
+        }, "prompt"_a, "continuation"_a, "cache_prompt"_a = false)
         .def("logprobs_since", [](const Engine & e, size_t from) {
             std::vector<std::tuple<int32_t, float, std::vector<std::pair<int32_t, float>>>> out;
             for (const auto & l : e.logprobs_since(from)) out.emplace_back(l.token, l.logprob, l.top);

@@ -163,8 +163,8 @@ def cmd_eval_prefill(args: argparse.Namespace) -> int:
     from .eval_prefill import run
     if not args.lengths or min(args.lengths) < 16:
         raise ValueError("--lengths needs prompt lengths of at least 16 tokens")
-    if args.n_predict < 1 or args.repeats < 1:
-        raise ValueError("-n and --repeats must be at least 1")
+    if args.n_predict < 1 or args.repeats < 1 or args.documents < 1:
+        raise ValueError("-n, --repeats and --documents must be at least 1")
     if any(not 0.0 <= d <= 1.0 for d in args.needle_depths):
         raise ValueError("--needle-depths must be in [0, 1]")
     return run(args)
@@ -247,7 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-t", "--threads", type=int, dest="n_threads")
     e.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192], help="prompt lengths in tokens")
     e.add_argument("-n", "--n-predict", type=int, default=64, dest="n_predict", help="continuation for KL and top-1 (64)")
-    e.add_argument("--repeats", type=int, default=2, help="TTFT repeats, interleaved (2)")
+    e.add_argument("--documents", type=int, default=4,
+                   help="documents per length, disjoint stretches of the source text (4)")
+    e.add_argument("--repeats", type=int, default=1,
+                   help="TTFT pairs per document, the order alternating (1)")
     e.add_argument("--needle-depths", type=float, nargs="*", default=[0.1, 0.5, 0.9], dest="needle_depths",
                    help="needle depths (0: start, 1: end); none: no needle grid")
     e.add_argument("--needle-lengths", type=int, nargs="*", dest="needle_lengths",

@@ -539,15 +539,17 @@ class Engine:
         """Lets callers waiting for the engine look at their `abort` events."""
         self._queue.wake()
 
-    def score(self, prompt: Prompt, continuation: Sequence[int], *, queue_timeout: Optional[float] = None):
+    def score(self, prompt: Prompt, continuation: Sequence[int], *, cache_prompt: bool = False,
+              queue_timeout: Optional[float] = None):
         """Teacher-forced scoring: processes `prompt` as plain decoding would (with the engine's
-        sparse prefill, without the prompt cache), then feeds `continuation` token by token.
+        sparse prefill; with `cache_prompt`, keeping the prefix the cache holds from an earlier
+        call), then feeds `continuation` token by token.
         Returns (log-probabilities, a numpy array of len(continuation) x n_vocab, row i before
         continuation[i]; Stats of the prompt: prompt_ms, sparse_kept_fraction)."""
         tokens = self._prompt_tokens(prompt)
         ticket = self._queue.acquire(queue_timeout)
         try:
-            rows, stats = self._engine.score(tokens, [int(t) for t in continuation])
+            rows, stats = self._engine.score(tokens, [int(t) for t in continuation], bool(cache_prompt))
         finally:
             self._queue.release(ticket)
         return rows, Stats(stats)

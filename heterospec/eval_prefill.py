@@ -1,11 +1,12 @@
 """`heterospec eval-prefill`: SampleAttention (sparse prefill) against dense flash attention on
 the same long prompts, in one run.
 
-Per prompt length: time to first token dense vs sparse (interleaved repeats), the share of
-attention columns the sparse prefill kept, the mean KL divergence KL(dense || sparse) and top-1
-agreement of the next-token distributions over a continuation (teacher-forced on the dense
-greedy continuation), the length of identical greedy continuation; and a needle-in-a-haystack
-grid (needle depth x prompt length): pass rates dense vs sparse.
+Per prompt length, over several documents: time to first token dense vs sparse (paired per
+document, the order alternating), the share of attention columns the sparse prefill kept, the
+mean KL divergence KL(dense || sparse) and top-1 agreement of the next-token distributions over a
+continuation (teacher-forced on the dense greedy continuation), the length of identical greedy
+continuation; and a needle-in-a-haystack grid (needle depth x prompt length): pass rates dense vs
+sparse.
 
 Long documents are built from Python sources at hand (the standard library), so nothing is
 downloaded.
@@ -47,12 +48,14 @@ def source_text(min_chars: int, root: Optional[Path] = None) -> str:
     return "".join(parts)
 
 
-def document(engine: Engine, text: str, n_tokens: int) -> list[int]:
-    """The first n_tokens tokens of `text` (BOS first, as the model adds it)."""
+def documents(engine: Engine, text: str, n_tokens: int, count: int) -> list[list[int]]:
+    """`count` documents of n_tokens tokens each (BOS first, as the model adds it), from disjoint
+    stretches of `text`."""
     ids = engine.tokenize(text)
-    if len(ids) < n_tokens:
-        raise ValueError(f"the source text has {len(ids)} tokens, fewer than {n_tokens}")
-    return ids[:n_tokens]
+    bos, body, n = ids[:1], ids[1:], n_tokens - 1
+    if len(body) < n * count:
+        raise ValueError(f"the source text has {len(ids)} tokens, fewer than {count} documents of {n_tokens}")
+    return [bos + body[i * n:(i + 1) * n] for i in range(count)]
 
 
 def kl_and_top1(dense: np.ndarray, sparse: np.ndarray) -> tuple[float, float]:
@@ -88,6 +91,59 @@ def ttft(engine: Engine, ids: list[int]) -> tuple[float, float]:
     return r.stats.prompt_ms, r.stats.sparse_kept_fraction
 
 
+def measure_document(dense: Engine, sparse: Engine, ids: list[int], n_predict: int, sparse_first: bool) -> dict:
+    """One document through both engines, in the order asked: TTFT and the greedy continuation of
+    each (from a cold cache), and the log-probabilities of dense's continuation under each (scored
+    on the prompt's KV those runs left, so that only the continuation runs again)."""
+    engines = {"dense": dense, "sparse": sparse}
+    runs = {}
+    for name in (("sparse", "dense") if sparse_first else ("dense", "sparse")):
+        runs[name] = engines[name].generate(ids, max_tokens=n_predict, temperature=0, mode="ar", cache_prompt=False)
+    ref = runs["dense"].tokens
+    rows = {name: e.score(ids, ref, cache_prompt=True)[0] for name, e in engines.items()}
+    return {"ttft": {name: r.stats.prompt_ms for name, r in runs.items()},
+            "kept": runs["sparse"].stats.sparse_kept_fraction,
+            "tokens": {name: r.tokens for name, r in runs.items()}, "rows": rows}
+
+
+def evaluate_length(dense: Engine, sparse: Engine, docs: list[list[int]], args) -> dict:
+    """TTFT (paired per document, the order alternating so that drift hits both alike; `repeats`
+    - 1 more pairs each), kept share, KL and top-1 over every document's continuation, identical
+    greedy continuation."""
+    n = len(docs[0])
+    times = {"dense": [], "sparse": []}
+    kept, kls, agree, same, counts = [], [], [], [], []
+    for i, ids in enumerate(docs):
+        m = measure_document(dense, sparse, ids, args.n_predict, sparse_first=i % 2 == 1)
+        for name in times:
+            times[name].append(m["ttft"][name])
+        kept.append(m["kept"])
+        kl, top1 = kl_and_top1(m["rows"]["dense"], m["rows"]["sparse"])
+        positions = len(m["tokens"]["dense"])
+        counts.append(positions)
+        kls.append(kl * positions)
+        agree.append(top1 * positions)
+        same.append(common_prefix(m["tokens"]["dense"], m["tokens"]["sparse"]))
+        for r in range(args.repeats - 1):
+            for name in (("sparse", "dense") if (i + r) % 2 == 0 else ("dense", "sparse")):
+                times[name].append(ttft({"dense": dense, "sparse": sparse}[name], ids)[0])
+        print(f"  length {n} document {i}: TTFT dense {m['ttft']['dense']:.0f} ms, sparse {m['ttft']['sparse']:.0f} ms; "
+              f"KL {kl:.4f}, top-1 {top1:.3f}, identical greedy {same[-1]}/{positions}", flush=True)
+    total = sum(counts)
+    row = {"length": n, "documents": len(docs), "positions": total,
+           "ttft_dense_ms": statistics.median(times["dense"]), "ttft_sparse_ms": statistics.median(times["sparse"]),
+           "ttft_speedup": statistics.median(d / s for d, s in zip(times["dense"], times["sparse"])),
+           "kept_fraction": statistics.median(kept), "kl_mean": sum(kls) / total,
+           "top1_agreement": sum(agree) / total, "top1_disagreements": round(total - sum(agree)),
+           "identical_greedy_tokens": statistics.median(same), "identical_greedy_all": same,
+           "continuation": args.n_predict, "ttft_dense_all_ms": times["dense"], "ttft_sparse_all_ms": times["sparse"]}
+    print(f"length {n}: TTFT dense {row['ttft_dense_ms']:.0f} ms, sparse {row['ttft_sparse_ms']:.0f} ms, "
+          f"paired speedup {row['ttft_speedup']:.2f}x; kept {row['kept_fraction']:.3f} of the columns; "
+          f"KL {row['kl_mean']:.4f} nats, top-1 {row['top1_agreement']:.4f} ({row['top1_disagreements']} of "
+          f"{total} differ), identical greedy (median) {row['identical_greedy_tokens']}/{args.n_predict}", flush=True)
+    return row
+
+
 def run(args) -> int:
     common = dict(n_ctx=args.n_ctx, n_threads=args.n_threads, n_batch=args.n_batch)
     sparse_opts = {k: getattr(args, k) for k in ("sparse_alpha", "sparse_row_frac", "sparse_window_frac",
@@ -97,34 +153,12 @@ def run(args) -> int:
     sparse = Engine(args.model, sparse_prefill="sample", **common, **sparse_opts)
     if max(lengths) + args.n_predict > dense.n_ctx:
         raise ValueError(f"length {max(lengths)} + {args.n_predict} does not fit the context ({dense.n_ctx}); raise -c")
-    text = source_text(max(lengths) * 6)
+    text = source_text(max(lengths) * 6 * args.documents)
     out = {"command": " ".join(sys.argv), "model": str(args.model), "lengths": lengths, "sparse": sparse_opts,
            "n_predict": args.n_predict, "rows": [], "needle": []}
 
     for n in lengths:
-        ids = document(dense, text, n)
-        times_d, times_s, kept = [], [], []
-        for _ in range(args.repeats):   # interleaved: drift hits both alike
-            t, _ = ttft(dense, ids)
-            times_d.append(t)
-            t, k = ttft(sparse, ids)
-            times_s.append(t)
-            kept.append(k)
-        cont_d = dense.generate(ids, max_tokens=args.n_predict, temperature=0, mode="ar", cache_prompt=False).tokens
-        cont_s = sparse.generate(ids, max_tokens=args.n_predict, temperature=0, mode="ar", cache_prompt=False).tokens
-        rows_d, _ = dense.score(ids, cont_d)
-        rows_s, _ = sparse.score(ids, cont_d)
-        kl, top1 = kl_and_top1(rows_d, rows_s)
-        row = {"length": n, "ttft_dense_ms": statistics.median(times_d), "ttft_sparse_ms": statistics.median(times_s),
-               "ttft_speedup": statistics.median(d / s for d, s in zip(times_d, times_s)),
-               "kept_fraction": statistics.median(kept), "kl_mean": kl, "top1_agreement": top1,
-               "identical_greedy_tokens": common_prefix(cont_d, cont_s), "continuation": len(cont_d),
-               "ttft_dense_all_ms": times_d, "ttft_sparse_all_ms": times_s}
-        out["rows"].append(row)
-        print(f"length {n}: TTFT dense {row['ttft_dense_ms']:.0f} ms, sparse {row['ttft_sparse_ms']:.0f} ms, "
-              f"paired speedup {row['ttft_speedup']:.2f}x; kept {row['kept_fraction']:.3f} of the columns; "
-              f"KL {kl:.4f} nats, top-1 {top1:.3f}, identical greedy {row['identical_greedy_tokens']}/{len(cont_d)}",
-              flush=True)
+        out["rows"].append(evaluate_length(dense, sparse, documents(dense, text, n, args.documents), args))
 
     rng = random.Random(0)
     for n in args.needle_lengths or lengths:

@@ -88,6 +88,19 @@ def test_keeping_every_column_equals_dense_attention(gqa):
 
 
 @needs_patch
+def test_scoring_on_the_cached_prompt_equals_scoring_cold(gqa):
+    # eval-prefill scores continuations on the KV its timed runs left: that must be the same KV
+    with Engine(gqa[0], **COMMON, **SPARSE, sparse_alpha=0.9, sparse_k_max=0.2) as e:
+        ids = long_prompt(e)
+        cont = e.generate(ids, max_tokens=12, temperature=0, mode="ar", cache_prompt=False).tokens
+        warm, st = e.score(ids, cont, cache_prompt=True)
+        assert st.cached_tokens == len(ids) - 1 and st.sparse_columns == 0   # only the last token ran
+        cold, st = e.score(ids, cont)
+        assert st.cached_tokens == 0 and st.sparse_columns > 0
+        assert np.array_equal(warm, cold)
+
+
+@needs_patch
 def test_selection_keeps_the_window_and_the_columns_that_carry_the_mass(gqa):
     with Engine(gqa[0], **COMMON) as dense:
         ids = long_prompt(dense)
@@ -128,7 +141,7 @@ def test_speculation_equals_plain_decoding_under_the_same_sparse_prefill(gqa, sh
 def test_eval_prefill_command_runs_end_to_end(gqa, tmp_path):
     out = tmp_path / "eval.json"
     r = subprocess.run([sys.executable, "-m", "heterospec", "eval-prefill", "-m", str(gqa[0]), "-c", "1024",
-                        "-b", "128", "-t", "1", "--lengths", "600", "900", "-n", "8", "--repeats", "1",
+                        "-b", "128", "-t", "1", "--lengths", "600", "900", "-n", "8", "--documents", "2", "--repeats", "2",
                         "--needle-depths", "0.5", "--sparse-min-ctx", "0", "--json", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr

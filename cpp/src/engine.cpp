@@ -707,7 +707,8 @@ int32_t Engine::debug_n_past() const { return impl_->gen.n_past; }
 void Engine::cancel() { impl_->cancel_requested = true; }
 
 std::pair<std::vector<float>, Stats> Engine::score(const std::vector<int32_t> & prompt,
-                                                   const std::vector<int32_t> & continuation) {
+                                                   const std::vector<int32_t> & continuation,
+                                                   bool cache_prompt) {
     Impl & m = *impl_;
     GenerateParams params;
     params.spec.mode = "ar";
@@ -726,7 +727,7 @@ std::pair<std::vector<float>, Stats> Engine::score(const std::vector<int32_t> & 
     rows.reserve(continuation.size() * size_t(m.n_vocab));
     try {
         const double t0 = now_ms();
-        m.process_prompt(prompt, false);
+        m.process_prompt(prompt, cache_prompt);
         g.stats.prompt_tokens = int32_t(prompt.size());
         g.stats.prompt_ms = now_ms() - t0;
         for (size_t i = 0; i < continuation.size(); ++i) {

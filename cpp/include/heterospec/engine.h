@@ -98,11 +98,13 @@ public:
     void cancel();
 
     // Teacher-forced scoring (the sparse-prefill accuracy harness): processes `prompt` as a plain
-    // generation would (sparse prefill included, no prompt cache), then feeds `continuation` a
-    // token at a time; row i holds log softmax of the target's logits before continuation[i].
-    // Returns the rows, flattened (continuation.size() x n_vocab), and the stats of the prompt.
+    // generation would (sparse prefill included; with `cache_prompt`, keeping the prefix the
+    // target's cache holds), then feeds `continuation` a token at a time; row i holds log softmax
+    // of the target's logits before continuation[i]. Returns the rows, flattened
+    // (continuation.size() x n_vocab), and the stats of the prompt.
     std::pair<std::vector<float>, Stats> score(const std::vector<int32_t> & prompt,
-                                               const std::vector<int32_t> & continuation);
+                                               const std::vector<int32_t> & continuation,
+                                               bool cache_prompt = false);
 
     // Forgets the text of earlier requests that n-gram drafting draws on (benchmarks start each
     // pass over their prompts from an empty memory, so that no mode copies another's output).
