@@ -76,7 +76,8 @@ NB_MODULE(_core, m) {
         .def_rw("row_frac", &SparsePrefillOptions::row_frac)
         .def_rw("window_frac", &SparsePrefillOptions::window_frac)
         .def_rw("k_max_frac", &SparsePrefillOptions::k_max_frac)
-        .def_rw("min_ctx", &SparsePrefillOptions::min_ctx);
+        .def_rw("min_ctx", &SparsePrefillOptions::min_ctx)
+        .def_rw("dense_tail", &SparsePrefillOptions::dense_tail);
 
     nb::class_<EngineOptions>(m, "EngineOptions")
         .def(nb::init<>())

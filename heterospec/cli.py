@@ -36,6 +36,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--sparse-k-max", type=float, dest="sparse_k_max",
                    help="most columns selected, a fraction of the context (0.25)")
     s.add_argument("--sparse-min-ctx", type=int, dest="sparse_min_ctx", help="shorter contexts stay dense (2048)")
+    s.add_argument("--sparse-dense-tail", type=int, dest="sparse_dense_tail",
+                   help="the prompt's last N tokens run dense: what follows reads them the most (1024)")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -83,7 +85,8 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 
 ENGINE_KEYS = ("n_gpu_layers", "n_gpu_layers_draft", "n_ctx", "n_batch", "n_threads", "n_threads_batch",
                "flash_attn", "cache_type_k", "cache_type_v", "drafter", "max_nodes", "verbose", "sparse_prefill",
-               "sparse_alpha", "sparse_row_frac", "sparse_window_frac", "sparse_k_max", "sparse_min_ctx")
+               "sparse_alpha", "sparse_row_frac", "sparse_window_frac", "sparse_k_max", "sparse_min_ctx",
+               "sparse_dense_tail")
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
                  "seed", "stop", "ignore_eos", "mode", "depth", "branching", "width", "budget", "n_max", "p_min", "policy", "force_policy", "cost_aware")
 
@@ -260,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sparse-window-frac", type=float, dest="sparse_window_frac")
     e.add_argument("--sparse-k-max", type=float, dest="sparse_k_max")
     e.add_argument("--sparse-min-ctx", type=int, dest="sparse_min_ctx")
+    e.add_argument("--sparse-dense-tail", type=int, dest="sparse_dense_tail")
     e.add_argument("--json", help="write every figure to this JSON file")
     e.set_defaults(func=cmd_eval_prefill)
 

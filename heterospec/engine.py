@@ -232,8 +232,10 @@ class Engine:
     target's prompt processing of long contexts: `sparse_alpha` (0.95, attention mass kept),
     `sparse_row_frac` (0.05, query rows sampled), `sparse_window_frac` (0.08, local window),
     `sparse_k_max` (0.25, most columns selected, a fraction of the context), `sparse_min_ctx`
-    (2048: shorter contexts stay dense); decoding and verification stay dense, and
-    `stats.sparse_kept_fraction` reports the share of attention columns kept.
+    (2048: shorter contexts stay dense), `sparse_dense_tail` (1024: the prompt's last tokens run
+    dense, as what follows reads them the most); decoding and verification stay dense, and
+    `stats.sparse_kept_fraction` reports the share of attention columns kept. A draft model's
+    prompt processing runs sparse too, without the dense tail (it only proposes).
 
     `drafter` says what drafts the trees: "ngram" (continuations of earlier text: the prompt,
     the output so far and earlier requests to this engine; no model needed), "model" (the draft
@@ -254,7 +256,8 @@ class Engine:
                  cost_profile_cache: Union[bool, str, os.PathLike] = True,
                  sparse_prefill: Optional[str] = None, sparse_alpha: Optional[float] = None,
                  sparse_row_frac: Optional[float] = None, sparse_window_frac: Optional[float] = None,
-                 sparse_k_max: Optional[float] = None, sparse_min_ctx: Optional[int] = None):
+                 sparse_k_max: Optional[float] = None, sparse_min_ctx: Optional[int] = None,
+                 sparse_dense_tail: Optional[int] = None):
         _check_int("n_ctx", n_ctx, 0)
         _check_int("n_batch", n_batch, 1)
         _check_int("n_threads", n_threads, 0)
@@ -271,8 +274,10 @@ class Engine:
             opts.draft.path = os.fspath(draft)
             _set(opts.draft, n_gpu_layers=n_gpu_layers_draft if n_gpu_layers_draft is not None else n_gpu_layers)
         _check_int("sparse_min_ctx", sparse_min_ctx, 0)
+        _check_int("sparse_dense_tail", sparse_dense_tail, 0)
         _set(opts.sparse_prefill, mode=sparse_prefill, alpha=sparse_alpha, row_frac=sparse_row_frac,
-             window_frac=sparse_window_frac, k_max_frac=sparse_k_max, min_ctx=sparse_min_ctx)
+             window_frac=sparse_window_frac, k_max_frac=sparse_k_max, min_ctx=sparse_min_ctx,
+             dense_tail=sparse_dense_tail)
         _set(opts, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, n_threads_batch=n_threads_batch,
              flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, drafter=drafter,
              max_nodes=max_nodes, verbose=verbose)

@@ -147,7 +147,8 @@ def evaluate_length(dense: Engine, sparse: Engine, docs: list[list[int]], args) 
 def run(args) -> int:
     common = dict(n_ctx=args.n_ctx, n_threads=args.n_threads, n_batch=args.n_batch)
     sparse_opts = {k: getattr(args, k) for k in ("sparse_alpha", "sparse_row_frac", "sparse_window_frac",
-                                                  "sparse_k_max", "sparse_min_ctx") if getattr(args, k) is not None}
+                                                  "sparse_k_max", "sparse_min_ctx", "sparse_dense_tail")
+                   if getattr(args, k) is not None}
     lengths = sorted(args.lengths)
     dense = Engine(args.model, **common)
     sparse = Engine(args.model, sparse_prefill="sample", **common, **sparse_opts)

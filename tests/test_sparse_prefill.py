@@ -17,7 +17,9 @@ needs_patch = pytest.mark.skipif(not AVAILABLE, reason="llama.cpp was built with
 
 # grouped-query attention (4 query heads on 2 KV heads), a context long enough for several ubatches
 COMMON = dict(n_ctx=2048, n_batch=128, n_threads=1, flash_attn="on")
-SPARSE = dict(sparse_prefill="sample", sparse_min_ctx=0, sparse_window_frac=0.05, sparse_row_frac=0.1)
+# the prompt's last 128 tokens dense: the split between sparse and dense runs in every test
+SPARSE = dict(sparse_prefill="sample", sparse_min_ctx=0, sparse_window_frac=0.05, sparse_row_frac=0.1,
+              sparse_dense_tail=128)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,8 @@ def test_bad_parameters_are_value_errors(tiny, opts, words):
 def test_negative_lengths_and_no_flash_attention_are_value_errors(tiny):
     with pytest.raises(ValueError, match="sparse_min_ctx"):
         Engine(tiny.target, sparse_min_ctx=-1)
+    with pytest.raises(ValueError, match="sparse_dense_tail"):
+        Engine(tiny.target, sparse_dense_tail=-1)
     with pytest.raises(ValueError, match="flash attention"):
         Engine(tiny.target, sparse_prefill="sample", flash_attn="off")
 
@@ -71,17 +75,35 @@ def test_prompts_shorter_than_the_minimum_run_dense(gqa):
 
 
 @needs_patch
+def test_the_prompts_tail_runs_dense(gqa):
+    with Engine(gqa[0], **COMMON) as dense:
+        ids = long_prompt(dense)
+        cont = dense.generate(ids, max_tokens=8, temperature=0, mode="ar").tokens
+        rows_d, _ = dense.score(ids, cont)
+    columns, kl = {}, {}
+    for tail in (0, 128, 512, len(ids)):
+        with Engine(gqa[0], **COMMON, **{**SPARSE, "sparse_dense_tail": tail}) as e:
+            rows, st = e.score(ids, cont)
+            columns[tail] = st.sparse_columns
+            kl[tail] = float((np.exp(rows_d.astype(np.float64)) * (rows_d - rows)).sum(axis=1).mean())
+    # fewer ubatches run sparse as the tail grows; a tail as long as the prompt is all dense
+    assert columns[0] > columns[128] > columns[512] > 0 and columns[len(ids)] == 0, columns
+    assert kl[len(ids)] < 1e-3 and kl[512] < kl[0], kl
+
+
+@needs_patch
 def test_keeping_every_column_equals_dense_attention(gqa):
     # alpha = 1 and k_max = 100%: the sparse branch gathers every column (in score order)
     with Engine(gqa[0], **COMMON) as dense, \
-            Engine(gqa[0], **COMMON, **SPARSE, sparse_alpha=1.0, sparse_k_max=1.0) as sparse:
+            Engine(gqa[0], **COMMON, **{**SPARSE, "sparse_dense_tail": 0}, sparse_alpha=1.0, sparse_k_max=1.0) as sparse:
         ids = long_prompt(dense)
         cont = dense.generate(ids, max_tokens=12, temperature=0, mode="ar").tokens
         rows_d, _ = dense.score(ids, cont)
         rows_s, st = sparse.score(ids, cont)
         assert st.sparse_columns > 0 and st.sparse_kept_fraction == 1.0   # the sparse branch ran, kept all
         # as close as llama.cpp's kernels get: the sparse engine also runs the prompt's last token
-        # apart (as speculation does), and CPU flash attention rounds Q to F16 per batch shape;
+        # apart (as speculation does; no other dense tail here, which would split the batches
+        # elsewhere too), and CPU flash attention rounds Q to F16 per batch shape;
         # a wrong gather or mask would move log-probabilities by whole units
         assert np.abs(rows_d - rows_s).max() < 1e-2
         assert sparse.generate(ids, max_tokens=12, temperature=0, mode="ar").tokens == cont
@@ -138,11 +160,34 @@ def test_speculation_equals_plain_decoding_under_the_same_sparse_prefill(gqa, sh
 
 
 @needs_patch
+def test_speculative_sampling_matches_plain_sampling_under_the_same_sparse_prefill(gqa):
+    from test_speculative import chi2_threshold, two_sample_chi2
+    with Engine(gqa[0], draft=gqa[1], **COMMON, **SPARSE, sparse_alpha=0.9, sparse_k_max=0.2) as e:
+        ids = long_prompt(e)
+        first = e.generate(ids, max_tokens=1, mode="ar")   # the sparse prefill; every draw below reuses it
+        assert first.stats.sparse_columns > 0 and first.stats.sparse_kept_fraction < 1.0
+        draws, verified = {}, 0
+        for mode, seed0 in (("ar", 0), ("tree", 10**6)):
+            out = []
+            for i in range(1200):
+                r = e.generate(ids, max_tokens=3, temperature=1.0, top_k=5, top_p=1.0, min_p=0.0, seed=seed0 + i,
+                               mode=mode, depth=3, branching=2, width=2, budget=4)
+                assert r.stats.cached_tokens == len(ids) - 1   # the same sparse KV of the prompt
+                out.append(tuple(r.tokens[:3]))
+                verified += r.stats.nodes_verified
+            draws[mode] = out
+        assert verified > 1200, verified
+        stat, df = two_sample_chi2(draws["ar"], draws["tree"])
+        assert stat < chi2_threshold(df), (stat, df)
+
+
+@needs_patch
 def test_eval_prefill_command_runs_end_to_end(gqa, tmp_path):
     out = tmp_path / "eval.json"
     r = subprocess.run([sys.executable, "-m", "heterospec", "eval-prefill", "-m", str(gqa[0]), "-c", "1024",
                         "-b", "128", "-t", "1", "--lengths", "600", "900", "-n", "8", "--documents", "2", "--repeats", "2",
-                        "--needle-depths", "0.5", "--sparse-min-ctx", "0", "--json", str(out)],
+                        "--needle-depths", "0.5", "--sparse-min-ctx", "0", "--sparse-dense-tail", "128",
+                        "--json", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())

@@ -35,6 +35,7 @@ void validate(const EngineOptions & o) {
     if (!fraction(sp.window_frac)) bad("sparse_window_frac must be in (0, 1]");
     if (!fraction(sp.k_max_frac)) bad("sparse_k_max must be in (0, 1]");
     if (sp.min_ctx < 0) bad("sparse_min_ctx must be >= 0");
+    if (sp.dense_tail < 0) bad("sparse_dense_tail must be >= 0");
     if (sp.on() && o.flash_attn == "off") bad("sparse_prefill needs flash attention (flash_attn 'auto' or 'on')");
     if (drafter_needs_model(o.drafter) && o.draft.path.empty())
         bad("drafter '" + o.drafter + "' needs a draft model (-md / draft=)");

@@ -102,21 +102,40 @@ struct Engine::Impl {
         gen.n_past += llama_pos(n);
     }
 
+    // Where sparse prefill ends in a prompt of n tokens: its last dense_tail tokens, and at least
+    // its last token, run dense (the same cut in every mode, so that all see the same prompt); 0
+    // when sparse prefill is off or the prompt is all tail.
+    size_t sparse_end(size_t n) const {
+        const SparsePrefillOptions & sp = opts.sparse_prefill;
+        return sp.on() && n > size_t(sp.dense_tail) ? std::min(n - size_t(sp.dense_tail), n - 1) : 0;
+    }
+
     // Processes the prompt. Speculative modes run all but its last token, the first step's
     // root; plain decoding runs it all, for the first token's logits. With the prompt cache,
     // the prefix both caches hold already is kept. Sparse prefill covers the target's prompt
-    // processing only; with it, plain decoding too runs the last token apart (dense, as the
-    // first speculative step does), so that both see the same prompt.
+    // processing up to sparse_end (and the draft model's whole prompt: it only proposes); with
+    // it, plain decoding too runs the last token apart (dense, as the first speculative step
+    // does), so that both see the same prompt.
     void process_prompt(const std::vector<int32_t> & prompt, bool reuse) {
         Generation & g = gen;
+        const size_t cut = sparse_end(prompt.size());
         if (g.mode != Mode::ar) {
             const std::vector<int32_t> prefix(prompt.begin(), prompt.end() - 1);
-            {
-                SparsePrefillScope sparse(target_ctx.get(), opts.sparse_prefill);
+            const size_t cached = reuse ? target_cached.common_prefix(prefix) : 0;
+            if (cut > cached) {   // the sparse part, then the dense tail on top of it
+                {
+                    SparsePrefillScope sparse(target_ctx.get(), opts.sparse_prefill);
+                    g.stats.cached_tokens = int32_t(verifier->begin({prefix.begin(), prefix.begin() + cut}, reuse));
+                    g.stats.sparse_kept_fraction = sparse.kept_fraction(&g.stats.sparse_columns);
+                }
+                verifier->begin(prefix, true);
+            } else {
                 g.stats.cached_tokens = int32_t(verifier->begin(prefix, reuse));
-                g.stats.sparse_kept_fraction = sparse.kept_fraction(&g.stats.sparse_columns);
             }
-            drafter->begin(prefix, reuse);
+            {
+                SparsePrefillScope sparse(drafter->context(), opts.sparse_prefill);
+                drafter->begin(prefix, reuse);
+            }
             g.n_past = llama_pos(prefix.size());
             g.root = prompt.back();
             return;
@@ -125,13 +144,18 @@ struct Engine::Impl {
         g.n_past = keep_prefix(target_ctx.get(), llama_pos(common));
         target_cached.keep(size_t(g.n_past));
         g.stats.cached_tokens = int32_t(g.n_past);
-        const size_t apart = opts.sparse_prefill.on() ? 1 : 0;
-        {
+        if (!opts.sparse_prefill.on()) {
+            decode_target(prompt.data() + g.n_past, prompt.size() - size_t(g.n_past));
+            return;
+        }
+        if (cut > size_t(g.n_past)) {
             SparsePrefillScope sparse(target_ctx.get(), opts.sparse_prefill);
-            decode_target(prompt.data() + g.n_past, prompt.size() - apart - size_t(g.n_past));
+            decode_target(prompt.data() + g.n_past, cut - size_t(g.n_past));
             g.stats.sparse_kept_fraction = sparse.kept_fraction(&g.stats.sparse_columns);
         }
-        if (apart) decode_target(&prompt.back(), 1);
+        // the dense tail as speculation runs it: the prefix, then the last token apart
+        decode_target(prompt.data() + g.n_past, prompt.size() - 1 - size_t(g.n_past));
+        decode_target(&prompt.back(), 1);
     }
 
     // After a failure inside llama.cpp the caches' contents are unknown: the next call starts cold.

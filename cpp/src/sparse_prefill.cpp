@@ -19,7 +19,8 @@ static void set(llama_context * ctx, const SparsePrefillOptions & o, bool enable
     llama_set_sparse_prefill(ctx, p);
 }
 
-SparsePrefillScope::SparsePrefillScope(llama_context * ctx, const SparsePrefillOptions & o) : ctx_(ctx), on_(o.on()) {
+SparsePrefillScope::SparsePrefillScope(llama_context * ctx, const SparsePrefillOptions & o)
+    : ctx_(ctx), on_(o.on() && ctx) {
     if (!on_) return;
     llama_sparse_prefill_stats(ctx_, nullptr, nullptr);   // start counting afresh
     set(ctx_, o, true);

@@ -1,6 +1,6 @@
-// SampleAttention sparse prefill on the target (issue 11): the patched llama.cpp's sparse
-// attention branch (third_party/patches/), switched on for prompt processing only, so that
-// decoding and tree verification stay dense and speculation stays exact under it.
+// SampleAttention sparse prefill (issue 11): the patched llama.cpp's sparse attention branch
+// (third_party/patches/), switched on for prompt processing only (the target's and the draft
+// model's), so that decoding and tree verification stay dense and speculation stays exact.
 #pragma once
 
 #include "heterospec/config.h"
@@ -14,7 +14,8 @@ bool sparse_prefill_available();
 // Throws std::invalid_argument when `o` asks for sparse prefill that this build cannot give.
 void check_sparse_prefill(const SparsePrefillOptions & o);
 
-// Sparse prefill on `ctx` for the scope's life (nothing when `o` is off).
+// Sparse prefill on `ctx` for the scope's life (nothing when `o` is off or `ctx` is null: a
+// drafter without a model).
 class SparsePrefillScope {
 public:
     SparsePrefillScope(llama_context * ctx, const SparsePrefillOptions & o);
