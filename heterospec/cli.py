@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sparse-k-max", type=float, dest="sparse_k_max")
     e.add_argument("--sparse-min-ctx", type=int, dest="sparse_min_ctx")
     e.add_argument("--sparse-dense-tail", type=int, dest="sparse_dense_tail")
+    e.add_argument("--floor", action="store_true",
+                   help="also score each document dense with half the ubatch: the KL and top-1 that "
+                        "llama.cpp's own rounding leaves (one more dense prefill per document)")
     e.add_argument("--json", help="write every figure to this JSON file")
     e.set_defaults(func=cmd_eval_prefill)
 

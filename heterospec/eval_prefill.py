@@ -106,13 +106,14 @@ def measure_document(dense: Engine, sparse: Engine, ids: list[int], n_predict: i
             "tokens": {name: r.tokens for name, r in runs.items()}, "rows": rows}
 
 
-def evaluate_length(dense: Engine, sparse: Engine, docs: list[list[int]], args) -> dict:
+def evaluate_length(dense: Engine, sparse: Engine, docs: list[list[int]], args, floor: Optional[Engine] = None) -> dict:
     """TTFT (paired per document, the order alternating so that drift hits both alike; `repeats`
     - 1 more pairs each), kept share, KL and top-1 over every document's continuation, identical
-    greedy continuation."""
+    greedy continuation; with `floor`, the same KL and top-1 for a dense run that differs from
+    dense only in its rounding (what agreement llama.cpp itself reaches)."""
     n = len(docs[0])
     times = {"dense": [], "sparse": []}
-    kept, kls, agree, same, counts = [], [], [], [], []
+    kept, kls, agree, same, counts, floor_kl, floor_agree = [], [], [], [], [], [], []
     for i, ids in enumerate(docs):
         m = measure_document(dense, sparse, ids, args.n_predict, sparse_first=i % 2 == 1)
         for name in times:
@@ -124,6 +125,12 @@ def evaluate_length(dense: Engine, sparse: Engine, docs: list[list[int]], args) 
         kls.append(kl * positions)
         agree.append(top1 * positions)
         same.append(common_prefix(m["tokens"]["dense"], m["tokens"]["sparse"]))
+        if floor is not None:
+            f_kl, f_top1 = kl_and_top1(m["rows"]["dense"], floor.score(ids, m["tokens"]["dense"])[0])
+            floor_kl.append(f_kl * positions)
+            floor_agree.append(f_top1 * positions)
+            print(f"  length {n} document {i}: floor (dense, half the ubatch) KL {f_kl:.4f}, top-1 {f_top1:.3f}",
+                  flush=True)
         for r in range(args.repeats - 1):
             for name in (("sparse", "dense") if (i + r) % 2 == 0 else ("dense", "sparse")):
                 times[name].append(ttft({"dense": dense, "sparse": sparse}[name], ids)[0])
@@ -137,10 +144,15 @@ def evaluate_length(dense: Engine, sparse: Engine, docs: list[list[int]], args) 
            "top1_agreement": sum(agree) / total, "top1_disagreements": round(total - sum(agree)),
            "identical_greedy_tokens": statistics.median(same), "identical_greedy_all": same,
            "continuation": args.n_predict, "ttft_dense_all_ms": times["dense"], "ttft_sparse_all_ms": times["sparse"]}
+    if floor is not None:
+        row.update(floor_kl_mean=sum(floor_kl) / total, floor_top1_agreement=sum(floor_agree) / total)
     print(f"length {n}: TTFT dense {row['ttft_dense_ms']:.0f} ms, sparse {row['ttft_sparse_ms']:.0f} ms, "
           f"paired speedup {row['ttft_speedup']:.2f}x; kept {row['kept_fraction']:.3f} of the columns; "
           f"KL {row['kl_mean']:.4f} nats, top-1 {row['top1_agreement']:.4f} ({row['top1_disagreements']} of "
           f"{total} differ), identical greedy (median) {row['identical_greedy_tokens']}/{args.n_predict}", flush=True)
+    if floor is not None:
+        print(f"length {n}: floor (dense with half the ubatch against dense) KL {row['floor_kl_mean']:.4f} nats, "
+              f"top-1 {row['floor_top1_agreement']:.4f}", flush=True)
     return row
 
 
@@ -152,6 +164,8 @@ def run(args) -> int:
     lengths = sorted(args.lengths)
     dense = Engine(args.model, **common)
     sparse = Engine(args.model, sparse_prefill="sample", **common, **sparse_opts)
+    # the floor: dense again with half the ubatch, a change that moves only llama.cpp's rounding
+    floor = Engine(args.model, **{**common, "n_batch": max(1, (args.n_batch or 512) // 2)}) if args.floor else None
     if max(lengths) + args.n_predict > dense.n_ctx:
         raise ValueError(f"length {max(lengths)} + {args.n_predict} does not fit the context ({dense.n_ctx}); raise -c")
     text = source_text(max(lengths) * 6 * args.documents)
@@ -159,7 +173,7 @@ def run(args) -> int:
            "n_predict": args.n_predict, "rows": [], "needle": []}
 
     for n in lengths:
-        out["rows"].append(evaluate_length(dense, sparse, documents(dense, text, n, args.documents), args))
+        out["rows"].append(evaluate_length(dense, sparse, documents(dense, text, n, args.documents), args, floor))
 
     rng = random.Random(0)
     for n in args.needle_lengths or lengths:

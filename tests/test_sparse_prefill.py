@@ -187,7 +187,7 @@ def test_eval_prefill_command_runs_end_to_end(gqa, tmp_path):
     r = subprocess.run([sys.executable, "-m", "heterospec", "eval-prefill", "-m", str(gqa[0]), "-c", "1024",
                         "-b", "128", "-t", "1", "--lengths", "600", "900", "-n", "8", "--documents", "2", "--repeats", "2",
                         "--needle-depths", "0.5", "--sparse-min-ctx", "0", "--sparse-dense-tail", "128",
-                        "--json", str(out)],
+                        "--floor", "--json", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
@@ -195,4 +195,5 @@ def test_eval_prefill_command_runs_end_to_end(gqa, tmp_path):
     for row in d["rows"]:
         assert row["kl_mean"] >= -1e-6 and 0.0 <= row["top1_agreement"] <= 1.0 and row["kept_fraction"] < 1.0
         assert row["ttft_dense_ms"] > 0 and row["ttft_sparse_ms"] > 0
+        assert row["floor_kl_mean"] >= -1e-6 and 0.0 <= row["floor_top1_agreement"] <= 1.0
     assert len(d["needle"]) == 2 and "TTFT dense" in r.stdout
