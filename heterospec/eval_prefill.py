@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from .engine import Engine
+from .paired import describe, paired_ratio
 
 NEEDLE = "The secret passphrase is {code}."
 PROBE = "\n\nThe secret passphrase is"   # the document then asks for it to be copied
@@ -140,6 +141,8 @@ def evaluate_length(dense: Engine, sparse: Engine, docs: list[list[int]], args, 
     row = {"length": n, "documents": len(docs), "positions": total,
            "ttft_dense_ms": statistics.median(times["dense"]), "ttft_sparse_ms": statistics.median(times["sparse"]),
            "ttft_speedup": statistics.median(d / s for d, s in zip(times["dense"], times["sparse"])),
+           # geometric mean of the paired ratios, with its 95% interval
+           "ttft_speedup_paired": paired_ratio([times["dense"]], [times["sparse"]]),
            "kept_fraction": statistics.median(kept), "kl_mean": sum(kls) / total,
            "top1_agreement": sum(agree) / total, "top1_disagreements": round(total - sum(agree)),
            "identical_greedy_tokens": statistics.median(same), "identical_greedy_all": same,
@@ -147,7 +150,7 @@ def evaluate_length(dense: Engine, sparse: Engine, docs: list[list[int]], args, 
     if floor is not None:
         row.update(floor_kl_mean=sum(floor_kl) / total, floor_top1_agreement=sum(floor_agree) / total)
     print(f"length {n}: TTFT dense {row['ttft_dense_ms']:.0f} ms, sparse {row['ttft_sparse_ms']:.0f} ms, "
-          f"paired speedup {row['ttft_speedup']:.2f}x; kept {row['kept_fraction']:.3f} of the columns; "
+          f"paired speedup {row['ttft_speedup']:.2f}x (median; geometric mean {describe(row['ttft_speedup_paired'])}); kept {row['kept_fraction']:.3f} of the columns; "
           f"KL {row['kl_mean']:.4f} nats, top-1 {row['top1_agreement']:.4f} ({row['top1_disagreements']} of "
           f"{total} differ), identical greedy (median) {row['identical_greedy_tokens']}/{args.n_predict}", flush=True)
     if floor is not None:
