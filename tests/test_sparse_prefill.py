@@ -36,6 +36,18 @@ def long_prompt(engine, n=900):
     return engine.tokenize(words)[:n]
 
 
+def dense_reference(model, n_predict):
+    """The long prompt, dense attention's greedy continuation and its log-probability rows."""
+    with Engine(model, **COMMON) as dense:
+        ids = long_prompt(dense)
+        cont = dense.generate(ids, max_tokens=n_predict, temperature=0, mode="ar").tokens
+        return ids, cont, dense.score(ids, cont)[0]
+
+
+def mean_kl(ref, rows):
+    return float((np.exp(ref.astype(np.float64)) * (ref - rows)).sum(axis=1).mean())
+
+
 @pytest.mark.parametrize("opts,words", [
     (dict(sparse_prefill="dense"), "sparse_prefill"),
     (dict(sparse_alpha=0.0), "sparse_alpha"), (dict(sparse_alpha=1.5), "sparse_alpha"),
@@ -76,16 +88,13 @@ def test_prompts_shorter_than_the_minimum_run_dense(gqa):
 
 @needs_patch
 def test_the_prompts_tail_runs_dense(gqa):
-    with Engine(gqa[0], **COMMON) as dense:
-        ids = long_prompt(dense)
-        cont = dense.generate(ids, max_tokens=8, temperature=0, mode="ar").tokens
-        rows_d, _ = dense.score(ids, cont)
+    ids, cont, rows_d = dense_reference(gqa[0], 8)
     columns, kl = {}, {}
     for tail in (0, 128, 512, len(ids)):
         with Engine(gqa[0], **COMMON, **{**SPARSE, "sparse_dense_tail": tail}) as e:
             rows, st = e.score(ids, cont)
             columns[tail] = st.sparse_columns
-            kl[tail] = float((np.exp(rows_d.astype(np.float64)) * (rows_d - rows)).sum(axis=1).mean())
+            kl[tail] = mean_kl(rows_d, rows)
     # fewer ubatches run sparse as the tail grows; a tail as long as the prompt is all dense
     assert columns[0] > columns[128] > columns[512] > 0 and columns[len(ids)] == 0, columns
     assert kl[len(ids)] < 1e-3 and kl[512] < kl[0], kl
@@ -124,17 +133,13 @@ def test_scoring_on_the_cached_prompt_equals_scoring_cold(gqa):
 
 @needs_patch
 def test_selection_keeps_the_window_and_the_columns_that_carry_the_mass(gqa):
-    with Engine(gqa[0], **COMMON) as dense:
-        ids = long_prompt(dense)
-        cont = dense.generate(ids, max_tokens=16, temperature=0, mode="ar").tokens
-        rows_d, _ = dense.score(ids, cont)
+    ids, cont, rows_d = dense_reference(gqa[0], 16)
     kl, kept = {}, {}
     for name, alpha in (("window only", 1e-4), ("cra", 0.9), ("all of k_max", 1.0)):
         with Engine(gqa[0], **COMMON, **SPARSE, sparse_alpha=alpha, sparse_k_max=0.3) as e:
             rows, st = e.score(ids, cont)
             assert st.sparse_columns > 0
-            p = np.exp(rows_d.astype(np.float64))
-            kl[name] = float((p * (rows_d - rows)).sum(axis=1).mean())
+            kl[name] = mean_kl(rows_d, rows)
             kept[name] = st.sparse_kept_fraction
     # the window alone is kept at the smallest alpha; CRA adds columns until alpha; k_max caps them
     assert kept["window only"] < kept["cra"] <= kept["all of k_max"] < 1.0, kept
