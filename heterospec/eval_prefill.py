@@ -197,6 +197,7 @@ def run(args) -> int:
               f"sparse {out['needle_pass_sparse']}/{len(out['needle'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    dense.close()
-    sparse.close()
+    for engine in (dense, sparse, floor):
+        if engine is not None:
+            engine.close()
     return 0
