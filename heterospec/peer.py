@@ -1,5 +1,7 @@
 """The peer: llama.cpp's own draft-model speculation (`llama-speculative-simple`), built on demand
-from the same pinned llama.cpp, never by the package install.
+from the same pinned llama.cpp, never by the package install. It is llama.cpp as the pin ships it:
+this repository's patches (sparse prefill, the Q4_1 multi-column kernel) are left out, so the peer
+is what users run today.
 
 The build needs the pinned source with llama.cpp's `common/` and `examples/` folders: either a
 checkout named by HETEROSPEC_LLAMA_CPP_DIR, or the pin fetched by this repository's
@@ -70,7 +72,8 @@ def peer_binary(cache: Path, jobs: int = 2, log=sys.stderr) -> Path:
                             "or set HETEROSPEC_LLAMA_CPP_DIR to a llama.cpp checkout")
         src = cache / "llama.cpp-full"
         r = subprocess.run([sys.executable, str(script), "--dest", str(src), "--extra", "common/", "examples/",
-                            "pocs/", "tools/", "licenses/"], stdout=subprocess.PIPE, stderr=log, text=True)
+                            "pocs/", "tools/", "licenses/",
+                            "--unpatched"], stdout=subprocess.PIPE, stderr=log, text=True)
         if r.returncode != 0:
             raise PeerError("fetching the pinned llama.cpp for the peer failed")
     if shutil.which("cmake") is None:

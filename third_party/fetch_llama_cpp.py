@@ -9,7 +9,8 @@ cleanly first, and the stamp records their sha256, so a changed patch unpacks
 afresh). A later run finds the stamp file and does nothing, so builds after the
 first are offline.
 
-Usage: fetch_llama_cpp.py [--dest DIR] [--extra PATH ...]
+Usage: fetch_llama_cpp.py [--dest DIR] [--extra PATH ...] [--unpatched]
+(--unpatched: llama.cpp as the pin ships it, e.g. for the benchmark's peer.)
 Prints the llama.cpp directory on success.
 """
 from __future__ import annotations
@@ -137,7 +138,7 @@ def apply_patches(tree: Path) -> None:
         print(f"fetch_llama_cpp: applied {p.name}", file=sys.stderr)
 
 
-def unpack(sdist: Path, pin: dict[str, str], dest: Path, members: tuple[str, ...]) -> None:
+def unpack(sdist: Path, pin: dict[str, str], dest: Path, members: tuple[str, ...], patched: bool = True) -> None:
     prefix = f"{pin['package'].replace('-', '_')}-{pin['version']}/vendor/llama.cpp/"
     tmp = Path(tempfile.mkdtemp(prefix=".llama.cpp-", dir=dest.parent))
     try:
@@ -157,10 +158,11 @@ def unpack(sdist: Path, pin: dict[str, str], dest: Path, members: tuple[str, ...
                 raise SystemExit(f"fetch_llama_cpp: {sdist.name} has no {prefix}")
             tar.extractall(tmp, members=picked, filter="data") if hasattr(tarfile, "data_filter") \
                 else tar.extractall(tmp, members=picked)
-        apply_patches(tmp)
+        if patched:
+            apply_patches(tmp)
         (tmp / ".heterospec-pin").write_text(f"{pin['package']}=={pin['version']} {pin['sha256']}\n"
                                              f"members: {' '.join(members)}\n"
-                                             f"patches: {patch_stamp()}\n")
+                                             f"patches: {patch_stamp() if patched else ''}\n")
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -169,26 +171,27 @@ def unpack(sdist: Path, pin: dict[str, str], dest: Path, members: tuple[str, ...
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def is_fresh(dest: Path, pin: dict[str, str], members: tuple[str, ...]) -> bool:
+def is_fresh(dest: Path, pin: dict[str, str], members: tuple[str, ...], patched: bool = True) -> bool:
     stamp = dest / ".heterospec-pin"
     if not stamp.exists():
         return False
     lines = stamp.read_text().splitlines()
     have = set(lines[1].split(":", 1)[1].split()) if len(lines) > 1 else set()
-    patched = lines[2].split(":", 1)[1].strip() if len(lines) > 2 and lines[2].startswith("patches:") else ""
-    return lines[0].endswith(pin["sha256"]) and set(members) <= have and patched == patch_stamp()
+    stamped = lines[2].split(":", 1)[1].strip() if len(lines) > 2 and lines[2].startswith("patches:") else ""
+    want = patch_stamp() if patched else ""
+    return lines[0].endswith(pin["sha256"]) and set(members) <= have and stamped == want
 
 
-def fetch(dest: Path, extra: tuple[str, ...] = ()) -> Path:
+def fetch(dest: Path, extra: tuple[str, ...] = (), patched: bool = True) -> Path:
     pin = read_pin()
     members = tuple(dict.fromkeys(BUILD_MEMBERS + extra))
-    if is_fresh(dest, pin, members):
+    if is_fresh(dest, pin, members, patched):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     downloads = HERE / "downloads"
     sdist = download_sdist(pin, downloads)
     print(f"fetch_llama_cpp: unpacking llama.cpp from {sdist.name} into {dest}", file=sys.stderr)
-    unpack(sdist, pin, dest, members)
+    unpack(sdist, pin, dest, members, patched)
     if os.environ.get("HETEROSPEC_KEEP_SDIST") != "1":
         sdist.unlink()
     return dest
@@ -199,8 +202,10 @@ def main() -> None:
     ap.add_argument("--dest", type=Path, default=HERE / "llama.cpp")
     ap.add_argument("--extra", nargs="*", default=[],
                     help="more paths under vendor/llama.cpp to unpack (e.g. common/ examples/)")
+    ap.add_argument("--unpatched", action="store_true",
+                    help="leave third_party/patches out (llama.cpp as the pin ships it)")
     args = ap.parse_args()
-    print(fetch(args.dest.resolve(), tuple(args.extra)))
+    print(fetch(args.dest.resolve(), tuple(args.extra), patched=not args.unpatched))
 
 
 if __name__ == "__main__":
