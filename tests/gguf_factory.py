@@ -251,9 +251,9 @@ def write_llama(
                position ~20), 2.0 -> 85-100% (median position 5-17).
                Applied after base/noise, so a draft made from a boosted base
                keeps the boost when eos_boost=0.
-    dtype:     "f32", "f16" or "q4_1" for the 2-D tensors (norm gains stay f32, as in
+    dtype:     "f32", "f16", "q4_1" or "q8_0" for the 2-D tensors (norm gains stay f32, as in
                llama.cpp's converters: the CPU backend aborts on f16 norms).
-               read_weights of a q4_1 file gives its dequantized weights, so
+               read_weights of a quantized file gives its dequantized weights, so
                write_llama(base=that) is its f32 twin.
     """
     hp = dict(n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
@@ -274,10 +274,10 @@ def write_llama(
     # context is created, and on an odd head dim (RoPE) at the first decode.
     if n_embd % n_head or n_head % n_head_kv or (n_embd // n_head) % 2:
         raise ValueError("need n_embd % n_head == 0, n_head % n_head_kv == 0, even head dim")
-    if dtype not in ("f32", "f16", "q4_1"):
-        raise ValueError(f"dtype must be 'f32', 'f16' or 'q4_1', not {dtype!r}")
-    if dtype == "q4_1" and (n_embd % 32 or n_ff % 32):
-        raise ValueError("q4_1 needs n_embd and n_ff divisible by its block of 32")
+    if dtype not in ("f32", "f16", "q4_1", "q8_0"):
+        raise ValueError(f"dtype must be 'f32', 'f16', 'q4_1' or 'q8_0', not {dtype!r}")
+    if dtype in ("q4_1", "q8_0") and (n_embd % 32 or n_ff % 32):
+        raise ValueError(f"{dtype} needs n_embd and n_ff divisible by its block of 32")
     shapes = _shapes(vocab.n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff)
     rng = np.random.default_rng(seed)
 
@@ -305,7 +305,7 @@ def write_llama(
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                     "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[dtype])
+                     "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
     w.add_context_length(n_ctx_train)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
@@ -318,8 +318,8 @@ def write_llama(
     w.add_layer_norm_rms_eps(1e-5)
     _add_tokenizer(w, vocab)
     for k, v in weights.items():
-        if dtype == "q4_1" and v.ndim > 1:
-            q = gguf.GGMLQuantizationType.Q4_1
+        if dtype in ("q4_1", "q8_0") and v.ndim > 1:
+            q = gguf.GGMLQuantizationType[dtype.upper()]
             w.add_tensor(k, gguf.quants.quantize(v, q), raw_dtype=q)
         else:
             w.add_tensor(k, v.astype(np.float16) if (dtype == "f16" and v.ndim > 1) else v)

@@ -1,6 +1,6 @@
 """The CPU kernels this repository patches into llama.cpp (third_party/patches/0002-*): the Q4_1
-multi-column dot product decodes each weight row once for a block of columns (prompts,
-verification batches). It must compute what the one-column kernel does."""
+and Q8_0 multi-column dot products decode each weight row once for a block of columns (prompts,
+verification batches). They must compute what the one-column kernels do."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,28 +8,28 @@ import pytest
 
 import gguf_factory as factory
 from heterospec import Engine, _core
-from test_ngram import batch_noise
 from test_speculative import first_diff
 
+QUANT_TIE = 0.1   # see test_quantized_speculation_equals_plain_decoding
 HP = dict(n_embd=128, n_ff=256, n_layer=2, n_ctx_train=512)
 # prompt lengths that leave every remainder of the kernel's 8-column groups and 16-column blocks
 PROMPTS = ["the value is None and the name is " * k + tail
            for k, tail in ((1, ""), (2, "print"), (3, "print my self"), (6, "if x else y"))]
 
 
-@pytest.fixture(scope="module")
-def q4_1(tmp_path_factory):
-    """A Q4_1 model and its f32 twin (the same weights, dequantized)."""
-    root = tmp_path_factory.mktemp("q4_1")
-    quant = factory.write_llama(root / "q4_1.gguf", dtype="q4_1", seed=7, **HP)
+@pytest.fixture(scope="module", params=["q4_1", "q8_0"])
+def quantized(request, tmp_path_factory):
+    """A quantized model and its f32 twin (the same weights, dequantized)."""
+    root = tmp_path_factory.mktemp(request.param)
+    quant = factory.write_llama(root / "quant.gguf", dtype=request.param, seed=7, **HP)
     twin = factory.write_llama(root / "twin.gguf", base=factory.read_weights(quant), **HP)
     return quant, twin
 
 
-def test_q4_1_model_computes_its_dequantized_weights(q4_1):
+def test_quantized_model_computes_its_dequantized_weights(quantized):
     """Only the activations' 8-bit rounding may separate the two (a kernel that mixed up columns,
-    rows or the Q4_1 offset term would move the logits by whole units)."""
-    quant, twin = q4_1
+    rows or Q4_1's offset term would move the logits by whole units)."""
+    quant, twin = quantized
     with Engine(quant, n_threads=2) as eq, Engine(twin, n_threads=2) as et:
         lengths = set()
         for prompt in PROMPTS:
@@ -43,8 +43,8 @@ def test_q4_1_model_computes_its_dequantized_weights(q4_1):
         assert len(lengths) >= 3, lengths
 
 
-def test_q4_1_tree_verification_matches_decoding_each_path(q4_1):
-    quant, _ = q4_1
+def test_quantized_tree_verification_matches_decoding_each_path(quantized):
+    quant, _ = quantized
     with Engine(quant, n_threads=2) as e:
         prompt = e.tokenize("def print(self):", parse_special=True)
     parents = [0, 0, 0, 1, 1, 2, 4, 4, 7, 8, 8, 3]
@@ -55,11 +55,13 @@ def test_q4_1_tree_verification_matches_decoding_each_path(q4_1):
         assert np.abs(a - b).max() < 1e-3 * max(1.0, np.abs(b).max()), n
 
 
-def test_q4_1_speculation_equals_plain_decoding(q4_1):
-    """Greedy speculation on a Q4_1 model equals plain decoding, or parts from it where the top-two
-    gap is within what llama.cpp's own kernels move between a one-token pass and a batched one
-    (the 8-bit rounding of activations turns last-bit changes into whole rounding steps)."""
-    quant, twin = q4_1
+def test_quantized_speculation_equals_plain_decoding(quantized):
+    """Greedy speculation on a quantized model equals plain decoding, or parts from it only where
+    plain decoding's top-two gap is a near-tie. The kernels give a token the same logits whatever
+    its batch, but tree verification lays the KV cache out otherwise (rejected siblings between
+    accepted nodes), and 8-bit activations turn a last-bit change in attention into a rounding
+    step: gaps of up to 0.04 part here, with the upstream kernels as with these."""
+    quant, twin = quantized
     with Engine(quant, draft=twin, n_threads=2) as e:
         verified, parted = 0, 0
         for prompt in PROMPTS + ["def print(self):", "import my class"]:
@@ -73,7 +75,6 @@ def test_q4_1_speculation_equals_plain_decoding(q4_1):
                     assert got.tokens == ref.tokens
                     continue
                 parted += 1
-                tie = max(1e-2, 2 * batch_noise(quant, ids, k + 1, e.n_ctx, every=1))
                 _, gaps = _core.testing.llama_cpp_greedy(str(quant), ids, k + 1, e.n_ctx, 2)
-                assert gaps[k] < min(tie, 0.5), f"{shape} {prompt!r}: parted at {k}, gap {gaps[k]} (noise {tie})"
+                assert gaps[k] < QUANT_TIE, f"{shape} {prompt!r}: parted at {k}, gap {gaps[k]}"
         assert verified > 100 and parted <= 3, (verified, parted)
