@@ -87,7 +87,9 @@ tree_vs_paths(const std::string & path, const std::vector<int32_t> & prompt,
     TreeBatch tb;
     tb.build(tree, sel);
 
-    ContextSpec spec{512, 512, 64, true, n_threads, n_threads, "auto", "f16", "f16"};
+    // room for the prompt and the tree (long prompts test attention past 512 keys)
+    const uint32_t n_ctx = std::max<uint32_t>(512, uint32_t(prompt.size() + tokens.size() + 255) / 256 * 256);
+    ContextSpec spec{n_ctx, 512, 64, true, n_threads, n_threads, "auto", "f16", "f16"};
     ContextPtr ctx = make_context(model.get(), spec);
     CachedTokens cached;
     Verifier v(ctx.get(), 64, cached);
@@ -100,7 +102,7 @@ tree_vs_paths(const std::string & path, const std::vector<int32_t> & prompt,
         tree_rows[size_t(tb.node[size_t(e)])].assign(l, l + n_vocab);
     }
 
-    ContextSpec plain{512, 512, 1, false, n_threads, n_threads, "auto", "f16", "f16"};
+    ContextSpec plain{n_ctx, n_ctx, 1, false, n_threads, n_threads, "auto", "f16", "f16"};   // each path in one batch
     for (int32_t n = 0; n < tree.size(); ++n) {
         std::vector<int32_t> seq;
         for (int32_t a = n; a > 0; a = tree[a].parent) seq.push_back(tree[a].token);

@@ -45,10 +45,22 @@ def test_greedy_equals_llama_cpp_on_tiny_models(tiny, tiny_engine, prompt):
 
 
 def test_greedy_equals_llama_cpp_on_the_code_model(code_target, code_engine, code_prompts):
+    """The default engine (speculating with n-gram drafts) against llama.cpp's own greedy loop,
+    which runs the prompt as one batch: equal, or parted only at a near-tie (a top-two gap below
+    1e-2 in llama.cpp's loop; the prompt's last token runs in another kernel there)."""
+    parted, verified = 0, 0
     for prompt in code_prompts[:8] + ["def fibonacci(n):"]:
         ours = code_engine.generate(prompt, max_tokens=64, temperature=0)
-        ref = llama_cpp_greedy(code_engine, code_target, prompt, 64)
-        assert ours.tokens == ref, prompt[-80:]
+        verified += ours.stats.nodes_verified
+        tokens = code_engine.tokenize(prompt, add_special=True, parse_special=True)
+        ref, gaps = _core.testing.llama_cpp_greedy(str(code_target), tokens, 64, code_engine.n_ctx, 2)
+        k = next((i for i, (a, b) in enumerate(zip(ours.tokens, ref)) if a != b), None)
+        if k is None:
+            assert ours.tokens == list(ref), prompt[-80:]
+            continue
+        parted += 1
+        assert gaps[k] < 1e-2, (prompt[-80:], k, gaps[k])
+    assert parted <= 2 and verified > 0, (parted, verified)
 
 
 def test_greedy_is_deterministic_and_ignores_the_seed(tiny_engine):

@@ -78,3 +78,47 @@ def test_quantized_speculation_equals_plain_decoding(quantized):
                 _, gaps = _core.testing.llama_cpp_greedy(str(quant), ids, k + 1, e.n_ctx, 2)
                 assert gaps[k] < QUANT_TIE, f"{shape} {prompt!r}: parted at {k}, gap {gaps[k]}"
         assert verified > 100 and parted <= 3, (verified, parted)
+
+
+# -- flash attention for small batches (fa_rows_f16: head dims 64 and 128, F16 K/V) --------------
+
+@pytest.fixture(scope="module")
+def head64(tmp_path_factory):
+    """Head dim 64 with grouped-query attention, a context long enough for many key tiles."""
+    root = tmp_path_factory.mktemp("head64")
+    return factory.write_llama(root / "head64.gguf", n_embd=256, n_head=4, n_head_kv=2, n_ff=256,
+                               n_layer=2, n_ctx_train=1024, seed=11)
+
+
+def long_prompt(engine, n):
+    words = "the value is None and the name is print my self if x else y for".split()
+    return engine.tokenize(" ".join(words[i % len(words)] for i in range(n)), parse_special=True)[:n]
+
+
+def test_flash_attention_matches_attention_without_it(head64):
+    """The patched kernel against llama.cpp's attention without flash attention (soft_max and
+    mul_mat), at prompts of a few tiles and past 512 keys (where llama.cpp splits the keys)."""
+    for n in (40, 600):
+        rows = {}
+        for fa in ("on", "off"):
+            with Engine(head64, n_threads=2, n_ctx=1024, flash_attn=fa) as e:
+                ids = long_prompt(e, n)
+                cont = rows.get("cont") or e.generate(ids, max_tokens=16, temperature=0, mode="ar").tokens
+                rows["cont"] = cont
+                rows[fa], _ = e.score(ids, cont)
+        a, b = rows["on"], rows["off"]
+        kl = (np.exp(b) * (b - a)).sum(-1)
+        assert kl.max() < 1e-3 and (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9, (n, kl)
+
+
+def test_tree_verification_past_512_keys_matches_decoding_each_path(head64):
+    """Tree attention in the patched kernel (its mask, its tiles of keys) past 512 keys, where
+    llama.cpp would split a lone token's keys between threads, against each path decoded alone."""
+    with Engine(head64, n_threads=2, n_ctx=1024) as e:
+        prompt = long_prompt(e, 600)
+    parents = [0, 0, 0, 1, 1, 2, 4, 4, 7]
+    tokens = [10, 20, 30, 40, 50, 60, 70, 80, 90]
+    tree_rows, path_rows = _core.testing.tree_vs_paths(str(head64), prompt, parents, tokens, 2)
+    for n, (a, b) in enumerate(zip(tree_rows, path_rows)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() < 1e-3 * max(1.0, np.abs(b).max()), n
