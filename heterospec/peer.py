@@ -1,6 +1,6 @@
 """The peer: llama.cpp's own draft-model speculation (`llama-speculative-simple`), built on demand
 from the same pinned llama.cpp, never by the package install. It is llama.cpp as the pin ships it:
-this repository's patches (sparse prefill, the Q4_1 multi-column kernel) are left out, so the peer
+this repository's patches (sparse prefill, the CPU small-batch kernels) are left out, so the peer
 is what users run today.
 
 The build needs the pinned source with llama.cpp's `common/` and `examples/` folders: either a

@@ -1,6 +1,7 @@
 """The CPU kernels this repository patches into llama.cpp (third_party/patches/0002-*): the Q4_1
 and Q8_0 multi-column dot products decode each weight row once for a block of columns (prompts,
-verification batches). They must compute what the one-column kernels do."""
+verification batches), and flash attention for small batches fuses scores, softmax and values.
+They must compute what llama.cpp's own paths do."""
 from __future__ import annotations
 
 import numpy as np
