@@ -1,11 +1,22 @@
-"""How fast could n-gram speculation be, at best, for a model on this machine?
+"""How fast could n-gram speculation be for a model on this machine, with and without foresight?
 
-For each prompt, plain decoding's greedy output is replayed against the engine's own n-gram
-memory (the prompt and the output so far): at each step an oracle knows how far the n-gram
-trie's paths agree with the output and verifies exactly that path (length L, costing t(L + 1) by
-the engine's measured cost profile) when that beats L + 1 plain steps, else it runs a plain
-step. No allocation can beat it: it is the perfect-foresight bound of these drafts, priced at
-the measured verification costs (no noise, no host overhead).
+For each prompt, plain decoding's greedy output (stopping where the bench's does) is replayed
+against the engine's own n-gram memory (the prompt and the output so far). At each step:
+
+- **perfect foresight**: an oracle knows how far the n-gram trie's paths agree with the output
+  and verifies exactly that path (L nodes, costing t(L + 1)) when that beats L + 1 plain steps.
+  No allocation can beat it.
+- **fixed chain k**: no foresight; whenever there is a match, verify the trie's most frequent
+  path, k nodes deep. The best k is what the simplest allocation reaches.
+- **calibrated**: no foresight, but the chance of accepting a node at depth d given its parent
+  (the hazard, measured on these very outputs, so optimistic) times its share of its parent's
+  occurrences; each step verifies the n best nodes of the trie that maximise expected tokens
+  per ms. This is about the best an allocation that knows only the trie can do.
+
+Steps are priced at the engine's measured cost profile t(n) (an empty context) plus what the
+prompt's context adds: plain decoding's measured ms per token less t(1), grown for a batch of
+n tokens as n ** 0.72 (the patched CPU attention kernel's cost at 1,500 keys for n = 1..16).
+No noise, no host overhead.
 
     python3 benchmarks/ngram_oracle.py -m ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \
         --prompts benchmarks/data/code_edit_chats.jsonl benchmarks/data/spec_bench_smollm2_subset.jsonl
@@ -22,31 +33,113 @@ from heterospec import Engine, _core
 from heterospec.bench import load_prompts
 
 MAX_DEPTH = 48   # as deep as the engine's n-gram drafts go
+CHAINS = (1, 2, 3, 4, 6, 8)
+ATTENTION_GROWTH = 0.72
 
 
-def agreeing_length(trie, out, i) -> int:
-    """How many tokens of out[i:] the trie's paths spell from its root."""
+class Replay:
+    """One prompt's output replayed step by step against a fresh n-gram memory."""
+
+    def __init__(self, ids, out):
+        self.out, self.i = out, 0
+        self.index = _core.testing.SuffixIndex()
+        self.index.push(ids)
+
+    def trie(self):
+        """The drafts at this step: rows of (token, parent, count), parents first; [] for no match."""
+        match, starts = self.index.match(16, 64)
+        return self.index.trie(starts, MAX_DEPTH) if match else []
+
+    def advance(self, accepted: int) -> None:
+        step = accepted + 1   # the accepted nodes and the target's own token
+        self.index.push(self.out[self.i:self.i + step])
+        self.i += step
+
+
+def children(trie, node):
+    """A trie node's children as (row, token, count), most frequent first."""
+    return sorted(((c, tok, n) for c, (tok, parent, n) in enumerate(trie) if parent == node), key=lambda x: -x[2])
+
+
+def accepted_length(trie, chosen, out, i) -> int:
+    """How many tokens of out[i:] the chosen trie rows spell from the root."""
     node, n = 0, 0
     while i + n < len(out):
-        node = next((c for c, (tok, parent, _) in enumerate(trie) if parent == node and tok == out[i + n]), -1)
+        node = next((c for c in chosen if trie[c][1] == node and trie[c][0] == out[i + n]), -1)
         if node < 0:
             break
         n += 1
     return n
 
 
-def oracle_speedup(engine, ids, out, t) -> float:
-    index = _core.testing.SuffixIndex()
-    index.push(ids)
-    i, cost = 0, 0.0
-    while i < len(out):
-        match, starts = index.match(16, 64)
-        n = agreeing_length(index.trie(starts, MAX_DEPTH), out, i) if match else 0
-        step = n + 1 if n and t(n + 1) < (n + 1) * t(1) else 1
-        cost += t(step)
-        index.push(out[i:i + step])
-        i += step
-    return len(out) * t(1) / cost
+def top_chain(trie, k):
+    """The rows of the trie's most frequent path, k deep at most."""
+    rows, node = [], 0
+    while len(rows) < k:
+        kids = children(trie, node)
+        if not kids:
+            break
+        node = kids[0][0]
+        rows.append(node)
+    return rows
+
+
+def depths(trie):
+    d = [0] * len(trie)
+    for c, (_, parent, _) in enumerate(trie):
+        if c:
+            d[c] = d[parent] + 1
+    return d
+
+
+def replay(ids, out, t, choose) -> tuple[float, list[int]]:
+    """Speedup over plain decoding when each step verifies choose(trie, replay) rows (None: the
+    oracle's agreeing path), and the agreeing lengths seen (for the hazard)."""
+    r, cost, seen = Replay(ids, out), 0.0, []
+    while r.i < len(out):
+        trie = r.trie()
+        rows = list(range(1, len(trie)))
+        agree = accepted_length(trie, rows, out, r.i) if trie else 0
+        seen.append(agree)
+        if not trie:
+            chosen = []
+        elif choose is None:   # the oracle: the agreeing path, when it beats plain steps
+            chosen = _agreeing(trie, out, r.i, agree) if agree and t(agree + 1) < (agree + 1) * t(1) else []
+        else:
+            chosen = choose(trie)
+        n = accepted_length(trie, chosen, out, r.i) if chosen else 0
+        cost += t(len(chosen) + 1)
+        r.advance(n)
+    return len(out) * t(1) / cost, seen
+
+
+def _agreeing(trie, out, i, length):
+    rows, node = [], 0
+    for n in range(length):
+        node = next(c for c, tok, _ in children(trie, node) if tok == out[i + n])
+        rows.append(node)
+    return rows
+
+
+def calibrated(t, hazard):
+    def choose(trie):
+        d = depths(trie)
+        est = [1.0] * len(trie)
+        for c in range(1, len(trie)):
+            _, parent, n = trie[c]
+            est[c] = est[parent] * hazard[min(d[c], len(hazard)) - 1] * n / trie[parent][2]
+        order = sorted(range(1, len(trie)), key=lambda c: -est[c])
+        best, tokens, rate = 0, 1.0, 1.0 / t(1)
+        for k, c in enumerate(order[:64], 1):
+            tokens += est[c]
+            if tokens / t(k + 1) > rate:
+                best, rate = k, tokens / t(k + 1)
+        return order[:best]
+    return choose
+
+
+def geomean(xs) -> float:
+    return math.exp(sum(map(math.log, xs)) / len(xs))
 
 
 def main() -> None:
@@ -57,20 +150,39 @@ def main() -> None:
     ap.add_argument("-n", "--max-tokens", type=int, default=128)
     ap.add_argument("-t", "--threads", type=int, default=2)
     args = ap.parse_args()
+    items = []
     with Engine(args.model, n_threads=args.threads) as engine:
         prof = engine.cost_profile()
-        t = lambda n: float(np.interp(n, prof["sizes"], prof["verify_ms"]))
-        by_cat: dict[str, list[float]] = {}
+        t0 = lambda n: float(np.interp(n, prof["sizes"], prof["verify_ms"]))
         for cat, text in load_prompts(args.prompts, engine, per_category=args.per_category):
             ids = engine.tokenize(text, parse_special=True)
-            out = engine.generate(ids, max_tokens=args.max_tokens, temperature=0, mode="ar", ignore_eos=True).tokens
-            by_cat.setdefault(cat, []).append(oracle_speedup(engine, ids, out, t))
-    print(f"t(n)/t(1) for n = 2, 4, 8: {t(2) / t(1):.2f}, {t(4) / t(1):.2f}, {t(8) / t(1):.2f}")
-    print("perfect-foresight n-gram speedup over plain decoding, priced at the measured profile (geometric mean)")
-    for cat, r in sorted(by_cat.items()):
-        print(f"  {cat:<16} {math.exp(sum(map(math.log, r)) / len(r)):.3f}x over {len(r)} prompts "
-              f"(best prompt {max(r):.2f}x)")
-    print(json.dumps({c: r for c, r in by_cat.items()}))
+            r = engine.generate(ids, max_tokens=args.max_tokens, temperature=0, mode="ar")
+            plain_ms = r.stats.decode_ms / max(1, r.stats.generated_tokens - 1)
+            items.append((cat, ids, r.tokens, max(0.0, plain_ms - t0(1))))
+    print(f"t(n)/t(1) at an empty context for n = 2, 4, 8: {t0(2) / t0(1):.2f}, {t0(4) / t0(1):.2f}, "
+          f"{t0(8) / t0(1):.2f}")
+    priced = lambda extra: (lambda n: t0(n) + extra * n ** ATTENTION_GROWTH)
+    # the hazard: P(the output agrees at depth d | it agrees at d - 1), over every category's steps
+    seen = [a for _, ids, out, extra in items for a in replay(ids, out, priced(extra), None)[1]]
+    hazard = [sum(a >= d for a in seen) / max(1, sum(a >= d - 1 for a in seen)) for d in range(1, MAX_DEPTH + 1)]
+    by_cat: dict[str, dict[str, list[float]]] = {}
+    for cat, ids, out, extra in items:
+        t = priced(extra)
+        row = by_cat.setdefault(cat, {})
+        row.setdefault("foresight", []).append(replay(ids, out, t, None)[0])
+        for k in CHAINS:
+            row.setdefault(f"chain {k}", []).append(replay(ids, out, t, lambda trie: top_chain(trie, k))[0])
+        row.setdefault("calibrated", []).append(replay(ids, out, t, calibrated(t, hazard))[0])
+    print("hazard by depth 1-8:", " ".join(f"{h:.2f}" for h in hazard[:8]))
+    print("n-gram speedup over plain decoding, priced at the measured costs with the context's (geometric mean)")
+    print(f"  {'category':<16} {'foresight':>9} {'best chain':>14} {'calibrated':>10}")
+    summary = {}
+    for cat, row in sorted(by_cat.items()):
+        g = {name: geomean(v) for name, v in row.items()}
+        k = max(CHAINS, key=lambda k: g[f"chain {k}"])
+        print(f"  {cat:<16} {g['foresight']:>8.3f}x {g[f'chain {k}']:>8.3f}x (k={k}) {g['calibrated']:>9.3f}x")
+        summary[cat] = {"prompts": len(row["foresight"]), **g}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
