@@ -61,15 +61,15 @@ def children(trie, node):
     return sorted(((c, tok, n) for c, (tok, parent, n) in enumerate(trie) if parent == node), key=lambda x: -x[2])
 
 
-def accepted_length(trie, chosen, out, i) -> int:
-    """How many tokens of out[i:] the chosen trie rows spell from the root."""
-    node, n = 0, 0
-    while i + n < len(out):
-        node = next((c for c in chosen if trie[c][1] == node and trie[c][0] == out[i + n]), -1)
+def agreeing_path(trie, chosen, out, i) -> list[int]:
+    """The chosen trie rows that spell out[i:] from the root, in order: the accepted path."""
+    path, node = [], 0
+    while i + len(path) < len(out):
+        node = next((c for c in chosen if trie[c][1] == node and trie[c][0] == out[i + len(path)]), -1)
         if node < 0:
             break
-        n += 1
-    return n
+        path.append(node)
+    return path
 
 
 def top_chain(trie, k):
@@ -93,32 +93,20 @@ def depths(trie):
 
 
 def replay(ids, out, t, choose) -> tuple[float, list[int]]:
-    """Speedup over plain decoding when each step verifies choose(trie, replay) rows (None: the
-    oracle's agreeing path), and the agreeing lengths seen (for the hazard)."""
+    """Speedup over plain decoding when each step verifies the trie rows choose(trie) returns
+    (None: the oracle's agreeing path), and the agreeing lengths seen (for the hazard)."""
     r, cost, seen = Replay(ids, out), 0.0, []
     while r.i < len(out):
         trie = r.trie()
-        rows = list(range(1, len(trie)))
-        agree = accepted_length(trie, rows, out, r.i) if trie else 0
-        seen.append(agree)
-        if not trie:
-            chosen = []
-        elif choose is None:   # the oracle: the agreeing path, when it beats plain steps
-            chosen = _agreeing(trie, out, r.i, agree) if agree and t(agree + 1) < (agree + 1) * t(1) else []
+        agree = agreeing_path(trie, range(1, len(trie)), out, r.i)
+        seen.append(len(agree))
+        if choose is None:   # the oracle: the agreeing path, when it beats plain steps
+            chosen = agree if t(len(agree) + 1) < (len(agree) + 1) * t(1) else []
         else:
-            chosen = choose(trie)
-        n = accepted_length(trie, chosen, out, r.i) if chosen else 0
+            chosen = choose(trie) if trie else []
         cost += t(len(chosen) + 1)
-        r.advance(n)
+        r.advance(len(agreeing_path(trie, chosen, out, r.i)))
     return len(out) * t(1) / cost, seen
-
-
-def _agreeing(trie, out, i, length):
-    rows, node = [], 0
-    for n in range(length):
-        node = next(c for c, tok, _ in children(trie, node) if tok == out[i + n])
-        rows.append(node)
-    return rows
 
 
 def calibrated(t, hazard):
