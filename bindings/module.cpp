@@ -379,6 +379,14 @@ NB_MODULE(_core, m) {
         CostProfile p{sizes, verify_ms, 0.0};
         return worth_drafting(p, top_value, max_budget, spent_ms, level_ms);
     }, "sizes"_a, "verify_ms"_a, "top_value"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a);
+    t.def("worth_paid_levels", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
+                                  const std::vector<float> & free_values, float agreement, int32_t max_budget,
+                                  int32_t max_depth, double spent_ms, double level_ms) {
+        CostProfile p{sizes, verify_ms, 0.0};
+        std::vector<float> scratch;
+        return worth_paid_levels(p, free_values, agreement, max_budget, max_depth, spent_ms, level_ms, 0.0, scratch);
+    }, "sizes"_a, "verify_ms"_a, "free_values"_a, "agreement"_a, "max_budget"_a, "max_depth"_a, "spent_ms"_a,
+       "level_ms"_a);
 
     t.def("softmax_top_k", [](nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu> logits, int32_t k) {
         std::vector<TokenProb> out;

@@ -276,14 +276,69 @@ def test_acceptance_model_learns_what_the_target_does():
 
 
 def test_cost_aware_mode_is_never_much_slower_than_plain(code_target, code_draft, code_prompts):
-    """On the small code pair on a CPU, speculation cannot pay (a draft pass costs about what a
-    target pass does); the cost-aware mode must then run plain steps. Timing-free check: it
-    should verify (nearly) no nodes and use about one target call per token."""
+    """On the small code pair on a CPU, drafting with the model cannot pay (a draft pass costs
+    about what a target pass does); the cost-aware mode must then run plain steps. Timing-free
+    check: it should verify (nearly) no nodes and use about one target call per token."""
     with Engine(code_target, draft=code_draft, n_threads=2) as e:
         for prompt in code_prompts[20:26]:
-            r = e.generate(e.tokenize(prompt)[-200:], max_tokens=64, temperature=0, mode="heterospec")
+            r = e.generate(e.tokenize(prompt)[-200:], max_tokens=64, temperature=0, mode="heterospec",
+                           drafter="model")
         s = r.stats
         assert s.nodes_verified <= 3 * 8 and s.target_calls >= 56, s
+
+
+# Issue #25: the hybrid drafter drafts its free n-gram branches first, and pays for the draft
+# model's levels only where they pay. Two fixed profiles, installed as projected so that the
+# decisions do not depend on this machine's clock.
+REPEAT = "the value is None and the name is my class " * 4
+
+
+def test_hybrid_uses_free_ngram_drafts_when_model_drafting_cannot_pay(pair):
+    # verifying more tokens costs little, but one draft-model pass costs five target passes
+    pair._engine.set_cost_profile([1, 2, 4, 8, 16], [10.0, 10.2, 10.5, 11.0, 12.0], 50.0, projected=True)
+    pair._profile_ready = True
+    try:
+        ids = pair.tokenize(REPEAT, parse_special=True)
+        ref = pair.generate(ids, max_tokens=48, temperature=0, mode="ar")
+        got = pair.generate(ids, max_tokens=48, temperature=0)   # the defaults: heterospec, hybrid
+    finally:
+        pair._profile_ready = False
+    s = got.stats
+    assert s.drafter == "hybrid" and s.mode == "heterospec"
+    assert got.tokens == ref.tokens
+    assert s.nodes_verified > 0 and s.accepted_ngram > 0, s   # it speculated, with n-grams
+    assert s.draft_calls == 0 and s.accepted_model == 0, s      # and never paid for a model pass
+
+
+def test_hybrid_drafts_with_the_model_where_both_pay(pair):
+    pair._engine.set_cost_profile(*FLAT, projected=True)
+    pair._profile_ready = True
+    try:
+        ids = pair.tokenize(REPEAT, parse_special=True)
+        ref = pair.generate(ids, max_tokens=48, temperature=0, mode="ar")
+        got = pair.generate(ids, max_tokens=48, temperature=0)
+    finally:
+        pair._profile_ready = False
+    s = got.stats
+    assert got.tokens == ref.tokens
+    assert s.nodes_verified > 0 and s.draft_calls > 0 and s.accepted_model > 0, s
+
+
+def test_paid_levels_pay_only_beyond_the_free_nodes():
+    """worth_paid_levels: a chain of paid nodes (the k-th accepted with a^k, a level each) joins
+    the free nodes; it is drafted only if it raises the step's best score."""
+    from heterospec._core import testing as T
+    sizes = [1, 2, 4, 8, 16]
+    flat = [10.0, 10.2, 10.5, 11.0, 12.0]
+    assert T.worth_paid_levels(sizes, flat, [], 0.7, 15, 6, 0.0, 0.5)          # cheap levels, no free nodes
+    assert not T.worth_paid_levels(sizes, flat, [], 0.7, 15, 6, 0.0, 50.0)     # a level dearer than 5 passes
+    # a confident free chain leaves the paid levels too little to add for what they cost
+    free = [0.95, 0.9, 0.86, 0.82, 0.78, 0.74]
+    assert T.worth_paid_levels(sizes, flat, free, 0.7, 15, 6, 0.0, 0.5)
+    assert not T.worth_paid_levels(sizes, flat, free, 0.7, 15, 6, 0.0, 4.0)
+    assert T.worth_paid_levels(sizes, flat, [], 0.7, 15, 6, 0.0, 4.0)       # ... that pay without them
+    steep = [10.0 * s for s in sizes]                                        # compute-bound: nothing pays
+    assert not T.worth_paid_levels(sizes, steep, [], 0.9, 15, 6, 0.0, 0.1)
 
 
 def test_cost_profile_is_measured_once_and_cached(tiny, profile_cache_dir):

@@ -106,15 +106,45 @@ int32_t worth_extending(const CostProfile & profile, const std::vector<float> & 
     return n;
 }
 
-bool CostModel::should_draft(int32_t max_depth) {
-    if (!gate_.speculate()) return false;
-    for (int32_t d = 1; d <= max_depth; ++d)
-        if ((1.0 + d) / (d * level_ms() + verify_ms(d + 1)) * verify_ms(1) > 1.0) return true;
+bool worth_paid_levels(const CostProfile & profile, const std::vector<float> & free_accept, float a,
+                       int32_t max_budget, int32_t max_depth, double spent_ms, double level_ms,
+                       double long_run_rate, std::vector<float> & more) {
+    const double base = choose_budget(profile, free_accept, max_budget, spent_ms, long_run_rate).score;
+    more.assign(free_accept.begin(), free_accept.end());
+    double ak = 1.0;
+    for (int32_t d = 1; d <= max_depth; ++d) {
+        ak *= a;
+        more.insert(std::upper_bound(more.begin(), more.end(), float(ak), std::greater<float>()), float(ak));
+        if (choose_budget(profile, more, max_budget, spent_ms + d * level_ms, long_run_rate).score > base) return true;
+    }
     return false;
 }
 
-bool CostModel::worth_drafting(float top_accept, int32_t max_budget, double spent_ms) const {
-    return heterospec::worth_drafting(costs(), top_accept, max_budget, spent_ms, level_ms());
+bool CostModel::should_draft(int32_t max_depth, bool paid) {
+    if (!gate_.speculate()) return false;
+    const double level = paid ? level_ms() : 0.0;
+    for (int32_t d = 1; d <= max_depth; ++d)
+        if ((1.0 + d) / (d * level + verify_ms(d + 1)) * verify_ms(1) > 1.0) return true;
+    return false;
+}
+
+bool CostModel::should_pay(const std::vector<float> & free_accept, int32_t max_budget, int32_t max_depth,
+                           double spent_ms) {
+    if (!paid_gate_.speculate()) return false;
+    return worth_paid_levels(costs(), free_accept, paid_agreement(), max_budget, max_depth, spent_ms, level_ms(),
+                             long_run_rate(), scratch_);
+}
+
+void CostModel::observe_paid(int32_t paid_tokens, double paid_ms) {
+    // Paid levels pay while the tokens only they found save more plain steps than they cost.
+    const double decay = 1.0 - 1.0 / 32;
+    paid_tokens_ = decay * paid_tokens_ + paid_tokens;
+    paid_ms_ = decay * paid_ms_ + paid_ms;
+    paid_gate_.report(paid_tokens_ * verify_ms(1) >= paid_ms_);
+}
+
+bool CostModel::worth_drafting(float top_accept, int32_t max_budget, double spent_ms, bool paid) const {
+    return heterospec::worth_drafting(costs(), top_accept, max_budget, spent_ms, paid ? level_ms() : 0.0);
 }
 
 int32_t CostModel::worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
@@ -140,25 +170,31 @@ void CostModel::observe_agreement(bool agreed) {
     long_agreement_ = 0.99 * long_agreement_ + 0.01 * (agreed ? 1.0 : 0.0);
 }
 
-void CostModel::observe_step(bool drafted, int32_t emitted, int32_t draft_passes, double draft_ms,
-                             int32_t verified_tokens, double verified_ms) {
+void CostModel::observe_step(const StepRecord & step) {
+    StepRecord r = step;
     if (projected) {   // what the step would have cost on the profiled device
-        draft_ms = draft_passes * profile.draft_level_ms;
-        verified_ms = profile.verify(verified_tokens);
+        r.draft_ms = r.draft_passes * profile.draft_level_ms;
+        r.verify_ms = profile.verify(r.verified_tokens);
+        if (r.paid_apart) r.paid_ms = r.draft_ms;   // only the paid levels make passes
     }
     const double decay = 1.0 - 1.0 / 64;
-    all_tokens_ = decay * all_tokens_ + emitted;
-    all_ms_ = decay * all_ms_ + draft_ms + verified_ms;
+    all_tokens_ = decay * all_tokens_ + r.emitted;
+    all_ms_ = decay * all_ms_ + r.draft_ms + r.verify_ms;
     auto ema = [](double & avg, double x) { avg = avg < 0 ? x : 0.8 * avg + 0.2 * x; };
-    ema(verify_scale_[verified_tokens > 1], verified_ms / profile.verify(verified_tokens));
+    ema(verify_scale_[r.verified_tokens > 1], r.verify_ms / profile.verify(r.verified_tokens));
     rescale();
-    if (!drafted) return;
-    if (draft_passes > 0) ema(level_ms_, draft_ms / draft_passes);
+    if (r.draft_passes > 0 && (r.drafted || r.paid_apart)) ema(level_ms_, (r.paid_apart ? r.paid_ms : r.draft_ms) / r.draft_passes);
+    if (r.paid_apart) {
+        observe_paid(r.paid_tokens, r.paid_ms);
+        r.emitted -= r.paid_tokens;
+        r.draft_ms -= r.paid_ms;
+    }
+    if (!r.drafted) return;
     // Speculation pays while its realised rate, over the last few dozen speculative steps, beats
     // plain decoding's. One step alone says little: accepted lengths vary widely.
     const double spec_decay = 1.0 - 1.0 / 32;
-    spec_tokens_ = spec_decay * spec_tokens_ + emitted;
-    spec_ms_ = spec_decay * spec_ms_ + draft_ms + verified_ms;
+    spec_tokens_ = spec_decay * spec_tokens_ + r.emitted;
+    spec_ms_ = spec_decay * spec_ms_ + r.draft_ms + r.verify_ms;
     gate_.report(spec_tokens_ / spec_ms_ * verify_ms(1) >= 1.0);
 }
 

@@ -93,6 +93,15 @@ int32_t worth_extending(const CostProfile & profile, const std::vector<float> & 
                         const std::vector<float> & child_accept, int32_t max_budget, double spent_ms, double level_ms,
                         double long_run_rate, std::vector<float> & scratch);
 
+// Whether paid drafting levels (a draft model's, a head's) can raise a step's score over the
+// free nodes alone, before paying for any: a chain of paid nodes whose k-th is accepted with
+// chance a^k (a: how often the paid source's first choice has been right lately), one level
+// each at level_ms, up to max_depth, joins the free nodes' estimates (best first). Optimistic
+// where both sources would propose the same tokens: the paid gate judges the realised gain.
+bool worth_paid_levels(const CostProfile & profile, const std::vector<float> & free_accept, float a,
+                       int32_t max_budget, int32_t max_depth, double spent_ms, double level_ms,
+                       double long_run_rate, std::vector<float> & scratch);
+
 // Pauses speculation while it does not pay: after a losing step, the next `pause` steps run
 // plain, and `pause` doubles (up to a cap) each time speculation loses again.
 class SpeculationGate {
@@ -104,6 +113,23 @@ public:
 private:
     int32_t wait_ = 0;
     int32_t pause_ = 1;
+};
+
+// What one step cost and gave, for the cost model.
+struct StepRecord {
+    bool drafted = false;      // it verified a drafted tree (not a plain step, nor one cut after its
+                               // first level); with paid_apart: one with free nodes
+    int32_t emitted = 1;
+    int32_t draft_passes = 0;
+    double draft_ms = 0;
+    int32_t verified_tokens = 1;
+    double verify_ms = 0;
+    // A drafter with free sources that paid for levels this step: the tokens only the paid
+    // source proposed and what its levels cost, judged apart (observe_paid); the step's gate
+    // then sees the step without them.
+    bool paid_apart = false;
+    int32_t paid_tokens = 0;
+    double paid_ms = 0;
 };
 
 // The cost-aware allocation's state, kept across generations (same models, same machine): the
@@ -138,10 +164,19 @@ public:
     void observe_agreement(bool agreed);
 
     // Before drafting: false runs a plain step (speculation paused, or no tree up to max_depth
-    // could beat plain decoding even if every token were accepted).
-    bool should_draft(int32_t max_depth);
-    // After the first level: whether a chain as confident as the best first-level node could pay.
-    bool worth_drafting(float top_accept, int32_t max_budget, double spent_ms) const;
+    // could beat plain decoding even if every token were accepted). `paid`: its levels cost a
+    // model pass each (else they are free).
+    bool should_draft(int32_t max_depth, bool paid = true);
+    // For a drafter with free sources too: whether to pay for a first paid level on top of the
+    // free nodes whose estimates are `free_accept` (best first). Paused apart while paid levels
+    // lose, so that losing model drafts do not mute winning free ones.
+    bool should_pay(const std::vector<float> & free_accept, int32_t max_budget, int32_t max_depth, double spent_ms);
+    // How often the paid source's first choice was right, over its recent steps.
+    float paid_agreement() const { return float(paid_agreement_); }
+    void observe_paid_agreement(bool agreed) { paid_agreement_ = 0.9 * paid_agreement_ + 0.1 * (agreed ? 1.0 : 0.0); }
+    // After the first level: whether a chain as confident as the best first-level node could pay
+    // (`paid`: further levels cost a pass each).
+    bool worth_drafting(float top_accept, int32_t max_budget, double spent_ms, bool paid = true) const;
     // After each level: how many frontier nodes are worth expanding (0: stop drafting).
     int32_t worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
                          int32_t max_budget, double spent_ms) const;
@@ -149,19 +184,21 @@ public:
     BudgetChoice choose(const std::vector<float> & accept, int32_t max_budget, double spent_ms) const;
 
     // After each step: nodes whose fate the step revealed (value, path entropy bin, accepted)
-    // for calibration, and the realised costs and tokens. `drafted`: the step drafted a tree and
-    // chose its nodes (not a plain step, nor one cut after its first level).
+    // for calibration, and the realised costs and tokens.
     void observe_node(const NodeFeatures & x, bool accepted) { acceptance.observe(x, accepted); }
-    void observe_step(bool drafted, int32_t emitted, int32_t draft_passes, double draft_ms, int32_t verified_tokens,
-                      double verified_ms);
+    void observe_step(const StepRecord & r);
 
 private:
     SpeculationGate gate_;
+    SpeculationGate paid_gate_;                 // paid levels beside free sources
+    double paid_tokens_ = 0, paid_ms_ = 0;      // their decayed gain and cost
+    double paid_agreement_ = 0.5;
     double level_ms_ = -1;       // EMA of realised drafting time per draft pass
     double verify_scale_[2] = {-1, -1};   // EMAs of realised / profiled verification time: 1, >1 tokens
     CostProfile realised_;                // the profile with those scales applied (empty until seen)
     mutable std::vector<float> scratch_;  // worth_extending's working space
     void rescale();
+    void observe_paid(int32_t paid_tokens, double paid_ms);
     double spec_tokens_ = 0, spec_ms_ = 0;   // decayed sums over speculative steps: realised rate
     double all_tokens_ = 0, all_ms_ = 0;     // the same over every step
     double agreement_ = 0.5, long_agreement_ = 0.5;   // EMAs: this generation's, and all steps' 

@@ -83,6 +83,10 @@ struct Engine::Impl {
     std::vector<float> est;
     std::vector<int32_t> order;
     std::vector<int32_t> selected, accepted;
+    // the step's paid levels beside free sources (draft_cost_aware), judged apart in observe()
+    bool step_paid = false;
+    double step_paid_ms = 0;
+    int32_t step_free_nodes = 0;
     std::vector<char> piece_buf = std::vector<char>(256);
 
     std::string_view piece(int32_t token) {
@@ -260,14 +264,40 @@ struct Engine::Impl {
         for (int32_t f : drafter->frontier()) next.push_back(est[size_t(f)] * acc.estimate(features(f)));
     }
 
-    // Cost-aware drafting: one level, then more only while another level can raise the step's
-    // score (section 4, beyond the paper). Returns false for a plain step.
+    // Cost-aware drafting: the free sources' nodes (n-gram branches) at once; a first paid level
+    // (a model pass) only where it can pay; then more paid levels only while another level can
+    // raise the step's score (section 4, beyond the paper). Returns false for a plain step.
     bool draft_cost_aware(const StepLimits & L, llama_pos P, double t0) {
         const int32_t calls0 = drafter->calls();
         auto spent = [&] { return cost->spent_ms(drafter->calls() - calls0, now_ms() - t0); };
-        drafter->start(tree, L.shape, P, 1);
+        const bool free = drafter->has_free_source();
+        if (free && cost->should_draft(L.max_depth, false)) drafter->start_free(tree, L.shape, P);
+        step_free_nodes = tree.size() - 1;
+        if (drafter->has_paid_levels() && pay_first_level(L, free, spent())) {
+            const double p0 = now_ms();
+            drafter->start_paid(tree, L.shape, P);
+            step_paid = true;
+            extend_paid(L, spent);
+            step_paid_ms = now_ms() - p0;
+        }
         estimates(accept_est, child_est);
-        if (accept_est.empty() || !cost->worth_drafting(accept_est[0], L.max_budget, spent())) return false;
+        return !accept_est.empty() && cost->worth_drafting(accept_est[0], L.max_budget, spent(), step_paid);
+    }
+
+    // Whether to pay for a first paid level: beside free sources, when it can beat their nodes
+    // alone; a paid source alone, when any tree could beat plain decoding.
+    bool pay_first_level(const StepLimits & L, bool free, double spent) {
+        if (!free) return cost->should_draft(L.max_depth, true);
+        estimates(accept_est, child_est);
+        return cost->should_pay(accept_est, L.max_budget, L.max_depth, spent);
+    }
+
+    // After the first paid level: more levels while another can raise the step's score, none
+    // when no chain as confident as the best drafted node could pay.
+    template <typename Spent>
+    void extend_paid(const StepLimits & L, const Spent & spent) {
+        estimates(accept_est, child_est);
+        if (accept_est.empty() || !cost->worth_drafting(accept_est[0], L.max_budget, spent(), true)) return;
         for (int32_t d = 1; d < L.max_depth; ++d) {
             if (d > 1) estimates(accept_est, child_est);
             const int32_t keep = cost->worth_extending(accept_est, child_est, L.max_budget, spent());
@@ -283,16 +313,15 @@ struct Engine::Impl {
             drafter->narrow_frontier(order);
             if (drafter->extend(tree, 1) == 0) break;
         }
-        return true;
     }
 
     // Drafts this step's tree. Returns false when the step runs plain (nothing drafted to verify).
     bool draft_tree(const StepLimits & L, llama_pos P, double t0) {
+        step_paid = false;
+        step_paid_ms = 0;
+        step_free_nodes = 0;
         if (L.depth < 1) return false;
-        if (cost_aware()) {
-            if (!cost->should_draft(L.max_depth)) return false;
-            return draft_cost_aware(L, P, t0);
-        }
+        if (cost_aware()) return draft_cost_aware(L, P, t0);
         drafter->start(tree, L.shape, P, L.depth);
         return true;
     }
@@ -338,23 +367,41 @@ struct Engine::Impl {
     // target drew would have been. Observing those too keeps the calibration free of the bias of
     // learning only from nodes chosen for verification, and plain steps still teach it.
     void observe(const WalkResult & w, bool drafted, int32_t draft_passes, double draft_ms, double verify_ms) {
+        StepRecord r;
+        r.drafted = drafted;
+        r.emitted = w.emitted;
+        r.draft_passes = draft_passes;
+        r.draft_ms = draft_ms;
+        r.verified_tokens = tb.size();
+        r.verify_ms = verify_ms;
         if (tree.size() > 1) {
             on_path.assign(size_t(tree.size()), 0);
             on_path[0] = 1;
             for (int32_t e = w.last; e > 0; e = tb.parent[size_t(e)]) on_path[size_t(tb.node[size_t(e)])] = 1;
             const int32_t last = tb.node[size_t(w.last)];
             const int32_t first_choice = root_best();
+            const int32_t paid_first = step_paid ? drafter->paid_first_choice() : -1;
             bool agreed = false;
             for (int32_t i = 1; i < tree.size(); ++i) {
                 const DraftNode & n = tree[i];
                 if (!on_path[size_t(n.parent)]) continue;   // the target never looked there
                 const bool accepted = on_path[size_t(i)] || (n.parent == last && n.token == w.token);
                 if (i == first_choice) agreed = accepted;
+                if (i == paid_first) cost->observe_paid_agreement(accepted);
                 cost->observe_node(features(i), accepted);
+                // accepted tokens that only the paid source proposed: what it alone earned
+                if (on_path[size_t(i)] && n.source == kFromModel) r.paid_tokens++;
             }
             cost->observe_agreement(agreed);
         }
-        cost->observe_step(drafted, w.emitted, draft_passes, draft_ms, tb.size(), verify_ms);
+        if (step_paid && drafter->has_free_source()) {
+            r.paid_apart = true;
+            r.paid_ms = step_paid_ms;
+            r.drafted = drafted && step_free_nodes > 0;   // the free sources' part, judged alone
+        } else {
+            r.paid_tokens = 0;
+        }
+        cost->observe_step(r);
     }
 
     // The root's most probable child (the drafter's first choice).

@@ -58,6 +58,7 @@ void DraftModelDrafter::do_start(DraftTree & tree, const DraftShape & shape, lla
         if (tp.p < shape.p_min) break;   // sorted: the rest are lower still
         cand_.push_back(tree.add_or_merge(0, tp.id, tp.p, kFromModel));
     }
+    first_choice_ = cand_.empty() ? -1 : cand_[0];
     tree.top(cand_, size_t(shape.width), frontier_);
     extend(tree, levels - 1);
 }
@@ -145,6 +146,12 @@ void DraftModelDrafter::do_commit(const DraftTree & tree, const std::vector<int3
     for (int32_t i = 0; i < best_len; ++i) cached_.append(&tree[accepted[size_t(i)]].token, 1);
     n_past_ = root_pos_ + 1 + best_len;
     for (size_t i = size_t(best_len); i < accepted.size(); ++i) pending_.push_back(tree[accepted[i]].token);
+}
+
+void DraftModelDrafter::do_defer(const DraftTree & tree, const std::vector<int32_t> & accepted) {
+    first_choice_ = -1;
+    pending_.push_back(tree[0].token);
+    for (int32_t n : accepted) pending_.push_back(tree[n].token);
 }
 
 double DraftModelDrafter::time_level(int32_t width) {

@@ -25,6 +25,9 @@ public:
     // `cached`: the record of what the draft's cache holds, shared by every drafter using it.
     DraftModelDrafter(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached);
     const char * name() const override { return "model"; }
+    bool has_free_source() const override { return false; }
+    bool has_paid_levels() const override { return true; }
+    int32_t paid_first_choice() const override { return first_choice_; }
 
     int32_t extend(DraftTree & tree, int32_t levels) override;
     const std::vector<int32_t> & frontier() const override { return frontier_; }
@@ -41,11 +44,14 @@ protected:
     // Processes `prefix` in sequence 0 (with `reuse`, the part not in the cache already).
     void do_begin(const std::vector<int32_t> & prefix, bool reuse) override;
     void do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) override;
+    void do_start_paid(DraftTree & tree, const DraftShape & shape, llama_pos root_pos) override {
+        do_start(tree, shape, root_pos, 1);
+    }
     // Keeps the longest accepted prefix already in the draft's cache and queues the rest, to be
     // run with the next root.
     void do_commit(const DraftTree & tree, const std::vector<int32_t> & accepted) override;
-    // The root is committed but the draft has not run it: it runs with the next root.
-    void do_defer(const DraftTree & tree) override { pending_.push_back(tree[0].token); }
+    // The draft has not run this step: the root and the accepted path run with the next root.
+    void do_defer(const DraftTree & tree, const std::vector<int32_t> & accepted) override;
 
 private:
     void decode_or_throw();
@@ -64,6 +70,7 @@ private:
     // the step in progress
     DraftShape shape_;
     llama_pos root_pos_ = 0;
+    int32_t first_choice_ = -1;           // the root's likeliest child by the draft
     std::vector<int32_t> frontier_;       // tree nodes to expand next, best first
     std::vector<int32_t> frontier_out_;   // their batch output indices
     std::vector<int32_t> seq_of_;         // per tree node: its draft sequence, -1 if not run

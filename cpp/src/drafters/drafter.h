@@ -6,8 +6,12 @@
 //   start(tree)    each speculative step: drafts `levels` levels below the root;
 //   extend(tree)   more levels on the same tree, while the allocation asks for them, expanding
 //                  only the frontier nodes it keeps (narrow_frontier);
-//   commit(tree)   after verification: the accepted nodes; a step that never called start
-//                  commits its root alone.
+//   commit(tree)   after verification: the accepted nodes (a step that drafted nothing
+//                  commits its root alone).
+// The cost-aware allocation drafts in two stages instead of start(): start_free() adds what
+// costs no model pass (n-gram branches), then start_paid() a first paid level (a model's or a
+// head's) only when its expected gain beats its cost, and extend() more paid levels while they
+// pay. Free drafts are never given up because paid ones do not pay (issue #25).
 // Tree nodes carry the drafter's probability q of their token given the path, so that the tree
 // selection, the entropy policy and the cost-aware budget work the same on every drafter.
 //
@@ -50,6 +54,22 @@ public:
         started_ = true;
         do_start(tree, shape, root_pos, levels);
     }
+    // Cost-aware steps: the free sources' nodes below the root (none for a model alone).
+    void start_free(DraftTree & tree, const DraftShape & shape, llama_pos root_pos) {
+        started_ = true;
+        do_start_free(tree, shape, root_pos);
+    }
+    // Cost-aware steps: the first paid level, merging with the free nodes already in `tree`.
+    void start_paid(DraftTree & tree, const DraftShape & shape, llama_pos root_pos) {
+        started_ = true;
+        do_start_paid(tree, shape, root_pos);
+    }
+    // Which sources it has: free ones (no model pass) and paid levels (model passes).
+    virtual bool has_free_source() const = 0;
+    virtual bool has_paid_levels() const = 0;
+    // The paid source's first choice below the root in this step's tree (-1: none drafted), to
+    // learn how often it is right.
+    virtual int32_t paid_first_choice() const { return -1; }
     // Drafts more levels on the step's tree. Returns the levels added.
     virtual int32_t extend(DraftTree & tree, int32_t levels) { return 0; }
     // The nodes the next level would expand, best first (empty: nothing more to extend).
@@ -59,7 +79,7 @@ public:
     // After verification: `accepted` are the accepted tree nodes (root excluded, path order).
     void commit(const DraftTree & tree, const std::vector<int32_t> & accepted) {
         if (started_) do_commit(tree, accepted);
-        else do_defer(tree);
+        else do_defer(tree, accepted);
         started_ = false;
     }
 
@@ -78,9 +98,12 @@ public:
 protected:
     virtual void do_begin(const std::vector<int32_t> & prefix, bool reuse) = 0;
     virtual void do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) = 0;
+    virtual void do_start_free(DraftTree & tree, const DraftShape & shape, llama_pos root_pos) {}
+    virtual void do_start_paid(DraftTree & tree, const DraftShape & shape, llama_pos root_pos) {}
     virtual void do_commit(const DraftTree & tree, const std::vector<int32_t> & accepted) = 0;
-    // A step that drafted nothing: its root (tree[0]) is committed all the same.
-    virtual void do_defer(const DraftTree & tree) = 0;
+    // A step this drafter took no part in: its root (tree[0]) and the accepted nodes (another
+    // source's) are committed all the same.
+    virtual void do_defer(const DraftTree & tree, const std::vector<int32_t> & accepted) = 0;
 
 private:
     bool started_ = false;

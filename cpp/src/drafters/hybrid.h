@@ -1,8 +1,9 @@
 // The draft model's tree with the n-gram branches merged in, verified in one pass. The model
 // drafts level by level as the allocation asks; the n-gram branches (which cost no model pass)
-// are added once, after the model's first level, and merge with the model's nodes where both
-// propose the same token. They carry what the model's second choices do not: text that occurred
-// before.
+// are added at once and merge with the model's nodes where both propose the same token. They
+// carry what the model's second choices do not: text that occurred before. Fixed shapes add
+// them after the model's first level; the cost-aware allocation adds them first, and the model's
+// levels only where they pay.
 #pragma once
 
 #include "drafters/draft_model.h"
@@ -15,6 +16,9 @@ public:
     HybridDrafter(llama_context * draft_ctx, int32_t n_seq_max, CachedTokens & cached, const SuffixIndex & index)
         : model_(draft_ctx, n_seq_max, cached), ngram_(index) {}
     const char * name() const override { return "hybrid"; }
+    bool has_free_source() const override { return true; }
+    bool has_paid_levels() const override { return true; }
+    int32_t paid_first_choice() const override { return model_.paid_first_choice(); }
 
     int32_t extend(DraftTree & tree, int32_t levels) override { return model_.extend(tree, levels); }
     const std::vector<int32_t> & frontier() const override { return model_.frontier(); }
@@ -33,10 +37,19 @@ protected:
         model_.start(tree, shape, root_pos, levels);
         ngram_.add_branches(tree, shape, levels);
     }
+    void do_start_free(DraftTree & tree, const DraftShape & shape, llama_pos) override {
+        ngram_.add_branches(tree, shape, 1);
+    }
+    void do_start_paid(DraftTree & tree, const DraftShape & shape, llama_pos root_pos) override {
+        model_.start_paid(tree, shape, root_pos);
+    }
+    // the model commits what it drafted, or catches up on a step it skipped
     void do_commit(const DraftTree & tree, const std::vector<int32_t> & accepted) override {
         model_.commit(tree, accepted);
     }
-    void do_defer(const DraftTree & tree) override { model_.commit(tree, {}); }
+    void do_defer(const DraftTree & tree, const std::vector<int32_t> & accepted) override {
+        model_.commit(tree, accepted);
+    }
 
 private:
     DraftModelDrafter model_;

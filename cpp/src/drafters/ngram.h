@@ -25,6 +25,8 @@ public:
 
     explicit NgramDrafter(const SuffixIndex & index) : index_(index) {}
     const char * name() const override { return "ngram"; }
+    bool has_free_source() const override { return true; }
+    bool has_paid_levels() const override { return false; }
 
     // Adds the trie's nodes below the root of `tree` (merging with nodes already there), at
     // least `levels` deep when the continuations are: the hybrid drafter's n-gram branches.
@@ -35,8 +37,9 @@ protected:
     void do_start(DraftTree & tree, const DraftShape & shape, llama_pos, int32_t levels) override {
         add_branches(tree, shape, levels);
     }
+    void do_start_free(DraftTree & tree, const DraftShape & shape, llama_pos) override { add_branches(tree, shape, 1); }
     void do_commit(const DraftTree &, const std::vector<int32_t> &) override {}
-    void do_defer(const DraftTree &) override {}
+    void do_defer(const DraftTree &, const std::vector<int32_t> &) override {}
 
 private:
     const SuffixIndex & index_;
