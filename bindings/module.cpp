@@ -280,6 +280,8 @@ NB_MODULE(_core, m) {
             return t[i].source;
         })
         .def("select", [](const DraftTree & t, size_t n) { std::vector<int32_t> out; t.select(n, out); return out; })
+        .def("select_one_path", [](const DraftTree & t, size_t n) {
+            std::vector<int32_t> out; t.select(n, out); keep_one_path(t, out); return out; })
         .def("select_by", [](const DraftTree & t, const std::vector<float> & score, size_t n) {
             if (int32_t(score.size()) != t.size()) throw std::invalid_argument("one score per node");
             std::vector<int32_t> out; t.select_by(score, n, out); return out; })

@@ -44,6 +44,18 @@ def test_selection_is_top_n_by_value_and_closed_under_ancestors():
             assert p == 0 or p in chosen
 
 
+def test_one_path_follows_the_best_selected_child():
+    """Targets with recurrent memory verify a chain: of a selection, the path that takes the
+    best-ranked selected child at each node."""
+    t = build(SPEC)
+    # values: 1 .6, 4 .54, 7 .432, 2 .3, 6 .15, 8 .108, 3 .1, 5 .03
+    assert t.select_one_path(8) == [1, 4, 7]
+    assert t.select_one_path(2) == [1, 4]
+    assert t.select_one_path(0) == []
+    t2 = build([(0, 1, 0.5), (0, 2, 0.45), (2, 3, 0.9), (1, 4, 0.1)])
+    assert t2.select(4) == [1, 2, 3, 4] and t2.select_one_path(4) == [1, 4]   # the best first step
+
+
 def test_ties_go_to_the_shallower_node():
     # q = 1 makes a child's value equal to its parent's
     t = build([(0, 1, 0.5), (1, 2, 1.0), (2, 3, 1.0), (0, 4, 0.5)])

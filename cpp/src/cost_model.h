@@ -191,7 +191,9 @@ public:
 private:
     SpeculationGate gate_;
     SpeculationGate paid_gate_;                 // paid levels beside free sources
-    double paid_tokens_ = 0, paid_ms_ = 0;      // their decayed gain and cost
+    double paid_tokens_ = 1, paid_ms_ = 0;      // their decayed gain and cost (a prior of one
+                                                // free token: one unlucky first step does not
+                                                // pause them)
     double paid_agreement_ = 0.5;
     double level_ms_ = -1;       // EMA of realised drafting time per draft pass
     double verify_scale_[2] = {-1, -1};   // EMAs of realised / profiled verification time: 1, >1 tokens

@@ -49,6 +49,17 @@ void DraftTree::select(size_t n, std::vector<int32_t> & out) const {
     top(scratch_, n, out);
 }
 
+void keep_one_path(const DraftTree & tree, std::vector<int32_t> & selected) {
+    int32_t tip = 0;   // the kept path's deepest node: parents come before their children
+    size_t kept = 0;
+    for (int32_t n : selected) {
+        if (tree[n].parent != tip) continue;
+        selected[kept++] = n;
+        tip = n;
+    }
+    selected.resize(kept);
+}
+
 void DraftTree::select_by(const std::vector<float> & score, size_t n, std::vector<int32_t> & out) const {
     out.resize(nodes_.size() - 1);
     std::iota(out.begin(), out.end(), 1);

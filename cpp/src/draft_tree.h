@@ -65,6 +65,10 @@ private:
     mutable std::vector<int32_t> scratch_;
 };
 
+// Keeps, of `selected` (best first, closed under ancestors), one path from the root: below each
+// kept node, its best-ranked selected child. For targets whose memory verifies chains only.
+void keep_one_path(const DraftTree & tree, std::vector<int32_t> & selected);
+
 // A selection laid out as one batch: entry 0 is the root, then the selected nodes in order of
 // depth (parents before children). Each root-to-leaf path gets a sequence id 0..n_paths-1 and
 // every entry carries the ids of all paths through it.

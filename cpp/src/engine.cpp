@@ -25,6 +25,10 @@
 
 namespace heterospec {
 
+// The longest chain a recurrent target verifies: llama.cpp keeps a copy of the recurrent state
+// per token of it (n_rs_seq rollback planes).
+constexpr int32_t kMaxChain = 16;
+
 // State of the generation in progress.
 struct Generation {
     GenerateParams params;
@@ -68,6 +72,8 @@ struct Engine::Impl {
     std::vector<Speculator> speculators;
     std::string default_drafter;
     int32_t n_seqs = 1;           // sequences per context: max_nodes, or fewer in a small context
+    Verification verification = Verification::none;   // what the target's memory can verify
+    int32_t max_verify = 0;       // the most drafted nodes one step can verify
     CostProfile target_profile;   // t_verify(n), measured once
     Drafter * drafter = nullptr;  // the generation's
     CostModel * cost = nullptr;
@@ -224,9 +230,10 @@ struct Engine::Impl {
     StepLimits plan(llama_pos P) const {
         const SpecParams & sp = gen.params.spec;
         const bool chain = gen.mode == Mode::chain;
+        const bool one_path = chain || verification == Verification::chains;
         StepLimits L;
-        L.shape.branching = chain ? 1 : sp.branching;
-        L.shape.width = chain ? 1 : std::min(sp.width, n_seqs);
+        L.shape.branching = one_path ? 1 : sp.branching;
+        L.shape.width = one_path ? 1 : std::min(sp.width, n_seqs);
         L.shape.p_min = chain ? sp.p_min : 0.0f;
         const int32_t room = int32_t(n_ctx) - 1 - P;
         const int32_t batch_room = int32_t(llama_n_batch(target_ctx.get())) - 1;
@@ -237,8 +244,8 @@ struct Engine::Impl {
         L.max_depth = fit_depth(depth + extra);
         // model-free branches cost nothing to draft: the cost-aware allocation may look deeper
         L.shape.free_depth = std::min(room, cost_aware() ? std::max(depth + extra, kFreeDepth) : depth + extra);
-        L.budget = std::min<int32_t>({chain ? sp.n_max : sp.budget, room, batch_room, n_seqs});
-        L.max_budget = std::min<int32_t>({cost_aware() ? n_seqs : L.budget + extra, room, batch_room, n_seqs});
+        L.budget = std::min<int32_t>({chain ? sp.n_max : sp.budget, room, batch_room, max_verify});
+        L.max_budget = std::min<int32_t>({cost_aware() ? max_verify : L.budget + extra, room, batch_room, max_verify});
         if (L.budget < 1) L.depth = L.max_depth = 0;
         return L;
     }
@@ -431,6 +438,7 @@ struct Engine::Impl {
         const bool drafted = draft_tree(L, P, t0);
         if (drafted) allocate(L, t0, calls0, tr);
         else selected.clear();   // a plain step: the root alone
+        if (verification == Verification::chains) keep_one_path(tree, selected);
         tb.build(tree, selected);
         const double t1 = now_ms();
 
@@ -450,6 +458,9 @@ struct Engine::Impl {
             g.stats.accepted_ngram += (source & kFromNgram) != 0;
         }
         if (!w.stopped) commit(w, P);
+        // generation ends inside the path: the target keeps what was accepted, so that the next
+        // call's prompt cache finds it (a recurrent state keeps nothing it cannot roll back to)
+        else verifier->commit(tb, w.last, P);
         if (cost_aware()) observe(w, drafted, drafter->calls() - calls0, t1 - t0, t2 - t1);
         const double t3 = now_ms();
         g.stats.steps++;
@@ -480,7 +491,7 @@ struct Engine::Impl {
         forget_caches();
         if (target_profile.empty()) {
             const int32_t token = std::max(0, llama_vocab_bos(vocab));
-            const int32_t most = std::min<int32_t>(n_seqs + 1, int32_t(llama_n_batch(target_ctx.get())));
+            const int32_t most = std::min<int32_t>(max_verify + 1, int32_t(llama_n_batch(target_ctx.get())));
             time_pass(target_ctx.get(), batch.get(), 1, token);   // warm-up
             for (int32_t n : {1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256}) {
                 if (n > most) break;
@@ -537,8 +548,7 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     if (!options.draft.path.empty()) {
         m.draft = load_model(options.draft);
         check_same_vocab(m.target.get(), m.draft.get());
-        // tree attention through sequence ids: one sequence per path, in one unified cache
-        check_tree_capable(m.target.get(), options.target.path);
+        // the draft's tree: one sequence per path, in one unified cache
         check_tree_capable(m.draft.get(), options.draft.path);
     }
     m.vocab = llama_model_get_vocab(m.target.get());
@@ -552,16 +562,26 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     spec.flash_attn = options.flash_attn;
     spec.cache_type_k = options.cache_type_k;
     spec.cache_type_v = options.cache_type_v;
-    const bool trees = tree_capable(m.target.get());   // else: plain decoding only
-    if (trees) {
+    ContextSpec target_spec = spec;
+    if (tree_capable(m.target.get())) {
         // one sequence per verified node; llama.cpp wants no more sequences than a batch holds
         m.n_seqs = std::min<int32_t>({options.max_nodes, int32_t(spec.n_ctx), int32_t(spec.n_batch)});
-        spec.n_seq_max = uint32_t(m.n_seqs);
-        spec.kv_unified = true;
+        target_spec.n_seq_max = spec.n_seq_max = uint32_t(m.n_seqs);
+        target_spec.kv_unified = spec.kv_unified = true;
+    } else {
+        // recurrent state: one sequence, with a snapshot per token of a chain to roll back to
+        // (each plane costs a copy of the state; the pin clamps it to 0 where it cannot)
+        target_spec.n_rs_seq = uint32_t(std::min(options.max_nodes, kMaxChain));
     }
-    m.target_ctx = make_context(m.target.get(), spec);
+    m.target_ctx = make_context(m.target.get(), target_spec);
+    m.verification = tree_capable(m.target.get()) ? Verification::trees
+                   : llama_n_rs_seq(m.target_ctx.get()) > 0 ? Verification::chains : Verification::none;
+    m.max_verify = m.verification == Verification::trees ? m.n_seqs : int32_t(llama_n_rs_seq(m.target_ctx.get()));
+    if (m.draft && m.verification == Verification::none)
+        throw std::invalid_argument("'" + options.target.path + "' has a recurrent memory that llama.cpp cannot roll "
+                                    "back at this pin, so it cannot verify drafts; use it without a draft model");
     if (m.draft) m.draft_ctx = make_context(m.draft.get(), spec);
-    if (trees) {
+    if (m.verification != Verification::none) {
         m.verifier.reset(new Verifier(m.target_ctx.get(), m.n_seqs, m.target_cached));
         for (NamedDrafter & d : make_drafters({m.draft_ctx.get(), &m.draft_cached, &m.index, m.n_seqs}))
             m.speculators.push_back({d.name, std::move(d.drafter), CostModel()});
@@ -666,7 +686,7 @@ void Engine::check(const std::vector<int32_t> & prompt, const GenerateParams & p
         throw std::invalid_argument("the prompt has " + std::to_string(prompt.size()) +
                                     " tokens but the context holds " + std::to_string(m.n_ctx) +
                                     "; shorten it or raise n_ctx (-c)");
-    const Mode mode = resolve_mode(params.spec.mode, m.verifier != nullptr);
+    const Mode mode = resolve_mode(params.spec.mode, m.verification);
     const SpecParams & sp = params.spec;
     const std::string & drafter_name = m.drafter_for(sp);
     bool known = false;
@@ -685,7 +705,7 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
     Impl & m = *impl_;
     check(prompt, params);
     // the default is the cost-aware HeteroSpec mode: it never runs slower than plain
-    const Mode mode = resolve_mode(params.spec.mode, m.verifier != nullptr);
+    const Mode mode = resolve_mode(params.spec.mode, m.verification);
     const SpecParams & sp = params.spec;
     Impl::Speculator * spec = mode == Mode::ar ? nullptr : m.find_speculator(m.drafter_for(sp));
 

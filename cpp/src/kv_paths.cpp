@@ -1,12 +1,19 @@
 #include "kv_paths.h"
 
 #include <stdexcept>
+#include <string>
+
+#include "model.h"
 
 namespace heterospec {
 
 llama_pos keep_prefix(llama_context * ctx, llama_pos keep) {
     llama_memory_t mem = llama_get_memory(ctx);
-    bool ok = keep > 0 && llama_memory_seq_rm(mem, 0, keep, -1);
+    // Recurrent state holds the end of the text only: it is kept when nothing is dropped. (Its
+    // rollback planes undo the last verification batch, not an earlier generation's tokens.)
+    const bool recurrent = has_recurrent_state(llama_get_model(ctx));
+    bool ok = keep > 0 && (!recurrent || llama_memory_seq_pos_max(mem, 0) + 1 == keep) &&
+              llama_memory_seq_rm(mem, 0, keep, -1);
     for (llama_seq_id s = 1; ok && s < llama_seq_id(llama_n_seq_max(ctx)); ++s) ok = llama_memory_seq_rm(mem, s, -1, -1);
     if (ok) return keep;
     llama_memory_clear(mem, false);
@@ -27,7 +34,10 @@ void KvPaths::ensure_live(int32_t n) {
 void KvPaths::commit(llama_seq_id keep, llama_pos p0, llama_pos p_end) {
     if (keep < 0 || keep >= live_) throw std::logic_error("kv_paths: kept sequence is not live");
     llama_memory_t mem = llama_get_memory(ctx_);
-    llama_memory_seq_rm(mem, keep, p_end, -1);
+    // a recurrent state rolls back through llama.cpp's snapshot planes (chains of at most n_rs_seq)
+    if (!llama_memory_seq_rm(mem, keep, p_end, -1))
+        throw std::runtime_error("llama.cpp could not roll the target's memory back to position " +
+                                 std::to_string(p_end));
     for (llama_seq_id s = 0; s < live_; ++s) {
         if (s == keep) continue;
         llama_memory_seq_rm(mem, s, p0, -1);

@@ -13,19 +13,27 @@ enum class Mode {
     heterospec,  // the tree allocated per step (entropy bins; cost-aware or the paper's gamma)
 };
 
-// "auto" is heterospec, or plain decoding for a target whose memory cannot hold a draft tree
-// (recurrent and hybrid models).
-inline Mode resolve_mode(const std::string & name, bool trees) {
+// What the target's memory lets a step verify: a tree (attention only: a sequence per path), a
+// chain (recurrent state rolled back through llama.cpp's snapshot planes, n_rs_seq), or
+// nothing but plain decoding (recurrent state that the pin cannot roll back).
+enum class Verification { trees, chains, none };
+
+// "auto" is heterospec, or plain decoding for a target that cannot verify drafts.
+inline Mode resolve_mode(const std::string & name, Verification v) {
     Mode m;
-    if (name == "auto") m = trees ? Mode::heterospec : Mode::ar;
+    if (name == "auto") m = v != Verification::none ? Mode::heterospec : Mode::ar;
     else if (name == "ar") m = Mode::ar;
     else if (name == "chain") m = Mode::chain;
     else if (name == "tree") m = Mode::tree;
     else if (name == "heterospec") m = Mode::heterospec;
     else throw std::logic_error("unvalidated mode '" + name + "'");   // config.cpp validates names
-    if (m != Mode::ar && !trees)
-        throw std::invalid_argument("mode '" + name + "' needs a target with attention-only memory: this one is "
-                                    "recurrent or hybrid and cannot hold a draft tree (use mode 'ar')");
+    if (m != Mode::ar && v == Verification::none)
+        throw std::invalid_argument("mode '" + name + "' cannot run on this target: its recurrent state cannot be "
+                                    "rolled back by llama.cpp at this pin, so rejected drafts could not be undone "
+                                    "(use mode 'ar')");
+    if (m == Mode::tree && v == Verification::chains)
+        throw std::invalid_argument("mode 'tree' needs a target with attention-only memory: this hybrid target "
+                                    "verifies chains (use 'chain', or 'heterospec', which allocates chains)");
     return m;
 }
 

@@ -234,6 +234,7 @@ ContextPtr make_context(llama_model * model, const ContextSpec & spec) {
     cp.n_batch = spec.n_batch;
     cp.n_ubatch = spec.n_batch;
     cp.n_seq_max = spec.n_seq_max;
+    cp.n_rs_seq = spec.n_rs_seq;
     cp.kv_unified = spec.kv_unified;
     cp.swa_full = true;   // sliding-window models keep every cell a path may need
     cp.n_threads = spec.n_threads;
@@ -251,9 +252,11 @@ ContextPtr make_context(llama_model * model, const ContextSpec & spec) {
     return ctx;
 }
 
-bool tree_capable(const llama_model * model) {
-    return !llama_model_is_recurrent(model) && !llama_model_is_hybrid(model);
+bool has_recurrent_state(const llama_model * model) {
+    return llama_model_is_recurrent(model) || llama_model_is_hybrid(model);
 }
+
+bool tree_capable(const llama_model * model) { return !has_recurrent_state(model); }
 
 void check_tree_capable(const llama_model * model, const std::string & path) {
     if (!tree_capable(model))

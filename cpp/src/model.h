@@ -38,12 +38,15 @@ struct ContextSpec {
     std::string flash_attn;
     std::string cache_type_k;
     std::string cache_type_v;
+    uint32_t n_rs_seq = 0;      // recurrent-state rollback planes per sequence (0: none)
 };
 ContextPtr make_context(llama_model * model, const ContextSpec & spec);
 
 // Tree verification branches the KV cache by sequence: recurrent and hybrid memories cannot.
 bool tree_capable(const llama_model * model);
 void check_tree_capable(const llama_model * model, const std::string & path);
+// Whether a memory cannot drop an arbitrary suffix (recurrent state, alone or in a hybrid).
+bool has_recurrent_state(const llama_model * model);
 
 // Throws std::invalid_argument naming the first difference (size, special tokens, token text).
 void check_same_vocab(const llama_model * target, const llama_model * draft);

@@ -146,10 +146,12 @@ void DraftModelDrafter::do_commit(const DraftTree & tree, const std::vector<int3
     for (int32_t i = 0; i < best_len; ++i) cached_.append(&tree[accepted[size_t(i)]].token, 1);
     n_past_ = root_pos_ + 1 + best_len;
     for (size_t i = size_t(best_len); i < accepted.size(); ++i) pending_.push_back(tree[accepted[i]].token);
+    frontier_.clear();   // the step's tree is gone: nothing to extend until the next start
 }
 
 void DraftModelDrafter::do_defer(const DraftTree & tree, const std::vector<int32_t> & accepted) {
     first_choice_ = -1;
+    frontier_.clear();
     pending_.push_back(tree[0].token);
     for (int32_t n : accepted) pending_.push_back(tree[n].token);
 }

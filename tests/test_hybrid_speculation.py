@@ -1,0 +1,118 @@
+"""Speculation on hybrid targets (issue #19): recurrent state plus attention, as in Qwen3.5/3.6
+(Gated DeltaNet) and LFM2 (short convolutions).
+
+Their recurrent state cannot hold a tree of paths, so a step verifies a chain in one sequence
+and rejected drafts are undone through llama.cpp's rollback planes (n_rs_seq). Exactness is
+checked as for attention-only targets (greedy equal to plain decoding apart from certified
+near-ties, sampling by a chi-square test), and every test asserts that drafts were verified.
+"""
+import pytest
+
+import gguf_arch
+from heterospec import Engine
+from test_heterospec import FLAT
+from test_speculative import check_greedy, chi2_threshold, two_sample_chi2
+
+WRITERS = {"qwen35": gguf_arch.write_qwen35, "lfm2": gguf_arch.write_lfm2}
+
+# repetitive text, so that n-gram drafts find matches in the prompt and the output
+PROMPTS = ["the value is None and the name is my class " * 3, "def print(self): return self.value " * 3,
+           "for name in value: print(name) " * 3, "hello world " * 6, "import my class as the value",
+           "while True: return None"]
+
+
+@pytest.fixture(scope="module", params=sorted(WRITERS))
+def hybrid(request, tmp_path_factory, tiny):
+    """(arch, target path, engine with the tiny Llama as a draft model of the same vocabulary)."""
+    path = WRITERS[request.param](tmp_path_factory.mktemp(request.param) / f"{request.param}.gguf")
+    with Engine(path, draft=tiny.target, n_threads=2, n_ctx=512) as e:
+        # a GPU-like profile, installed as projected: the cost-aware mode speculates by it,
+        # the same way on every run
+        e._engine.set_cost_profile(*FLAT, projected=True)
+        e._profile_ready = True
+        yield request.param, path, e
+
+
+def test_hybrid_targets_verify_chains(hybrid):
+    arch, _, e = hybrid
+    assert e.can_speculate
+    with pytest.raises(ValueError, match="chain"):
+        e.generate("hello", max_tokens=4, mode="tree")
+
+
+SHAPES = [dict(mode="chain", drafter="ngram"), dict(mode="chain", drafter="model", p_min=0.0),
+          dict(mode="chain", drafter="hybrid", n_max=8, p_min=0.0), dict(mode="heterospec", drafter="ngram"),
+          dict(mode="heterospec", drafter="model"), dict(mode="heterospec")]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_greedy_speculation_on_hybrid_targets_equals_plain_decoding(hybrid, shape):
+    arch, path, e = hybrid
+    verified = accepted = rolled_back = 0
+    for i, prompt in enumerate(PROMPTS):
+        ids = e.tokenize(prompt, parse_special=True)
+        ref = e.generate(ids, max_tokens=40, temperature=0, mode="ar")
+        if i % 2:   # n-grams would replay the reference (every draft right): here they guess
+            e.clear_ngram_memory()
+        got = e.generate(ids, max_tokens=40, temperature=0, trace=True, **shape)
+        assert got.stats.mode == shape["mode"]
+        check_greedy(e, path, ids, got, ref, f"{arch} {shape} {prompt!r}")
+        verified += got.stats.nodes_verified
+        accepted += got.stats.accepted_draft
+        # a step that verified more nodes than it accepted rolled the recurrent state back
+        rolled_back += sum(1 for depth, nodes, acc, *_ in got.trace if nodes > acc - 1)
+    # speculation happened (the tiny Llama is no draft of these models: the allocation soon stops)
+    assert verified > (10 if shape.get("drafter") == "model" else 30), verified
+    assert rolled_back > 0, rolled_back       # ... and rejected drafts were undone
+    if shape.get("drafter") != "model":
+        assert accepted > 10, accepted        # n-gram drafts of text seen before are accepted
+
+
+def test_sampling_on_hybrid_targets_matches_plain_sampling(hybrid):
+    arch, _, e = hybrid
+    prompt = e.tokenize("the value is the value is the value is the value", parse_special=True)
+    draws = {}
+    verified = 0
+    for mode, seed0 in (("ar", 0), ("heterospec", 10**6)):
+        out = []
+        for i in range(800):
+            p = e._params(max_tokens=3, temperature=1.0, top_k=5, top_p=1.0, min_p=0.0, seed=seed0 + i, mode=mode,
+                          drafter="hybrid")
+            r = e._engine.generate(prompt, p)
+            out.append(tuple(r.tokens[1:3]))
+            verified += r.stats.nodes_verified
+        draws[mode] = out
+    assert verified > 800, verified
+    stat, df = two_sample_chi2(draws["ar"], draws["heterospec"])
+    assert stat < chi2_threshold(df), (arch, stat, df)
+
+
+@pytest.mark.parametrize("mode", ["ar", "heterospec"])
+def test_prompt_cache_on_hybrid_targets_equals_a_cold_start(hybrid, mode):
+    """A multi-turn chat: each turn's prompt extends the text of the call before, so the state at
+    its end is reused; a prompt that shares only part of it starts cold (recurrent state cannot
+    be cut). Each answer equals a second engine's, which never reuses anything."""
+    arch, path, e = hybrid
+    with Engine(path, n_threads=2, n_ctx=512) as cold_engine:
+        cold_engine._engine.set_cost_profile(*FLAT, projected=True)
+        cold_engine._profile_ready = True
+        kw = dict(max_tokens=16, temperature=0, mode=mode, drafter="ngram" if mode != "ar" else None)
+        kw = {k: v for k, v in kw.items() if v is not None}
+        history = e.tokenize("the value is None and the name is my class", parse_special=True)
+        e.generate(history, max_tokens=1, temperature=0, mode="ar", cache_prompt=False)   # a known cache
+        cached, verified = [], 0
+        for turn in ("print the value", "for name in value", "return None if x else y"):
+            history = history + e.tokenize(" " + turn, add_special=False)
+            warm = e.generate(history, **kw)
+            cold = cold_engine.generate(history, cache_prompt=False, **kw)
+            check_greedy(e, path, history, warm, cold, f"{arch} {mode} {turn}")
+            cached.append(warm.stats.cached_tokens)
+            verified += warm.stats.nodes_verified
+            history = history + warm.tokens
+        assert all(c > 0 for c in cached[1:]), (arch, mode, cached)   # the state was reused
+        assert mode == "ar" or verified > 0
+        # a prompt sharing only a part of the cached text
+        part = history[: len(history) // 2]
+        short = e.generate(part, **kw)
+        assert short.stats.cached_tokens == 0
+        check_greedy(e, path, part, short, cold_engine.generate(part, cache_prompt=False, **kw), f"{arch} part")
