@@ -142,6 +142,7 @@ NB_MODULE(_core, m) {
         .def_ro("drafter", &Stats::drafter)
         .def_ro("accepted_model", &Stats::accepted_model)
         .def_ro("accepted_ngram", &Stats::accepted_ngram)
+        .def_ro("accepted_mtp", &Stats::accepted_mtp)
         .def_ro("accepted_draft", &Stats::accepted_draft)
         .def_ro("steps", &Stats::steps)
         .def_ro("target_calls", &Stats::target_calls)

@@ -62,12 +62,13 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                    help="ar: plain decoding; chain: llama.cpp-style draft chain; tree: draft trees; "
                         "heterospec: entropy-allocated trees with the cost-aware budget, which runs plain "
                         "steps where speculation does not pay (the default)")
-    g.add_argument("--drafter", choices=["model", "ngram", "hybrid"],
+    g.add_argument("--drafter", choices=["model", "mtp", "ngram", "hybrid"],
                    help="what drafts: model: the draft model (-md; llama.cpp's --spec-type draft-simple); "
+                        "mtp: the target's own MTP (nextn) layers (--spec-type draft-mtp); "
                         "ngram: continuations of earlier text (prompt, output, earlier requests) in a tree, "
                         "no model needed (the role of llama.cpp's --spec-type ngram-simple, ngram-map-k, "
-                        "ngram-map-k4v, ngram-mod and ngram-cache); hybrid: both in one tree "
-                        "(default: hybrid with -md, else ngram)")
+                        "ngram-map-k4v, ngram-mod and ngram-cache); hybrid: n-grams merged into the draft "
+                        "model's trees, or the MTP head's (default: hybrid with -md or MTP layers, else ngram)")
     g.add_argument("--tree-depth", type=int, dest="depth", help="tree depth d (4)")
     g.add_argument("--tree-branching", type=int, dest="branching", help="children per expanded node k (4)")
     g.add_argument("--tree-width", type=int, dest="width", help="frontier width W (4)")
@@ -195,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API (needs heterospec[server])")
     _model_args(s)
-    s.add_argument("--drafter", choices=["model", "ngram", "hybrid"],
-                   help="what drafts (default: hybrid with -md, else ngram); requests may override it")
+    s.add_argument("--drafter", choices=["model", "mtp", "ngram", "hybrid"],
+                   help="what drafts (default: hybrid with -md or MTP layers, else ngram); requests may "
+                        "override it")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8080, help="port (8080; 0: any free port)")
     s.add_argument("--api-key", dest="api_key", help="require 'Authorization: Bearer KEY' on every endpoint but /health")

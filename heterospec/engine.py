@@ -239,8 +239,14 @@ class Engine:
 
     `drafter` says what drafts the trees: "ngram" (continuations of earlier text: the prompt,
     the output so far and earlier requests to this engine; no model needed), "model" (the draft
-    model), "hybrid" (both in one tree). Default: "hybrid" with a draft model (it measured best),
-    else "ngram".
+    model), "mtp" (the target's own MTP/nextn layers, as Qwen3.5-class models ship them),
+    "hybrid" (n-gram branches merged into the draft model's trees, or the MTP head's; the
+    cost-aware allocation drafts the n-grams always and pays for model or head levels only where
+    they pay). Default: "hybrid" with a draft model or MTP layers, else "ngram".
+
+    Hybrid targets (Qwen3.5/3.6, LFM2, Nemotron-H: recurrent state beside attention) speculate
+    with chains: their state follows one path, and llama.cpp rolls rejected drafts back
+    (n_rs_seq, min(max_nodes, 16) planes). mode="tree" needs attention-only memory.
 
     One generation runs at a time per engine; concurrent callers queue for it (see the module's
     threading contract). Native work runs with the GIL released.
@@ -330,7 +336,8 @@ class Engine:
 
     @property
     def can_speculate(self) -> bool:
-        """False for targets whose memory cannot hold a draft tree (recurrent, hybrid): plain only."""
+        """False for targets that cannot verify drafts: recurrent ones whose state llama.cpp cannot
+        roll back (mamba, mamba2, rwkv). Hybrid targets it rolls back verify chains."""
         return self._engine.can_speculate
 
     def is_eog(self, token: int) -> bool:

@@ -116,3 +116,62 @@ def test_prompt_cache_on_hybrid_targets_equals_a_cold_start(hybrid, mode):
         short = e.generate(part, **kw)
         assert short.stats.cached_tokens == 0
         check_greedy(e, path, part, short, cold_engine.generate(part, cache_prompt=False, **kw), f"{arch} part")
+
+
+# The target's own MTP (nextn) head: a qwen35 model with one nextn layer drafts for itself.
+@pytest.fixture(scope="module")
+def qwen35_mtp(tmp_path_factory):
+    path = gguf_arch.write_qwen35(tmp_path_factory.mktemp("mtp") / "qwen35-mtp.gguf", nextn=1)
+    with Engine(path, n_threads=2, n_ctx=512) as e:
+        e._engine.set_cost_profile(*FLAT, projected=True)
+        e._profile_ready = True
+        yield path, e
+
+
+MTP_SHAPES = [dict(mode="chain", drafter="mtp", n_max=4, p_min=0.0), dict(mode="heterospec", drafter="mtp"),
+              dict(mode="chain", drafter="hybrid", n_max=6, p_min=0.0), dict(mode="heterospec")]
+
+
+@pytest.mark.parametrize("shape", MTP_SHAPES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_mtp_drafts_on_a_hybrid_target_equal_plain_decoding(qwen35_mtp, shape):
+    path, e = qwen35_mtp
+    verified = mtp_calls = 0
+    for i, prompt in enumerate(PROMPTS):
+        ids = e.tokenize(prompt, parse_special=True)
+        ref = e.generate(ids, max_tokens=32, temperature=0, mode="ar")
+        if i % 2:
+            e.clear_ngram_memory()
+        got = e.generate(ids, max_tokens=32, temperature=0, **shape)
+        assert got.stats.drafter == shape.get("drafter", "hybrid")   # the default uses the MTP head
+        check_greedy(e, path, ids, got, ref, f"mtp {shape} {prompt!r}")
+        verified += got.stats.nodes_verified
+        mtp_calls += got.stats.draft_calls
+    # a random head is rarely right: the cost-aware allocation soon stops paying for it
+    assert verified > (10 if shape["mode"] == "heterospec" else 30) and mtp_calls > 10, (verified, mtp_calls)
+
+
+def test_mtp_sampling_matches_plain_sampling(qwen35_mtp):
+    _, e = qwen35_mtp
+    prompt = e.tokenize("the value is the value is", parse_special=True)
+    draws, verified = {}, 0
+    for mode, seed0 in (("ar", 0), ("chain", 10**6)):
+        out = []
+        for i in range(600):
+            p = e._params(max_tokens=3, temperature=1.0, top_k=3, top_p=1.0, min_p=0.0, seed=seed0 + i, mode=mode,
+                          drafter="mtp", n_max=3, p_min=0.0)
+            r = e._engine.generate(prompt, p)
+            out.append(tuple(r.tokens[1:3]))
+            verified += r.stats.nodes_verified
+        draws[mode] = out
+    assert verified > 600, verified
+    stat, df = two_sample_chi2(draws["ar"], draws["chain"])
+    assert stat < chi2_threshold(df), (stat, df)
+
+
+def test_mtp_needs_nextn_layers(tmp_path):
+    plain = gguf_arch.write_qwen35(tmp_path / "no-mtp.gguf", nextn=0)
+    for p in (plain, gguf_arch.write_lfm2(tmp_path / "lfm2.gguf")):
+        with Engine(p, n_threads=1, n_ctx=256) as e2:
+            with pytest.raises(ValueError, match="MTP"):
+                e2.generate("hello", max_tokens=4, mode="chain", drafter="mtp")
+            assert e2.generate("hello", max_tokens=4, mode="chain").stats.drafter == "ngram"

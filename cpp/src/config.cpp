@@ -15,7 +15,7 @@ namespace {
 
 void check_drafter(const std::string & name, const char * what) {
     if (name != "auto" && !drafter_known(name))
-        bad(std::string(what) + " must be 'model', 'ngram', 'hybrid' or 'auto', not '" + name + "'");
+        bad(std::string(what) + " must be 'model', 'mtp', 'ngram', 'hybrid' or 'auto', not '" + name + "'");
 }
 
 }  // namespace

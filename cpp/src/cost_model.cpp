@@ -29,7 +29,7 @@ double logit(float p) {
     return std::log(x / (1.0 - x));
 }
 double ngram_only(const NodeFeatures & x) { return x.source == kFromNgram ? 1.0 : 0.0; }
-double both(const NodeFeatures & x) { return x.source == (kFromModel | kFromNgram) ? 1.0 : 0.0; }
+double both(const NodeFeatures & x) { return (x.source & kFromNgram) && (x.source & kPaidSources) ? 1.0 : 0.0; }
 }  // namespace
 
 double AcceptanceModel::score(const NodeFeatures & x) const {

@@ -26,7 +26,9 @@ struct DraftNode {
 };
 
 // Who proposed a node. A hybrid tree's node can come from both.
-enum DraftSource : uint8_t { kFromModel = 1, kFromNgram = 2 };
+enum DraftSource : uint8_t { kFromModel = 1, kFromNgram = 2, kFromMtp = 4 };
+// The sources that cost a model pass per level.
+constexpr uint8_t kPaidSources = kFromModel | kFromMtp;
 
 class DraftTree {
 public:

@@ -55,6 +55,8 @@ struct Engine::Impl {
     ModelPtr draft;
     ContextPtr target_ctx;
     ContextPtr draft_ctx;
+    ContextPtr mtp_ctx;           // the target's MTP (nextn) head, when it has one llama.cpp runs
+    std::string mtp_error;        // why a target with nextn layers has none
     BatchPtr batch;
     const llama_vocab * vocab = nullptr;
     int32_t n_vocab = 0;
@@ -397,7 +399,7 @@ struct Engine::Impl {
                 if (i == paid_first) cost->observe_paid_agreement(accepted);
                 cost->observe_node(features(i), accepted);
                 // accepted tokens that only the paid source proposed: what it alone earned
-                if (on_path[size_t(i)] && n.source == kFromModel) r.paid_tokens++;
+                if (on_path[size_t(i)] && (n.source & kPaidSources) && !(n.source & kFromNgram)) r.paid_tokens++;
             }
             cost->observe_agreement(agreed);
         }
@@ -438,7 +440,8 @@ struct Engine::Impl {
         const bool drafted = draft_tree(L, P, t0);
         if (drafted) allocate(L, t0, calls0, tr);
         else selected.clear();   // a plain step: the root alone
-        if (verification == Verification::chains) keep_one_path(tree, selected);
+        // a recurrent state, and an MTP head's, follow one path
+        if (verification == Verification::chains || drafter->wants_target_hidden()) keep_one_path(tree, selected);
         tb.build(tree, selected);
         const double t1 = now_ms();
 
@@ -456,6 +459,7 @@ struct Engine::Impl {
             const uint8_t source = tree[tb.node[size_t(e)]].source;
             g.stats.accepted_model += (source & kFromModel) != 0;
             g.stats.accepted_ngram += (source & kFromNgram) != 0;
+            g.stats.accepted_mtp += (source & kFromMtp) != 0;
         }
         if (!w.stopped) commit(w, P);
         // generation ends inside the path: the target keeps what was accepted, so that the next
@@ -544,7 +548,7 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     m.opts = options;
     set_log_verbose(options.verbose);
 
-    m.target = load_model(options.target);
+    m.target = load_target(options.target, m.mtp_error);
     if (!options.draft.path.empty()) {
         m.draft = load_model(options.draft);
         check_same_vocab(m.target.get(), m.draft.get());
@@ -581,14 +585,27 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
         throw std::invalid_argument("'" + options.target.path + "' has a recurrent memory that llama.cpp cannot roll "
                                     "back at this pin, so it cannot verify drafts; use it without a draft model");
     if (m.draft) m.draft_ctx = make_context(m.draft.get(), spec);
+    if (m.verification != Verification::none && m.mtp_error.empty() && llama_model_n_layer_nextn(m.target.get()) > 0)
+        m.mtp_ctx = make_mtp_context(m.target.get(), spec, m.mtp_error);
     if (m.verification != Verification::none) {
         m.verifier.reset(new Verifier(m.target_ctx.get(), m.n_seqs, m.target_cached));
-        for (NamedDrafter & d : make_drafters({m.draft_ctx.get(), &m.draft_cached, &m.index, m.n_seqs}))
+        DrafterInputs in;
+        in.draft_ctx = m.draft_ctx.get();
+        in.draft_cached = &m.draft_cached;
+        in.target_ctx = m.target_ctx.get();
+        in.mtp_ctx = m.mtp_ctx.get();
+        in.index = &m.index;
+        in.n_seq_max = m.n_seqs;
+        for (NamedDrafter & d : make_drafters(in))
             m.speculators.push_back({d.name, std::move(d.drafter), CostModel()});
     }
     // hybrid measured best with a draft model (benchmarks/README.md: 1.19x the draft model's
     // trees alone on the memory-bound pair)
-    m.default_drafter = options.drafter != "auto" ? options.drafter : m.draft ? "hybrid" : "ngram";
+    if (options.drafter != "auto" && !m.speculators.empty() && !m.find_speculator(options.drafter))
+        throw std::invalid_argument(drafter_unavailable(options.drafter) +
+                                    (options.drafter == "mtp" && !m.mtp_error.empty() ? ": " + m.mtp_error : ""));
+    // hybrid with a target's MTP head too: n-grams always, the head's levels where they pay
+    m.default_drafter = options.drafter != "auto" ? options.drafter : m.draft || m.mtp_ctx ? "hybrid" : "ngram";
     m.n_ctx = llama_n_ctx(m.target_ctx.get());
     m.batch.reset(llama_batch_ext_init(m.target_ctx.get()));
 }
@@ -692,7 +709,8 @@ void Engine::check(const std::vector<int32_t> & prompt, const GenerateParams & p
     bool known = false;
     for (const Impl::Speculator & s : m.speculators) known |= s.name == drafter_name;
     if (mode != Mode::ar && !known)
-        throw std::invalid_argument("drafter '" + drafter_name + "' needs a draft model (-md / draft=)");
+        throw std::invalid_argument(drafter_unavailable(drafter_name) + (drafter_name == "mtp" && !m.mtp_error.empty()
+                                                                          ? ": " + m.mtp_error : ""));
     const int32_t most_nodes = sp.budget + (mode == Mode::heterospec ? Policy::alpha(sp.depth) : 0);
     if ((mode == Mode::tree || mode == Mode::heterospec) && (most_nodes > m.opts.max_nodes || sp.width > m.opts.max_nodes))
         throw std::invalid_argument("tree budget and width must be at most max_nodes (" +
@@ -717,6 +735,7 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
     g.mode = mode;
     g.params.spec.mode = g.stats.mode = mode_name(mode);
     m.drafter = spec ? spec->drafter.get() : nullptr;
+    if (m.verifier) m.verifier->set_listener(m.drafter && m.drafter->wants_target_hidden() ? m.drafter : nullptr);
     m.cost = spec ? &spec->cost : nullptr;
     if (spec) g.params.spec.drafter = g.stats.drafter = spec->name;
     m.policy = sp.policy_thresholds.empty() ? Policy::builtin() : Policy();

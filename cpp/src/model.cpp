@@ -186,13 +186,14 @@ void check_gguf(const std::string & path) {
 
 }  // namespace
 
-ModelPtr load_model(const ModelOptions & opts) {
+ModelPtr load_model(const ModelOptions & opts, bool load_mtp) {
     ensure_backend();
     check_gguf(opts.path);
     clear_log();
 
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = opts.n_gpu_layers;
+    mp.load_mtp = load_mtp;
     ModelPtr model(llama_model_load_from_file(opts.path.c_str(), mp));
     if (!model) throw std::invalid_argument(quote_log("failed to load model '" + opts.path + "'"));
 
@@ -203,6 +204,16 @@ ModelPtr load_model(const ModelOptions & opts) {
     if (llama_vocab_type(vocab) == LLAMA_VOCAB_TYPE_NONE || llama_vocab_n_tokens(vocab) <= 0)
         throw std::invalid_argument("'" + opts.path + "' has no vocabulary");
     return model;
+}
+
+ModelPtr load_target(const ModelOptions & opts, std::string & mtp_error) {
+    try {
+        return load_model(opts, true);
+    } catch (const std::invalid_argument & e) {
+        ModelPtr model = load_model(opts, false);   // a bad file fails here again, with its own reason
+        mtp_error = std::string("llama.cpp could not load its MTP layers (") + e.what() + ")";
+        return model;
+    }
 }
 
 namespace {
@@ -235,6 +246,7 @@ ContextPtr make_context(llama_model * model, const ContextSpec & spec) {
     cp.n_ubatch = spec.n_batch;
     cp.n_seq_max = spec.n_seq_max;
     cp.n_rs_seq = spec.n_rs_seq;
+    cp.ctx_type = spec.mtp ? LLAMA_CONTEXT_TYPE_MTP : LLAMA_CONTEXT_TYPE_DEFAULT;
     cp.kv_unified = spec.kv_unified;
     cp.swa_full = true;   // sliding-window models keep every cell a path may need
     cp.n_threads = spec.n_threads;
@@ -250,6 +262,20 @@ ContextPtr make_context(llama_model * model, const ContextSpec & spec) {
     ContextPtr ctx(llama_init_from_model(model, cp));
     if (!ctx) throw std::runtime_error(quote_log("failed to create a llama.cpp context"));
     return ctx;
+}
+
+ContextPtr make_mtp_context(llama_model * model, const ContextSpec & spec, std::string & error) {
+    ContextSpec s = spec;
+    s.mtp = true;
+    s.n_seq_max = 1;
+    s.kv_unified = false;
+    s.n_rs_seq = 0;
+    try {
+        return make_context(model, s);
+    } catch (const std::runtime_error & e) {
+        error = std::string("llama.cpp could not run its MTP head (") + e.what() + ")";
+        return nullptr;
+    }
 }
 
 bool has_recurrent_state(const llama_model * model) {

@@ -26,7 +26,10 @@ void clear_log();
 
 // Checks that `path` is a readable GGUF file (throws FileNotFound / std::invalid_argument),
 // then loads it. Errors name the file and quote llama.cpp's reason.
-ModelPtr load_model(const ModelOptions & opts);
+ModelPtr load_model(const ModelOptions & opts, bool load_mtp = false);
+// The target: with its MTP (nextn) layers where llama.cpp can load them; where it cannot, without
+// them, and `mtp_error` says why.
+ModelPtr load_target(const ModelOptions & opts, std::string & mtp_error);
 
 struct ContextSpec {
     uint32_t n_ctx;
@@ -39,8 +42,11 @@ struct ContextSpec {
     std::string cache_type_k;
     std::string cache_type_v;
     uint32_t n_rs_seq = 0;      // recurrent-state rollback planes per sequence (0: none)
+    bool mtp = false;           // a context of the model's MTP head (LLAMA_CONTEXT_TYPE_MTP)
 };
 ContextPtr make_context(llama_model * model, const ContextSpec & spec);
+// The MTP head's context on `model` (one sequence), or null with `error` saying why not.
+ContextPtr make_mtp_context(llama_model * model, const ContextSpec & spec, std::string & error);
 
 // Tree verification branches the KV cache by sequence: recurrent and hybrid memories cannot.
 bool tree_capable(const llama_model * model);

@@ -33,8 +33,14 @@ void Verifier::run() { llama_ms_ += decode_timed(ctx_, batch_.get(), "target"); 
 size_t Verifier::begin(const std::vector<int32_t> & prefix, bool reuse) {
     const size_t keep = size_t(kv_.reset(llama_pos(reuse ? cached_.common_prefix(prefix) : 0)));
     cached_.keep(keep);
-    llama_ms_ = decode_run(ctx_, batch_.get(), prefix.data() + keep, prefix.size() - keep, llama_pos(keep), 1, false,
-                           "target");
+    llama_ms_ = 0;
+    // a listener reads each chunk's hidden states before the next chunk replaces them
+    const size_t chunk = listener_ ? llama_n_batch(ctx_) : prefix.size() + 1;
+    for (size_t i = keep; i < prefix.size(); i += chunk) {
+        const size_t m = std::min(chunk, prefix.size() - i);
+        llama_ms_ += decode_run(ctx_, batch_.get(), prefix.data() + i, m, llama_pos(i), 1, false, "target");
+        if (listener_) listener_->target_decoded(prefix.data() + i, m, llama_pos(i));
+    }
     cached_.append(prefix.data() + keep, prefix.size() - keep);
     return keep;
 }
@@ -58,6 +64,10 @@ void Verifier::decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs) 
         llama_batch_ext_set_output_logits(batch_.get(), idx, true);
     }
     run();
+    if (listener_) {
+        if (tb.n_paths > 1) throw std::logic_error("a listener to the target's passes needs one path per batch");
+        listener_->target_decoded(tb.token.data(), size_t(tb.size()), root_pos);
+    }
 }
 
 const float * Verifier::logits(int32_t entry) const {

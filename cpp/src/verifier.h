@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "draft_tree.h"
+#include "drafters/drafter.h"
 #include "kv_paths.h"
 #include "llama.h"
 #include "model.h"
@@ -47,6 +48,8 @@ public:
     void commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos);
 
     double llama_ms() const { return llama_ms_; }
+    // Who reads the target's hidden states after each of its passes (an MTP head; null: none).
+    void set_listener(Drafter * d) { listener_ = d; }
     int32_t max_paths() const { return kv_.n_seq_max(); }
 
 private:
@@ -57,6 +60,7 @@ private:
     KvPaths kv_;
     CachedTokens & cached_;
     std::vector<int32_t> path_tokens_;
+    Drafter * listener_ = nullptr;
     double llama_ms_ = 0;
 };
 

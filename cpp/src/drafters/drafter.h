@@ -15,9 +15,9 @@
 // Tree nodes carry the drafter's probability q of their token given the path, so that the tree
 // selection, the entropy policy and the cost-aware budget work the same on every drafter.
 //
-// Adding a drafter is one file and a line in registry.cpp. A drafter that needs the target's
-// hidden states (an EAGLE-3 head) would say so with wants_target_hidden() and read them in
-// commit from the verifier; nothing in the engine's loop needs to change for it.
+// Adding a drafter is one file and a line in registry.cpp. A drafter that reads the target's
+// hidden states (an MTP head; later EAGLE-3) says so with wants_target_hidden(): the verifier
+// then calls target_decoded() after every target pass, while those states are still there.
 #pragma once
 
 #include <cstdint>
@@ -92,8 +92,10 @@ public:
     virtual int32_t fit_depth(int32_t depth, int32_t width, llama_pos root_pos) const { return depth; }
     // Its model context, if any (tests inspect its KV cache).
     virtual llama_context * context() const { return nullptr; }
-    // Whether it needs the target's hidden states at commit (EAGLE-style heads; none yet).
+    // Whether it reads the target's hidden states (MTP heads); then target_decoded() follows
+    // every target pass of a generation: `n` tokens at positions pos0.. of one sequence.
     virtual bool wants_target_hidden() const { return false; }
+    virtual void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0) {}
 
 protected:
     virtual void do_begin(const std::vector<int32_t> & prefix, bool reuse) = 0;
@@ -113,16 +115,20 @@ private:
 class SuffixIndex;
 class CachedTokens;
 
-// What drafters may be built from: the draft model's context (null without one) and the
-// engine's n-gram memory of everything it has seen.
+// What drafters may be built from: the draft model's context (null without one), the target's
+// MTP head (null without one), and the engine's n-gram memory of everything it has seen.
 struct DrafterInputs {
     llama_context * draft_ctx = nullptr;
+    llama_context * target_ctx = nullptr;
+    llama_context * mtp_ctx = nullptr;       // the target's MTP (nextn) layers, LLAMA_CONTEXT_TYPE_MTP
     CachedTokens * draft_cached = nullptr;   // what the draft's cache holds (the prompt cache)
     const SuffixIndex * index = nullptr;
     int32_t n_seq_max = 1;
 };
 
-// The drafters an engine offers, by name ("model", "ngram", "hybrid"): those its inputs allow.
+// The drafters an engine offers, by name ("model", "mtp", "ngram", "hybrid"): those its inputs
+// allow. "hybrid" is n-gram branches merged into the draft model's trees, or the MTP head's
+// without a draft model.
 struct NamedDrafter {
     std::string name;
     std::unique_ptr<Drafter> drafter;
@@ -131,5 +137,7 @@ std::vector<NamedDrafter> make_drafters(const DrafterInputs & in);
 // Whether `name` is a drafter the registry knows, and whether it needs a draft model.
 bool drafter_known(const std::string & name);
 bool drafter_needs_model(const std::string & name);
+// What to do instead when an engine lacks what drafter `name` needs.
+std::string drafter_unavailable(const std::string & name);
 
 }  // namespace heterospec

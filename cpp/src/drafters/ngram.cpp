@@ -31,7 +31,7 @@ void NgramDrafter::add_branches(DraftTree & tree, const DraftShape & shape, int3
         }
         const int32_t parent = node_of_[size_t(p)];
         // a node the draft model will expand keeps the model's entropy (one unit per path)
-        if (tree[parent].h < 0 && !(tree[parent].source & kFromModel)) tree.set_entropy(parent, h);
+        if (tree[parent].h < 0 && !(tree[parent].source & kPaidSources)) tree.set_entropy(parent, h);
         for (size_t k = 0; k < kids_.size() && k < size_t(shape.branching); ++k) {
             const int32_t c = kids_[k];
             const float q = float(trie_[size_t(c)].count) / total * (m / (m + 1.0f));

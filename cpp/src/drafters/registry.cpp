@@ -4,25 +4,43 @@
 #include "drafters/draft_model.h"
 #include "drafters/drafter.h"
 #include "drafters/hybrid.h"
+#include "drafters/mtp.h"
 #include "drafters/ngram.h"
 
 namespace heterospec {
 
 namespace {
 
+// The paid drafter a hybrid tree merges n-grams into: the draft model's, else the MTP head's.
+std::unique_ptr<Drafter> paid_drafter(const DrafterInputs & in) {
+    if (in.draft_ctx) return std::make_unique<DraftModelDrafter>(in.draft_ctx, in.n_seq_max, *in.draft_cached);
+    return std::make_unique<MtpDrafter>(in.target_ctx, in.mtp_ctx);
+}
+
 struct Entry {
     const char * name;
-    bool needs_model;
+    bool (*available)(const DrafterInputs &);
     std::unique_ptr<Drafter> (*make)(const DrafterInputs &);
+    const char * unavailable;   // what to do instead
 };
 
 const Entry kDrafters[] = {
-    {"model", true, [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
-         return std::make_unique<DraftModelDrafter>(in.draft_ctx, in.n_seq_max, *in.draft_cached); }},
-    {"ngram", false, [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
-         return std::make_unique<NgramDrafter>(*in.index); }},
-    {"hybrid", true, [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
-         return std::make_unique<HybridDrafter>(in.draft_ctx, in.n_seq_max, *in.draft_cached, *in.index); }},
+    {"model", [](const DrafterInputs & in) { return in.draft_ctx != nullptr; },
+     [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
+         return std::make_unique<DraftModelDrafter>(in.draft_ctx, in.n_seq_max, *in.draft_cached); },
+     "drafter 'model' needs a draft model (-md / draft=)"},
+    {"mtp", [](const DrafterInputs & in) { return in.mtp_ctx != nullptr; },
+     [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
+         return std::make_unique<MtpDrafter>(in.target_ctx, in.mtp_ctx); },
+     "drafter 'mtp' needs a target with MTP (nextn) layers that llama.cpp can run; this one has none "
+     "(use drafter 'ngram', or a draft model with 'model')"},
+    {"ngram", [](const DrafterInputs &) { return true; },
+     [](const DrafterInputs & in) -> std::unique_ptr<Drafter> { return std::make_unique<NgramDrafter>(*in.index); },
+     ""},
+    {"hybrid", [](const DrafterInputs & in) { return in.draft_ctx != nullptr || in.mtp_ctx != nullptr; },
+     [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
+         return std::make_unique<HybridDrafter>(paid_drafter(in), *in.index); },
+     "drafter 'hybrid' needs a draft model (-md / draft=) or a target with MTP (nextn) layers (use 'ngram')"},
 };
 
 const Entry * find(const std::string & name) {
@@ -36,15 +54,18 @@ const Entry * find(const std::string & name) {
 std::vector<NamedDrafter> make_drafters(const DrafterInputs & in) {
     std::vector<NamedDrafter> out;
     for (const Entry & e : kDrafters)
-        if (!e.needs_model || in.draft_ctx) out.push_back({e.name, e.make(in)});
+        if (e.available(in)) out.push_back({e.name, e.make(in)});
     return out;
 }
 
 bool drafter_known(const std::string & name) { return find(name) != nullptr; }
 
-bool drafter_needs_model(const std::string & name) {
+// Only 'model' is known to be unavailable before the target is loaded (MTP layers live in it).
+bool drafter_needs_model(const std::string & name) { return name == "model"; }
+
+std::string drafter_unavailable(const std::string & name) {
     const Entry * e = find(name);
-    return e && e->needs_model;
+    return e ? e->unavailable : "unknown drafter '" + name + "'";
 }
 
 }  // namespace heterospec

@@ -1,0 +1,152 @@
+#include "drafters/mtp.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "entropy.h"
+#include "llama-ext.h"
+#include "model.h"
+#include "topk.h"
+
+namespace heterospec {
+
+MtpDrafter::MtpDrafter(llama_context * target_ctx, llama_context * mtp_ctx)
+    : target_(target_ctx), mtp_(mtp_ctx),
+      n_embd_(llama_model_n_embd_out(llama_get_model(mtp_ctx))),
+      n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(mtp_ctx)))),
+      batch_cap_(int32_t(llama_n_batch(mtp_ctx))) {
+    if (n_embd_ != llama_model_n_embd_out(llama_get_model(target_ctx)))
+        throw std::invalid_argument("the MTP head's input width differs from the target's hidden state");
+    batch_ = llama_batch_init(batch_cap_, 0, 1);
+    embd_.resize(size_t(batch_cap_) * size_t(n_embd_));
+    h_last_.assign(size_t(n_embd_), 0.0f);
+    // the target gives its hidden state at every position of every pass; the head at its outputs
+    llama_set_embeddings_nextn(target_, true, /*masked=*/false);
+    llama_set_embeddings_nextn(mtp_, true, /*masked=*/true);
+}
+
+MtpDrafter::~MtpDrafter() {
+    batch_.embd = nullptr;   // ours, not llama.cpp's to free
+    llama_batch_free(batch_);
+}
+
+void MtpDrafter::add_row(int32_t token, llama_pos pos, const float * h) {
+    const int32_t i = batch_.n_tokens++;
+    batch_.token[i] = token;
+    batch_.pos[i] = pos;
+    batch_.n_seq_id[i] = 1;
+    batch_.seq_id[i][0] = 0;
+    batch_.logits[i] = false;
+    std::memcpy(embd_.data() + size_t(i) * size_t(n_embd_), h, sizeof(float) * size_t(n_embd_));
+}
+
+void MtpDrafter::decode(size_t n_rows, bool logits_last) {
+    if (logits_last && n_rows) batch_.logits[n_rows - 1] = true;
+    batch_.embd = embd_.data();   // each row carries a token and a hidden state
+    const double t0 = now_ms();
+    const int32_t rc = llama_decode(mtp_, batch_);
+    batch_.embd = nullptr;
+    batch_.n_tokens = 0;
+    if (rc != 0) throw std::runtime_error("MTP head llama_decode failed (code " + std::to_string(rc) + ")");
+    llama_synchronize(mtp_);
+    llama_ms_ += now_ms() - t0;
+}
+
+void MtpDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos pos0) {
+    if (n == 0) return;
+    const float * h = llama_get_embeddings_nextn(target_);
+    if (!h) throw std::runtime_error("the target gave no hidden states for its MTP head");
+    rows_.assign(h, h + n * size_t(n_embd_));
+    rows_pos0_ = pos0;
+    n_rows_ = n;
+    // x_p pairs with h_{p-1}: the first token with the state kept from before (zeros where
+    // that is lost, as after a cold prompt cache: the drafts are worse, never wrong)
+    if (h_last_pos_ != pos0 - 1) std::fill(h_last_.begin(), h_last_.end(), 0.0f);
+    llama_memory_seq_rm(llama_get_memory(mtp_), 0, pos0, -1);
+    for (size_t i = 0; i < n; i += size_t(batch_cap_)) {
+        const size_t m = std::min(size_t(batch_cap_), n - i);
+        for (size_t j = 0; j < m; ++j) {
+            const size_t k = i + j;
+            add_row(tokens[k], pos0 + llama_pos(k), k == 0 ? h_last_.data() : rows_.data() + (k - 1) * size_t(n_embd_));
+        }
+        decode(m, false);
+    }
+    keep(n - 1);   // until the walk says otherwise: everything
+}
+
+void MtpDrafter::keep(size_t n_accepted) {
+    if (n_rows_ == 0) return;
+    const size_t last = std::min(n_accepted, n_rows_ - 1);
+    std::memcpy(h_last_.data(), rows_.data() + last * size_t(n_embd_), sizeof(float) * size_t(n_embd_));
+    h_last_pos_ = rows_pos0_ + llama_pos(last);
+    llama_memory_seq_rm(llama_get_memory(mtp_), 0, h_last_pos_ + 1, -1);
+    frontier_.clear();
+}
+
+void MtpDrafter::expand(DraftTree & tree, int32_t node, const float * logits) {
+    softmax_top_k(logits, n_vocab_, shape_.branching, top_);
+    tree.set_entropy(node, topk_entropy(top_.data(), top_.size()));
+    cand_.clear();
+    for (const auto & tp : top_) {
+        if (tp.p < shape_.p_min) break;   // sorted: the rest are lower still
+        cand_.push_back(tree.add_or_merge(node, tp.id, tp.p, kFromMtp));
+    }
+    frontier_.assign(cand_.begin(), cand_.begin() + std::min<size_t>(cand_.size(), 1));
+    // the head's own state after this row: the input of its child's row
+    const float * h = llama_get_embeddings_nextn_ith(mtp_, 0);   // the pass's one row
+    if (!h) throw std::runtime_error("the MTP head gave no hidden state");
+    h_frontier_.assign(h, h + n_embd_);
+}
+
+void MtpDrafter::do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) {
+    shape_ = shape;
+    root_pos_ = root_pos;
+    if (h_last_pos_ != root_pos - 1) std::fill(h_last_.begin(), h_last_.end(), 0.0f);
+    add_row(tree[0].token, root_pos, h_last_.data());
+    decode(1, true);
+    calls_++;
+    expand(tree, 0, llama_get_logits_ith(mtp_, -1));
+    first_choice_ = cand_.empty() ? -1 : cand_[0];
+    extend(tree, levels - 1);
+}
+
+int32_t MtpDrafter::extend(DraftTree & tree, int32_t levels) {
+    int32_t done = 0;
+    for (; done < levels && !frontier_.empty(); ++done) {
+        const int32_t f = frontier_[0];
+        add_row(tree[f].token, root_pos_ + tree[f].depth, h_frontier_.data());
+        decode(1, true);
+        calls_++;
+        expand(tree, f, llama_get_logits_ith(mtp_, -1));
+    }
+    return done;
+}
+
+void MtpDrafter::narrow_frontier(const std::vector<int32_t> & nodes) {
+    for (int32_t n : nodes)
+        if (std::find(frontier_.begin(), frontier_.end(), n) == frontier_.end())
+            throw std::logic_error("narrow_frontier: node " + std::to_string(n) + " is not on the frontier");
+    frontier_ = nodes;
+}
+
+double MtpDrafter::time_level(int32_t) {
+    const int32_t token = std::max(0, llama_vocab_bos(llama_model_get_vocab(llama_get_model(mtp_))));
+    std::fill(h_last_.begin(), h_last_.end(), 0.0f);
+    double best = 1e30;
+    for (int rep = 0; rep < 3; ++rep) {
+        llama_memory_clear(llama_get_memory(mtp_), false);
+        const double ms0 = llama_ms_;
+        add_row(token, 0, h_last_.data());
+        decode(1, true);
+        best = std::min(best, llama_ms_ - ms0);
+    }
+    llama_memory_clear(llama_get_memory(mtp_), false);
+    h_last_pos_ = -1;
+    n_rows_ = 0;
+    llama_ms_ = 0;
+    return best;
+}
+
+}  // namespace heterospec
