@@ -92,14 +92,17 @@ def _progress(done: int, total: int, t0: float) -> None:
               end="", file=sys.stderr, flush=True)
 
 
-def _peer_modes(draft) -> list[tuple[str, Optional[list], dict]]:
+def _peer_modes(draft, mtp: bool = False) -> list[tuple[str, Optional[list], dict]]:
     """(name, llama-speculative-simple arguments or None for plain decoding, settings): with a
-    draft model, draft-simple over n_max / p_min; without one, the draftless n-gram types."""
-    from .peer import NGRAM_GRID, PEER_GRID, draft_spec_args
+    draft model, draft-simple over n_max / p_min; with the target's MTP head, draft-mtp, ngram-mod
+    and both; otherwise the draftless n-gram types."""
+    from .peer import MTP_GRID, NGRAM_GRID, PEER_GRID, draft_spec_args
     modes = [("llama.cpp", None, {})]
     if draft:
         modes += [(f"llama.cpp-spec n_max={n} p_min={p:g}", draft_spec_args(draft, n, p), {"n_max": n, "p_min": p})
                   for n, p in PEER_GRID]
+    elif mtp:
+        modes += [(f"llama.cpp-spec {label}", args, {"args": " ".join(args)}) for label, args in MTP_GRID]
     else:
         modes += [(f"llama.cpp-spec {label}", args, {"args": " ".join(args)}) for label, args in NGRAM_GRID]
     return modes
@@ -129,11 +132,11 @@ def run(args) -> int:
         except PeerError as e:
             peer_error = str(e)
             print(f"heterospec bench: llama.cpp peer unavailable: {e}", file=sys.stderr)
-        peer_modes = _peer_modes(args.model_draft)
-    else:
-        peer_modes = []
+    peer_modes = []
     engine_kw = {k: getattr(args, k) for k in ("n_threads", "n_ctx", "n_gpu_layers") if getattr(args, k) is not None}
     with Engine(args.model, draft=args.model_draft, **engine_kw) as engine:
+        if getattr(args, "peer", False):
+            peer_modes = _peer_modes(args.model_draft, engine.has_mtp)
         prompts = load_prompts(args.prompts, engine, args.limit, args.skip, getattr(args, "per_category", None))
         room = engine.n_ctx - args.max_tokens - 1
         token_prompts = [(cat, engine.tokenize(p, parse_special=True)[-room:]) for cat, p in prompts]

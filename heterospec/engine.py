@@ -335,6 +335,11 @@ class Engine:
         return self._engine.has_draft
 
     @property
+    def has_mtp(self) -> bool:
+        """Whether the target's own MTP (nextn) head runs here (drafter="mtp")."""
+        return self._engine.has_mtp
+
+    @property
     def can_speculate(self) -> bool:
         """False for targets that cannot verify drafts: recurrent ones whose state llama.cpp cannot
         roll back (mamba, mamba2, rwkv). Hybrid targets it rolls back verify chains."""

@@ -34,6 +34,16 @@ NGRAM_GRID = [
 ]
 
 
+# With the target's own MTP head and no draft model: draft-mtp over n_max (llama.cpp's defaults
+# otherwise), ngram-mod, and both chained (the n-gram draft wins a step whenever it has one).
+_NGRAM_MOD = ["--spec-type", "ngram-mod", "--spec-ngram-mod-n-match", "16", "--spec-ngram-mod-n-max", "16",
+              "--spec-ngram-mod-n-min", "2"]
+MTP_GRID = [(f"draft-mtp n_max={n}", ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(n)]) for n in (1, 2, 3, 4, 6)]
+MTP_GRID += [("ngram-mod n_match=16 n_max=16 n_min=2", _NGRAM_MOD)]
+MTP_GRID += [(f"draft-mtp,ngram-mod n_max={n}", ["--spec-type", "draft-mtp,ngram-mod", "--spec-draft-n-max", str(n),
+                                                 *_NGRAM_MOD[2:]]) for n in (2, 3)]
+
+
 def draft_spec_args(draft, n_max: int, p_min: float) -> list[str]:
     return ["-md", str(draft), "--spec-type", "draft-simple", "--spec-draft-n-max", str(n_max),
             "--spec-draft-p-min", str(p_min)]

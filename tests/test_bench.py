@@ -37,6 +37,10 @@ def test_peer_grids():
     types = {args[args.index("--spec-type") + 1] for _, args, _ in draftless[1:]}
     assert types == {"ngram-simple", "ngram-map-k", "ngram-mod", "ngram-cache"}
     assert all("-md" not in args for _, args, _ in draftless[1:])
+    # a target with its own MTP head: draft-mtp, ngram-mod and both chained, as issue #19 asks
+    mtp = _peer_modes(None, mtp=True)
+    types = {args[args.index("--spec-type") + 1] for _, args, _ in mtp[1:]}
+    assert types == {"draft-mtp", "ngram-mod", "draft-mtp,ngram-mod"}
 
 
 def test_bench_reports_modes_and_survives_a_missing_peer(tiny, tmp_path, capsys, monkeypatch):

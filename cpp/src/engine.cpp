@@ -616,6 +616,7 @@ const EngineOptions & Engine::options() const { return impl_->opts; }
 int32_t Engine::n_vocab() const { return impl_->n_vocab; }
 uint32_t Engine::n_ctx() const { return impl_->n_ctx; }
 bool Engine::has_draft() const { return bool(impl_->draft); }
+bool Engine::has_mtp() const { return bool(impl_->mtp_ctx); }
 bool Engine::can_speculate() const { return impl_->verifier != nullptr; }
 
 std::string Engine::model_description() const {

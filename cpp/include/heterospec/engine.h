@@ -57,6 +57,7 @@ public:
     int32_t n_vocab() const;
     uint32_t n_ctx() const;
     bool has_draft() const;
+    bool has_mtp() const;   // the target's MTP (nextn) head runs: drafter "mtp"
     // Whether the target's memory can hold a draft tree (attention-only models): else every
     // call decodes plainly.
     bool can_speculate() const;
