@@ -175,3 +175,17 @@ def test_mtp_needs_nextn_layers(tmp_path):
             with pytest.raises(ValueError, match="MTP"):
                 e2.generate("hello", max_tokens=4, mode="chain", drafter="mtp")
             assert e2.generate("hello", max_tokens=4, mode="chain").stats.drafter == "ngram"
+
+
+def test_bad_input_on_hybrid_targets(tmp_path, tiny):
+    two_heads = gguf_arch.write_qwen35(tmp_path / "two-heads.gguf", nextn=2)
+    with Engine(two_heads, n_threads=1, n_ctx=256) as e:   # plain decoding and n-grams still work
+        assert not e.has_mtp
+        assert len(e.generate("hello", max_tokens=4, temperature=0, mode="ar").tokens) == 4
+        with pytest.raises(ValueError, match="MTP heads"):
+            e.generate("hello", max_tokens=4, mode="chain", drafter="mtp")
+    target = gguf_arch.write_qwen35(tmp_path / "q.gguf")
+    with pytest.raises(ValueError, match="vocabulary"):
+        Engine(target, draft=tiny.other_vocab)
+    with pytest.raises(ValueError, match="MTP"):
+        Engine(gguf_arch.write_lfm2(tmp_path / "l.gguf"), drafter="mtp")

@@ -585,7 +585,11 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
         throw std::invalid_argument("'" + options.target.path + "' has a recurrent memory that llama.cpp cannot roll "
                                     "back at this pin, so it cannot verify drafts; use it without a draft model");
     if (m.draft) m.draft_ctx = make_context(m.draft.get(), spec);
-    if (m.verification != Verification::none && m.mtp_error.empty() && llama_model_n_layer_nextn(m.target.get()) > 0)
+    const int32_t n_nextn = llama_model_n_layer_nextn(m.target.get());
+    if (n_nextn > 1 && m.mtp_error.empty())   // llama.cpp's MTP graphs assert one block, except chained heads
+        m.mtp_error = "this model has " + std::to_string(n_nextn) + " MTP heads; HeteroSpec drives one head "
+                      "(chained heads, as in Step3.5, are not supported yet)";
+    if (m.verification != Verification::none && m.mtp_error.empty() && n_nextn == 1)
         m.mtp_ctx = make_mtp_context(m.target.get(), spec, m.mtp_error);
     if (m.verification != Verification::none) {
         m.verifier.reset(new Verifier(m.target_ctx.get(), m.n_seqs, m.target_cached));
