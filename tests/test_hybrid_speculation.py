@@ -189,3 +189,16 @@ def test_bad_input_on_hybrid_targets(tmp_path, tiny):
         Engine(target, draft=tiny.other_vocab)
     with pytest.raises(ValueError, match="MTP"):
         Engine(gguf_arch.write_lfm2(tmp_path / "l.gguf"), drafter="mtp")
+
+
+def test_plain_decoding_of_hybrid_targets_equals_llama_cpp_greedy(hybrid):
+    """The engine's plain loop (one sequence with rollback planes, nextn outputs on) against
+    llama.cpp's own greedy loop on a default context."""
+    from heterospec import _core
+    arch, path, e = hybrid
+    for prompt in PROMPTS[:4]:
+        ids = e.tokenize(prompt, parse_special=True)
+        ours = e.generate(ids, max_tokens=24, temperature=0, mode="ar", ignore_eos=True).tokens
+        theirs, gaps = _core.testing.llama_cpp_greedy(str(path), ids, 24, e.n_ctx, 2)
+        k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+        assert k is None or gaps[k] < 1e-2, (arch, prompt, k)
