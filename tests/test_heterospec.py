@@ -277,14 +277,17 @@ def test_acceptance_model_learns_what_the_target_does():
 
 def test_cost_aware_mode_is_never_much_slower_than_plain(code_target, code_draft, code_prompts):
     """On the small code pair on a CPU, drafting with the model cannot pay (a draft pass costs
-    about what a target pass does); the cost-aware mode must then run plain steps. Timing-free
-    check: it should verify (nearly) no nodes and use about one target call per token."""
+    about what a target pass does, and verifying n tokens about n passes); the cost-aware mode
+    must then run plain steps. The profile is installed, not measured, so that a busy machine
+    decides the same (issue #22): no node verified, one target call per token."""
     with Engine(code_target, draft=code_draft, n_threads=2) as e:
+        e._engine.set_cost_profile([1, 2, 4, 8, 16], [0.4, 0.8, 1.6, 3.2, 6.4], 0.35, projected=True)
+        e._profile_ready = True
         for prompt in code_prompts[20:26]:
             r = e.generate(e.tokenize(prompt)[-200:], max_tokens=64, temperature=0, mode="heterospec",
                            drafter="model")
         s = r.stats
-        assert s.nodes_verified <= 3 * 8 and s.target_calls >= 56, s
+        assert s.nodes_verified == 0 and s.target_calls >= 63, s
 
 
 # Issue #25: the hybrid drafter drafts its free n-gram branches first, and pays for the draft
