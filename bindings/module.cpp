@@ -181,6 +181,7 @@ NB_MODULE(_core, m) {
         .def_prop_ro("n_ctx", &Engine::n_ctx)
         .def_prop_ro("has_draft", &Engine::has_draft)
         .def_prop_ro("has_mtp", &Engine::has_mtp)
+        .def_prop_ro("drafters", &Engine::drafters)
         .def_prop_ro("can_speculate", &Engine::can_speculate)
         .def_prop_ro("description", &Engine::model_description)
         .def("tokenize", &Engine::tokenize, "text"_a, "add_special"_a, "parse_special"_a)

@@ -335,6 +335,13 @@ class Engine:
         return self._engine.has_draft
 
     @property
+    def drafters(self) -> list:
+        """The drafters this engine can speculate with, e.g. ["model", "ngram", "hybrid"] with a
+        draft model, ["mtp", "ngram", "hybrid"] for a target with MTP layers; empty where the target
+        cannot verify drafts (then only plain decoding runs)."""
+        return list(self._engine.drafters)
+
+    @property
     def has_mtp(self) -> bool:
         """Whether the target's own MTP (nextn) head runs here (drafter="mtp")."""
         return self._engine.has_mtp

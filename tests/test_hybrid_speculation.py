@@ -202,3 +202,15 @@ def test_plain_decoding_of_hybrid_targets_equals_llama_cpp_greedy(hybrid):
         theirs, gaps = _core.testing.llama_cpp_greedy(str(path), ids, 24, e.n_ctx, 2)
         k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
         assert k is None or gaps[k] < 1e-2, (arch, prompt, k)
+
+
+def test_engines_say_which_drafters_they_have(tmp_path, tiny):
+    cases = [(gguf_arch.write_qwen35(tmp_path / "q.gguf"), None, ["mtp", "ngram", "hybrid"]),
+             (gguf_arch.write_qwen35(tmp_path / "q0.gguf", nextn=0), None, ["ngram"]),
+             (gguf_arch.write_lfm2(tmp_path / "l.gguf"), tiny.target, ["model", "ngram", "hybrid"]),
+             (gguf_arch.write_mamba2(tmp_path / "m.gguf"), None, []),
+             (tiny.target, tiny.draft, ["model", "ngram", "hybrid"])]
+    for target, draft, expected in cases:
+        with Engine(target, draft=draft, n_threads=1, n_ctx=256) as e:
+            assert sorted(e.drafters) == sorted(expected), (target, e.drafters)
+            assert e.can_speculate == bool(expected)

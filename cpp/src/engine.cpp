@@ -621,6 +621,12 @@ int32_t Engine::n_vocab() const { return impl_->n_vocab; }
 uint32_t Engine::n_ctx() const { return impl_->n_ctx; }
 bool Engine::has_draft() const { return bool(impl_->draft); }
 bool Engine::has_mtp() const { return bool(impl_->mtp_ctx); }
+
+std::vector<std::string> Engine::drafters() const {
+    std::vector<std::string> out;
+    for (const Impl::Speculator & s : impl_->speculators) out.push_back(s.name);
+    return out;
+}
 bool Engine::can_speculate() const { return impl_->verifier != nullptr; }
 
 std::string Engine::model_description() const {

@@ -58,6 +58,8 @@ public:
     uint32_t n_ctx() const;
     bool has_draft() const;
     bool has_mtp() const;   // the target's MTP (nextn) head runs: drafter "mtp"
+    // The drafters this engine can speculate with (empty: plain decoding only).
+    std::vector<std::string> drafters() const;
     // Whether the target's memory can hold a draft tree (attention-only models): else every
     // call decodes plainly.
     bool can_speculate() const;
