@@ -214,3 +214,18 @@ def test_engines_say_which_drafters_they_have(tmp_path, tiny):
         with Engine(target, draft=draft, n_threads=1, n_ctx=256) as e:
             assert sorted(e.drafters) == sorted(expected), (target, e.drafters)
             assert e.can_speculate == bool(expected)
+
+
+def test_sparse_prefill_runs_on_the_attention_layers_of_a_hybrid_target(tmp_path):
+    """SampleAttention covers the attention layers of a qwen35 target (its DeltaNet layers have
+    no attention to thin); speculation under it equals plain decoding under it."""
+    path = gguf_arch.write_qwen35(tmp_path / "long.gguf", n_ctx_train=4096)
+    with Engine(path, n_threads=2, n_ctx=4096, sparse_prefill="sample") as e:
+        e._engine.set_cost_profile(*FLAT, projected=True)
+        e._profile_ready = True
+        ids = e.tokenize("the value is None and the name is my class " * 300, parse_special=True)[:3000]
+        ref = e.generate(ids, max_tokens=16, temperature=0, mode="ar")
+        got = e.generate(ids, max_tokens=16, temperature=0, mode="heterospec", drafter="ngram")
+        assert ref.stats.sparse_kept_fraction < 1 and got.stats.sparse_kept_fraction < 1
+        check_greedy(e, path, ids, got, ref, "sparse prefill on qwen35")
+        assert got.stats.nodes_verified > 0

@@ -247,6 +247,29 @@ def delta_rule_recurrent(q, k, v, g, beta):
     return torch.stack(out, 1)
 
 
+def unit_lower_inverse(L):
+    """(I + L)^-1 for strictly lower triangular L (..., n, n), n a power of two: recursive 2x2 block
+    inversion, [[A, 0], [C, B]]^-1 = [[A^-1, 0], [-B^-1 C A^-1, B^-1]], all batched matmuls
+    (a batched triangular solve is slow on a CPU; the Neumann product prod (I + (-L)^(2^j))
+    overflows when the keys are alike)."""
+    n = L.shape[-1]
+    lead = L.shape[:-2]
+    D = torch.ones(*lead, n, 1, 1, dtype=L.dtype, device=L.device)   # inverses of the diagonal blocks
+    s = 1
+    while s < n:
+        nb = n // (2 * s)
+        blocks = torch.diagonal(L.reshape(*lead, nb, 2 * s, nb, 2 * s), dim1=-4, dim2=-2)  # (..., 2s, 2s, nb)
+        C = blocks.permute(*range(len(lead)), -1, -3, -2)[..., s:, :s]                        # (..., nb, s, s)
+        D = D.reshape(*lead, nb, 2, s, s)
+        Ai, Bi = D[..., 0, :, :], D[..., 1, :, :]
+        X = -(Bi @ C @ Ai)
+        top = torch.cat((Ai, torch.zeros_like(Ai)), -1)
+        bot = torch.cat((X, Bi), -1)
+        D = torch.cat((top, bot), -2)                                                          # (..., nb, 2s, 2s)
+        s *= 2
+    return D.reshape(*lead, n, n)
+
+
 def delta_rule_chunked(q, k, v, g, beta, chunk=64):
     """The same function, chunked (the WY form of ggml's chunking path / HF's
     torch_chunk_gated_delta_rule, with the in-chunk inverse by a triangular solve)."""
@@ -266,15 +289,7 @@ def delta_rule_chunked(q, k, v, g, beta, chunk=64):
     decay = diff.exp().masked_fill(~lower, 0.0)                                   # e^(g_i - g_j), i >= j
     L = ((kb @ k.transpose(-1, -2)) * decay).masked_fill(lower.logical_not().logical_or(
         torch.eye(chunk, dtype=torch.bool, device=q.device)), 0.0)                # strictly lower
-    # (I + L)^-1 for a strictly lower (nilpotent) L: prod_j (I + (-L)^(2^j)), a few batched matmuls
-    # (much faster on a CPU than a batched triangular solve; exact in exact arithmetic)
-    P = -L
-    Tinv = torch.eye(chunk, dtype=q.dtype, device=q.device) + P
-    m = 2
-    while m < chunk:
-        P = P @ P
-        Tinv = Tinv + Tinv @ P
-        m *= 2
+    Tinv = unit_lower_inverse(L)
     u = Tinv @ vb
     w = Tinv @ (kb * g.exp()[..., None])
     S = q.new_zeros(B, H, dk, dv)
@@ -422,7 +437,7 @@ def run_schedule(name, params, loss_fn, data, a, steps, minutes, lr, warmup):
     opt = torch.optim.AdamW(param_groups(params, 0.1), lr=lr, betas=(0.9, 0.95))
     rng = np.random.default_rng(1 if name == "mtp" else 0)
     t0 = time.time()
-    log, step, avg = [], 0, None
+    log, step, avg, skipped = [], 0, None, 0
     while True:
         frac = max(step / steps, (time.time() - t0) / (60 * minutes))
         if frac >= 1.0:
@@ -434,7 +449,14 @@ def run_schedule(name, params, loss_fn, data, a, steps, minutes, lr, warmup):
         loss = loss_fn(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if not (torch.isfinite(loss) and torch.isfinite(gn)):   # never step on a non-finite loss
+            skipped += 1
+            print(f"{name} step {step}: non-finite loss/gradient, skipped ({skipped})", flush=True)
+            if skipped > 20:
+                raise RuntimeError("training diverged")
+            step += 1
+            continue
         opt.step()
         avg = loss.item() if avg is None else 0.95 * avg + 0.05 * loss.item()
         if step % 25 == 0:
@@ -446,6 +468,7 @@ def run_schedule(name, params, loss_fn, data, a, steps, minutes, lr, warmup):
     el = time.time() - t0
     print(f"{name}: {step} steps, {step * a.batch * a.ctx:,} tokens, {el / 60:.1f} min, loss avg {avg:.3f}", flush=True)
     return {"steps": step, "tokens": step * a.batch * a.ctx, "seconds": round(el, 1), "final_avg_loss": avg,
+            "skipped_steps": skipped,
             "lr": lr, "batch": a.batch, "ctx": a.ctx, "log": log}
 
 
@@ -797,10 +820,10 @@ def main():
     ap.add_argument("--ctx", type=int, default=CFG["ctx"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=4000, help="trunk steps (the schedule's length)")
-    ap.add_argument("--minutes", type=float, default=25, help="trunk time budget")
+    ap.add_argument("--minutes", type=float, default=27, help="trunk time budget")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--mtp-steps", type=int, default=2000)
-    ap.add_argument("--mtp-minutes", type=float, default=8)
+    ap.add_argument("--mtp-minutes", type=float, default=9)
     ap.add_argument("--mtp-lr", type=float, default=2e-3)
     ap.add_argument("--mtp-distill", type=float, default=0.0,
                     help="weight of a KL term towards the trunk's own next-token distribution (0: data only)")

@@ -133,7 +133,7 @@ struct Engine::Impl {
         const size_t cut = sparse_end(prompt.size());
         if (g.mode != Mode::ar) {
             const std::vector<int32_t> prefix(prompt.begin(), prompt.end() - 1);
-            const size_t cached = reuse ? target_cached.common_prefix(prefix) : 0;
+            const size_t cached = reuse ? reusable(prefix) : 0;
             if (cut > cached) {   // the sparse part, then the dense tail on top of it
                 {
                     SparsePrefillScope sparse(target_ctx.get(), opts.sparse_prefill);
@@ -168,6 +168,13 @@ struct Engine::Impl {
         // the dense tail as speculation runs it: the prefix, then the last token apart
         decode_target(prompt.data() + g.n_past, prompt.size() - 1 - size_t(g.n_past));
         decode_target(&prompt.back(), 1);
+    }
+
+    // How much of `tokens` the target's cache can keep: their common prefix, or nothing for a
+    // recurrent state that would have to be cut (it holds the end of its text only).
+    size_t reusable(const std::vector<int32_t> & tokens) const {
+        const size_t common = target_cached.common_prefix(tokens);
+        return verification == Verification::trees || common == target_cached.size() ? common : 0;
     }
 
     // After a failure inside llama.cpp the caches' contents are unknown: the next call starts cold.
