@@ -23,9 +23,10 @@ unchanged. What is padded, and why the function is the same:
 - RMSNorms over the residual width: mean(x^2) over D is d/D times the mean over d. The llama tool
   undoes that by scaling eps by d/D, but qwen35 has ONE eps key that also serves norms that are
   not over the residual width (the Q/K norms of full attention, the gated ssm_norm of DeltaNet
-  and DeltaNet's L2 norm of q and k), and the DeltaNet ones cannot be compensated (their inputs
-  come after a SiLU). So eps stays as it is and the residual stream is scaled instead: the token
-  embedding and every writer are multiplied by c = sqrt(D/d), so that mean over D of (c x)^2 is
+  and DeltaNet's L2 norm of q and k, an RMS norm with eps / head size), and the DeltaNet ones
+  cannot be compensated (their inputs come after a SiLU). So eps stays as it is and the residual
+  stream is scaled instead: the token embedding and every writer are multiplied by
+  c = sqrt(D/d), so that mean over D of (c x)^2 is
   exactly the source's mean over d of x^2, and every norm over the residual width (attn_norm,
   post_attention_norm, nextn.enorm, nextn.hnorm) gets its weight times 1/c = sqrt(d/D): each norm
   outputs the source's vector, zero-padded. The output norm keeps its weight and the output
@@ -38,13 +39,16 @@ unchanged. What is padded, and why the function is the same:
 - tied output (no output.weight: llama.cpp uses token_embd, already scaled by c): the output norm
   weight is multiplied by d/D instead, so the logits are the source's. Then the hidden state
   handed to the MTP head is h / c instead of c * h, and hnorm sees its eps multiplied by
-  (D/d)^2: the one inexact spot (the draft head only, never the target's output; a relative
-  change of about eps * (D/d)^2 / (2 mean(h^2)), ~1e-5 or less). An untied source is exact.
+  (D/d)^2: the one inexact spot (the draft head only, never the target's output; hnorm's output
+  changes by a relative eps * ((D/d)^2 - 1) / (2 mean(h^2)), about 3e-5 for d = 256 -> D = 2048
+  with eps = 1e-6 and mean(h^2) ~ 1). An untied source is exact.
 
-Weights are then stored as F32, F16, Q8_0 or Q4_0 (gguf-py's quantizer; norms, 1-D tensors and
-the DeltaNet conv kernel stay F32, and a matrix whose rows are not a multiple of the block size
-falls back to F16). Outputs agree with the source's up to floating-point rounding (and the
-quantization asked for).
+"Exact" means up to floating-point rounding: where c is a power of two (D/d a power of 4) the
+padded model's F32 outputs were bit-identical to the source's in our tests; otherwise each scaled
+weight is rounded once (an ulp). Weights are then stored as F32, F16, Q8_0 or Q4_0 (gguf-py's
+quantizer; norms, 1-D tensors and the DeltaNet conv kernel stay F32, and a matrix whose rows are
+not a multiple of the block size falls back to F16), which changes the function as that
+quantization of the source would.
 """
 from __future__ import annotations
 
@@ -134,6 +138,22 @@ def _gguf():
     return gguf
 
 
+def _contents(field):
+    """A GGUFReader field's value (gguf-py's ReaderField.contents(), decoded by hand where that
+    gguf-py predates it)."""
+    if hasattr(field, "contents"):
+        return field.contents()
+
+    def one(part):
+        part = field.parts[part]
+        if part.dtype.kind == "u" and part.dtype.itemsize == 1 and field.types[-1].name == "STRING":
+            return bytes(part).decode("utf-8")
+        return part[0].item()
+    if field.types[0].name == "ARRAY":
+        return [one(i) for i in field.data]
+    return one(field.data[0])
+
+
 # qwen35 tensors by role (names after "blk.N."; see src/models/qwen35.cpp in the pinned llama.cpp)
 _READERS = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_qkv.weight", "attn_gate.weight",
             "ssm_alpha.weight", "ssm_beta.weight", "ffn_gate.weight", "ffn_up.weight"}
@@ -158,9 +178,7 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
 
     def value(key, default=None):
         f = r.fields.get(key)
-        if f is None:
-            return default
-        return f.contents()
+        return default if f is None else _contents(f)
 
     arch = value("general.architecture")
     if arch != "qwen35":
@@ -176,8 +194,7 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
     if D < d or F2 < F:
         raise ValueError(f"the padded shape must contain the source: source width {d}, feed-forward {F}; "
                          f"padded {D}, {F2}")
-    eps = value(A + "attention.layer_norm_rms_epsilon")
-    if eps is None:
+    if value(A + "attention.layer_norm_rms_epsilon") is None:   # kept as it is: see the module's docstring
         raise ValueError(f"{src}: no {A}attention.layer_norm_rms_epsilon")
 
     names = [t.name for t in r.tensors]
@@ -188,7 +205,8 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
 
     def f32(t):
         a = np.asarray(t.data)
-        if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
+                                 gguf.GGMLQuantizationType.F64):
             a = gguf.quants.dequantize(a, t.tensor_type)
         return np.asarray(a, dtype=np.float32)
 
@@ -264,9 +282,9 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
             continue
         vt = f.types[0]
         if vt == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(key, f.contents(), vt, sub_type=f.types[-1])
+            w.add_key_value(key, _contents(f), vt, sub_type=f.types[-1])
         else:
-            w.add_key_value(key, f.contents(), vt)
+            w.add_key_value(key, _contents(f), vt)
     w.add_embedding_length(D)
     w.add_feed_forward_length(F2)
     # the head size defaults to width / heads in llama.cpp: write it down where the source did not
@@ -294,9 +312,9 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
     summary = {"source_width": d, "width": D, "source_ffn": F, "ffn": F2, "type": qtype, "parameters": n_par,
                "tied_output": tied, "mtp": any(".nextn." in n for n in names)}
     if log is not None:
-        print(f"wrote {dst}: {n_par / 1e6:.1f}M parameters, width {d}->{D}, feed-forward {F}->{F2} ({qtype})"
-              + (", tied output: the MTP head's hnorm eps is scaled by (D/d)^2" if tied and summary["mtp"] else ""),
-              file=log)
+        note = ", tied output: the MTP head's hnorm eps is scaled by (D/d)^2" if tied and summary["mtp"] else ""
+        print(f"padded {Path(src).name}: {n_par / 1e6:.1f}M parameters, width {d}->{D}, "
+              f"feed-forward {F}->{F2} ({qtype}){note}", file=log)
     return summary
 
 
