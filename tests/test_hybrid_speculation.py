@@ -229,3 +229,24 @@ def test_sparse_prefill_runs_on_the_attention_layers_of_a_hybrid_target(tmp_path
         assert ref.stats.sparse_kept_fraction < 1 and got.stats.sparse_kept_fraction < 1
         check_greedy(e, path, ids, got, ref, "sparse prefill on qwen35")
         assert got.stats.nodes_verified > 0
+
+
+def test_an_mtp_head_that_is_often_right_gets_its_drafts_accepted(tmp_path):
+    """A qwen35 model whose MTP block passes the token embedding through (right about half the
+    time): its drafts are accepted, counted apart (accepted_mtp), and the output stays exact."""
+    from test_padding_qwen35 import _mtp_friendly, _rewrite
+    path = _rewrite(gguf_arch.write_qwen35(tmp_path / "base.gguf", nextn=1), tmp_path / "friendly.gguf", _mtp_friendly)
+    with Engine(path, n_threads=2, n_ctx=512) as e:
+        e._engine.set_cost_profile(*FLAT, projected=True)
+        e._profile_ready = True
+        accepted = {"chain": 0, "heterospec": 0}
+        for i, prompt in enumerate(PROMPTS):
+            ids = e.tokenize(prompt, parse_special=True)
+            ref = e.generate(ids, max_tokens=32, temperature=0, mode="ar")
+            for mode, kw in (("chain", dict(drafter="mtp", n_max=3)), ("heterospec", {})):
+                e.clear_ngram_memory()
+                got = e.generate(ids, max_tokens=32, temperature=0, mode=mode, **kw)
+                check_greedy(e, path, ids, got, ref, f"friendly mtp {mode} {prompt!r}")
+                accepted[mode] += got.stats.accepted_mtp
+                assert got.stats.accepted_mtp <= got.stats.accepted_draft
+        assert accepted["chain"] > 20 and accepted["heterospec"] > 10, accepted
