@@ -44,6 +44,7 @@ void MtpDrafter::add_row(int32_t token, llama_pos pos, const float * h) {
 
 void MtpDrafter::decode(size_t n_rows, bool logits_last) {
     if (logits_last && n_rows) batch_.logits[n_rows - 1] = true;
+    last_row_ = int32_t(n_rows) - 1;
     batch_.embd = embd_.data();   // each row carries a token and a hidden state
     const double t0 = now_ms();
     const int32_t rc = llama_decode(mtp_, batch_);
@@ -54,6 +55,12 @@ void MtpDrafter::decode(size_t n_rows, bool logits_last) {
     llama_ms_ += now_ms() - t0;
 }
 
+void MtpDrafter::queue(int32_t token, llama_pos pos, const float * h) {
+    pend_tok_.push_back(token);
+    pend_pos_.push_back(pos);
+    pend_h_.insert(pend_h_.end(), h, h + n_embd_);
+}
+
 void MtpDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos pos0) {
     if (n == 0) return;
     const float * h = llama_get_embeddings_nextn(target_);
@@ -61,27 +68,49 @@ void MtpDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos pos0
     rows_.assign(h, h + n * size_t(n_embd_));
     rows_pos0_ = pos0;
     n_rows_ = n;
-    // x_p pairs with h_{p-1}: the first token with the state kept from before (zeros where
-    // that is lost, as after a cold prompt cache: the drafts are worse, never wrong)
-    if (h_last_pos_ != pos0 - 1) std::fill(h_last_.begin(), h_last_.end(), 0.0f);
-    llama_memory_seq_rm(llama_get_memory(mtp_), 0, pos0, -1);
-    for (size_t i = 0; i < n; i += size_t(batch_cap_)) {
-        const size_t m = std::min(size_t(batch_cap_), n - i);
-        for (size_t j = 0; j < m; ++j) {
-            const size_t k = i + j;
-            add_row(tokens[k], pos0 + llama_pos(k), k == 0 ? h_last_.data() : rows_.data() + (k - 1) * size_t(n_embd_));
-        }
-        decode(m, false);
+    // x_p pairs with h_{p-1}: the first token with the state kept from before. Where that is
+    // lost (a cold prompt cache, a generation that ended inside a step) the head restarts here
+    // with zeros: its drafts are worse, never wrong.
+    if (h_last_pos_ != pos0 - 1) {
+        std::fill(h_last_.begin(), h_last_.end(), 0.0f);
+        pend_tok_.clear(); pend_pos_.clear(); pend_h_.clear();
     }
-    keep(n - 1);   // until the walk says otherwise: everything
+    // The head runs these rows only when it next drafts (with its root, in one pass): a step
+    // that drafts from n-grams alone costs it a copy, not a pass.
+    for (size_t k = 0; k < n; ++k)
+        queue(tokens[k], pos0 + llama_pos(k), k == 0 ? h_last_.data() : rows_.data() + (k - 1) * size_t(n_embd_));
+    std::memcpy(h_last_.data(), rows_.data() + (n - 1) * size_t(n_embd_), sizeof(float) * size_t(n_embd_));
+    h_last_pos_ = pos0 + llama_pos(n) - 1;   // until the walk says otherwise: everything
+    if (pend_tok_.size() > kMaxPending) run_pending(nullptr, 0);   // bounded memory (prompts)
+}
+
+void MtpDrafter::run_pending(const int32_t * root, llama_pos root_pos) {
+    const size_t n = pend_tok_.size();
+    llama_memory_seq_rm(llama_get_memory(mtp_), 0, n ? pend_pos_[0] : root_pos, -1);
+    const size_t rows = n + (root ? 1 : 0);
+    for (size_t i = 0; i < rows; i += size_t(batch_cap_)) {
+        const size_t m = std::min(size_t(batch_cap_), rows - i);
+        for (size_t k = i; k < i + m; ++k) {
+            if (k < n) add_row(pend_tok_[k], pend_pos_[k], pend_h_.data() + k * size_t(n_embd_));
+            else add_row(*root, root_pos, h_last_.data());
+        }
+        decode(m, root && i + m == rows);
+    }
+    pend_tok_.clear(); pend_pos_.clear(); pend_h_.clear();
 }
 
 void MtpDrafter::keep(size_t n_accepted) {
     if (n_rows_ == 0) return;
     const size_t last = std::min(n_accepted, n_rows_ - 1);
+    const llama_pos cut = rows_pos0_ + llama_pos(last) + 1;   // the first rejected position
+    while (!pend_pos_.empty() && pend_pos_.back() >= cut) {
+        pend_pos_.pop_back();
+        pend_tok_.pop_back();
+        pend_h_.resize(pend_h_.size() - size_t(n_embd_));
+    }
+    llama_memory_seq_rm(llama_get_memory(mtp_), 0, cut, -1);   // rows the head ran already
     std::memcpy(h_last_.data(), rows_.data() + last * size_t(n_embd_), sizeof(float) * size_t(n_embd_));
-    h_last_pos_ = rows_pos0_ + llama_pos(last);
-    llama_memory_seq_rm(llama_get_memory(mtp_), 0, h_last_pos_ + 1, -1);
+    h_last_pos_ = cut - 1;
     frontier_.clear();
 }
 
@@ -95,7 +124,7 @@ void MtpDrafter::expand(DraftTree & tree, int32_t node, const float * logits) {
     }
     frontier_.assign(cand_.begin(), cand_.begin() + std::min<size_t>(cand_.size(), 1));
     // the head's own state after this row: the input of its child's row
-    const float * h = llama_get_embeddings_nextn_ith(mtp_, 0);   // the pass's one row
+    const float * h = llama_get_embeddings_nextn_ith(mtp_, last_row_);
     if (!h) throw std::runtime_error("the MTP head gave no hidden state");
     h_frontier_.assign(h, h + n_embd_);
 }
@@ -103,9 +132,13 @@ void MtpDrafter::expand(DraftTree & tree, int32_t node, const float * logits) {
 void MtpDrafter::do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) {
     shape_ = shape;
     root_pos_ = root_pos;
-    if (h_last_pos_ != root_pos - 1) std::fill(h_last_.begin(), h_last_.end(), 0.0f);
-    add_row(tree[0].token, root_pos, h_last_.data());
-    decode(1, true);
+    if (h_last_pos_ != root_pos - 1) {
+        std::fill(h_last_.begin(), h_last_.end(), 0.0f);
+        pend_tok_.clear(); pend_pos_.clear(); pend_h_.clear();
+    }
+    // the rows the head has not run yet, and the root, in one pass
+    const int32_t root = tree[0].token;
+    run_pending(&root, root_pos);
     calls_++;
     expand(tree, 0, llama_get_logits_ith(mtp_, -1));
     first_choice_ = cand_.empty() ? -1 : cand_[0];
@@ -145,6 +178,7 @@ double MtpDrafter::time_level(int32_t) {
     llama_memory_clear(llama_get_memory(mtp_), false);
     h_last_pos_ = -1;
     n_rows_ = 0;
+    pend_tok_.clear(); pend_pos_.clear(); pend_h_.clear();
     llama_ms_ = 0;
     return best;
 }

@@ -3,9 +3,11 @@
 // (llama.cpp: `--spec-type draft-mtp`, common_speculative_impl_draft_mtp).
 //
 // The head runs in a second context on the same model (LLAMA_CONTEXT_TYPE_MTP) with a KV cache
-// of its own over the nextn layer. After every target pass the head consumes the same tokens,
-// each paired with the target's hidden state one position before (target_decoded), so its
-// cache follows the target's text; the accepted path's last hidden state seeds the next draft.
+// of its own over the nextn layer. After every target pass it queues the same tokens, each
+// paired with the target's hidden state one position before (target_decoded), and keeps the
+// accepted ones; it runs them when it next drafts, in the same pass as the draft's root, so
+// that its cache follows the target's text and a step drafted from n-grams alone costs no head
+// pass (llama.cpp runs the head over every target batch, then once more to draft).
 // A draft level is one head pass: the frontier node's token with the hidden state the head gave
 // its parent. Each level adds the top-k children of the frontier node and expands the best one
 // (a chain with its alternatives: the head's state follows one path).
@@ -53,6 +55,9 @@ private:
     // One head pass over rows (token, position, hidden state), logits for the last row when asked.
     void decode(size_t n_rows, bool logits_last);
     void add_row(int32_t token, llama_pos pos, const float * h);
+    void queue(int32_t token, llama_pos pos, const float * h);
+    // Runs the queued rows (and `root` at root_pos after them, with logits, when given).
+    void run_pending(const int32_t * root, llama_pos root_pos);
     // After verification: the batch's first 1 + n_accepted rows stay (the root and the accepted
     // path); the head's cells beyond them go, and the last kept row's hidden state seeds the next
     // draft.
@@ -67,6 +72,11 @@ private:
     std::vector<float> embd_;             // the batch's hidden-state rows
     std::vector<float> h_last_;           // target hidden state before the next root (h_{root_pos-1})
     llama_pos h_last_pos_ = -1;           // its position (-1: none)
+    static constexpr size_t kMaxPending = 256;   // rows queued before the head runs them anyway
+    std::vector<int32_t> pend_tok_;       // rows the head has not run yet: x_p at p with h_{p-1}
+    std::vector<llama_pos> pend_pos_;
+    std::vector<float> pend_h_;
+    int32_t last_row_ = 0;                // the last pass's output row
     std::vector<float> rows_;             // the last target batch's hidden states
     llama_pos rows_pos0_ = 0;
     size_t n_rows_ = 0;
