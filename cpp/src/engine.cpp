@@ -296,7 +296,8 @@ struct Engine::Impl {
             extend_paid(L, spent);
             step_paid_ms = now_ms() - p0;
         }
-        estimates(accept_est, child_est);
+        // pay_first_level estimated this very tree when it added nothing (free sources, no pay)
+        if (step_paid || !free || !drafter->has_paid_levels()) estimates(accept_est, child_est);
         return !accept_est.empty() && cost->worth_drafting(accept_est[0], L.max_budget, spent(), step_paid);
     }
 

@@ -64,9 +64,7 @@ void DraftModelDrafter::do_start(DraftTree & tree, const DraftShape & shape, lla
 }
 
 void DraftModelDrafter::narrow_frontier(const std::vector<int32_t> & nodes) {
-    for (int32_t n : nodes)
-        if (std::find(frontier_.begin(), frontier_.end(), n) == frontier_.end())
-            throw std::logic_error("narrow_frontier: node " + std::to_string(n) + " is not on the frontier");
+    check_on_frontier(nodes, frontier_);
     frontier_ = nodes;
 }
 

@@ -20,8 +20,10 @@
 // then calls target_decoded() after every target pass, while those states are still there.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -111,6 +113,13 @@ private:
     bool started_ = false;
     std::vector<int32_t> no_frontier_;
 };
+
+// narrow_frontier's precondition: every one of `nodes` is on `frontier`.
+inline void check_on_frontier(const std::vector<int32_t> & nodes, const std::vector<int32_t> & frontier) {
+    for (int32_t n : nodes)
+        if (std::find(frontier.begin(), frontier.end(), n) == frontier.end())
+            throw std::logic_error("narrow_frontier: node " + std::to_string(n) + " is not on the frontier");
+}
 
 class SuffixIndex;
 class CachedTokens;
