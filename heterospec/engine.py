@@ -431,8 +431,8 @@ class Engine:
 
     def cost_profile(self) -> dict:
         """What verification and drafting cost on this machine, as the cost-aware mode sees it:
-        {"sizes": batch sizes n, "verify_ms": t_verify(n), "draft_level_ms": one draft pass (0
-        without a draft model)}. Measured once per model pair and machine, then cached."""
+        {"sizes": batch sizes n, "verify_ms": t_verify(n), "draft_level_ms": one draft pass (the
+        draft model's, else the target's MTP head's; 0 for n-grams alone)}. Measured once per model pair and machine, then cached."""
         params = self._params(mode="heterospec")
         ticket = self._queue.acquire(None)
         try:

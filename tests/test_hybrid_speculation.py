@@ -6,6 +6,8 @@ and rejected drafts are undone through llama.cpp's rollback planes (n_rs_seq). E
 checked as for attention-only targets (greedy equal to plain decoding apart from certified
 near-ties, sampling by a chi-square test), and every test asserts that drafts were verified.
 """
+import json
+
 import pytest
 
 import gguf_arch
@@ -250,3 +252,18 @@ def test_an_mtp_head_that_is_often_right_gets_its_drafts_accepted(tmp_path):
                 accepted[mode] += got.stats.accepted_mtp
                 assert got.stats.accepted_mtp <= got.stats.accepted_draft
         assert accepted["chain"] > 20 and accepted["heterospec"] > 10, accepted
+
+
+def test_the_cost_profile_prices_the_mtp_heads_pass(tmp_path):
+    """Without a draft model, the stored profile carries the head's pass: an engine loading it
+    from the cache prices the head's levels as the one that measured them (it priced them at 0,
+    as model-free drafting, until its own steps taught it)."""
+    path = gguf_arch.write_qwen35(tmp_path / "mtp.gguf", nextn=1)
+    with Engine(path, n_threads=2, n_ctx=256, cost_profile_cache=tmp_path / "cache") as e:
+        measured = e.cost_profile()["draft_level_ms"]
+    assert measured > 0
+    (stored,) = (tmp_path / "cache").glob("profile-*.json")
+    doc = json.loads(stored.read_text())
+    stored.write_text(json.dumps({**doc, "draft_level_ms": 7.5}))
+    with Engine(path, n_threads=2, n_ctx=256, cost_profile_cache=tmp_path / "cache") as e:
+        assert e.cost_profile()["draft_level_ms"] == 7.5

@@ -515,6 +515,14 @@ struct Engine::Impl {
         s.cost.profile.draft_level_ms = s.drafter->time_level(width);
     }
 
+    // The paid source whose level cost a stored profile carries: the draft model's, else the
+    // target's MTP head's, else none.
+    uint8_t profiled_source() const {
+        uint8_t sources = 0;
+        for (const Speculator & s : speculators) sources |= s.drafter->paid_source();
+        return sources & kFromModel ? kFromModel : sources & kFromMtp;
+    }
+
     // The drafter a call asks for: its own, else the engine's.
     const std::string & drafter_for(const SpecParams & sp) const {
         return sp.drafter.empty() || sp.drafter == "auto" ? default_drafter : sp.drafter;
@@ -906,20 +914,26 @@ void Engine::set_cost_profile(const std::vector<int32_t> & sizes, const std::vec
         if ((i > 0 && sizes[i] <= sizes[i - 1]) || !(verify_ms[i] > 0))
             throw std::invalid_argument("cost profile sizes must ascend and timings be positive");
     std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->target_profile = {sizes, verify_ms, 0.0};
-    for (Impl::Speculator & s : impl_->speculators) {
+    Impl & m = *impl_;
+    m.target_profile = {sizes, verify_ms, 0.0};
+    const uint8_t priced = m.profiled_source();
+    for (Impl::Speculator & s : m.speculators) {
         s.cost = CostModel();
-        // model-free drafting costs nothing here or there
-        s.cost.profile = {sizes, verify_ms, s.drafter->context() ? draft_level_ms : 0.0};
         s.cost.projected = projected;
+        const uint8_t source = s.drafter->paid_source();
+        // another paid source's level (the MTP head beside a draft model) is measured on first use
+        if (source != 0 && source != priced && !projected) continue;
+        // model-free drafting costs nothing here or there
+        s.cost.profile = {sizes, verify_ms, source ? draft_level_ms : 0.0};
     }
 }
 
 std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profile(int32_t width) {
     Impl & m = *impl_;
-    // the draft model's pass is measured whenever there is one, whatever the default drafter:
-    // the profile is cached per model pair and serves every drafter
-    Impl::Speculator * s = m.find_speculator(m.draft ? "model" : "ngram");
+    // the draft model's pass (else the MTP head's) is measured whenever there is one, whatever
+    // the default drafter: the profile is cached per model pair and serves every drafter
+    const uint8_t priced = m.profiled_source();
+    Impl::Speculator * s = m.find_speculator(priced == kFromModel ? "model" : priced == kFromMtp ? "mtp" : "ngram");
     if (!s) throw std::invalid_argument("this target cannot speculate (its memory cannot hold a draft tree)");
     std::lock_guard<std::mutex> lock(m.mu);
     m.gen.done = true;   // measuring clears the caches: any generation in progress ends

@@ -72,6 +72,9 @@ public:
     // The paid source's first choice below the root in this step's tree (-1: none drafted), to
     // learn how often it is right.
     virtual int32_t paid_first_choice() const { return -1; }
+    // Who pays for its levels: kFromModel (the draft model's passes), kFromMtp (the target's
+    // head's), 0 for model-free drafting. Drafters with the same paid source share its price.
+    virtual uint8_t paid_source() const { return 0; }
     // Drafts more levels on the step's tree. Returns the levels added.
     virtual int32_t extend(DraftTree & tree, int32_t levels) { return 0; }
     // The nodes the next level would expand, best first (empty: nothing more to extend).

@@ -31,6 +31,7 @@ public:
     bool has_free_source() const override { return false; }
     bool has_paid_levels() const override { return true; }
     int32_t paid_first_choice() const override { return first_choice_; }
+    uint8_t paid_source() const override { return kFromMtp; }
 
     int32_t extend(DraftTree & tree, int32_t levels) override;
     const std::vector<int32_t> & frontier() const override { return frontier_; }
