@@ -39,6 +39,7 @@ def profile_key(paths, engine_opts: dict, width: int) -> str:
     doc = {"target": model_fingerprint(paths[0]), "draft": model_fingerprint(paths[1]) if paths[1] else None,
            "engine": engine_opts,
            "width": width, "machine": platform.machine(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+           "format": 2,   # 2: draft_level_ms is the MTP head's pass on engines without a draft model
            "version": __version__, "llama_cpp": _core.build_info()["llama_cpp"]}   # patched kernels cost differently
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
