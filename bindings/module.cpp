@@ -143,6 +143,7 @@ NB_MODULE(_core, m) {
         .def_ro("accepted_model", &Stats::accepted_model)
         .def_ro("accepted_ngram", &Stats::accepted_ngram)
         .def_ro("accepted_mtp", &Stats::accepted_mtp)
+        .def_ro("profile_scale", &Stats::profile_scale)
         .def_ro("accepted_draft", &Stats::accepted_draft)
         .def_ro("steps", &Stats::steps)
         .def_ro("target_calls", &Stats::target_calls)
@@ -240,7 +241,7 @@ NB_MODULE(_core, m) {
         .def("debug_n_past", &Engine::debug_n_past)
         .def("clear_ngram_memory", &Engine::clear_ngram_memory)
         .def("debug_wrong_rule", &Engine::debug_wrong_rule, "on"_a)
-        .def("cost_profile", &Engine::cost_profile, "width"_a = 4, release_gil())
+        .def("cost_profile", &Engine::cost_profile, "width"_a = 4, "fresh"_a = false, release_gil())
         .def("set_cost_profile", &Engine::set_cost_profile, "sizes"_a, "verify_ms"_a, "draft_level_ms"_a,
              "projected"_a = false)
         .def("generate", &Engine::generate, "prompt"_a, "params"_a, release_gil());

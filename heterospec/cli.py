@@ -138,6 +138,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.max_queue < 1:
         raise ValueError(f"--max-queue must be at least 1, got {args.max_queue}")
+    if args.max_body < 1024:
+        raise ValueError(f"--max-body must be at least 1024 bytes, got {args.max_body}")
     name = args.alias or Path(args.model).stem
     template = args.chat_template
     if args.chat_template_file:
@@ -146,7 +148,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if template:   # a template that does not parse fails here, not at the first request
             engine.format_chat([{"role": "user", "content": "x"}], chat_template=template)
         serve(engine, name, host=args.host, port=args.port, api_key=args.api_key, chat_template=template,
-              max_queue=args.max_queue, log_level="debug" if args.verbose else "info")
+              max_queue=args.max_queue, log_level="debug" if args.verbose else "info", max_body=args.max_body,
+              docs=args.docs)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Measures the cost profile ahead of time (the first cost-aware generation would), caches
+    it and prints it."""
+    from .engine import Engine
+    with Engine(args.model, draft=args.model_draft, **_pick(args, ENGINE_KEYS)) as engine:
+        if args.force:
+            engine._profile_stale = "--force"
+        p = engine.cost_profile()
+    print(f"{'n':>5} {'t_verify(n) ms':>15} {'per token':>10}")
+    for n, ms in zip(p["sizes"], p["verify_ms"]):
+        print(f"{n:>5} {ms:>15.3f} {ms / n:>10.3f}")
+    print(f"one draft level: {p['draft_level_ms']:.3f} ms")
     return 0
 
 
@@ -205,10 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-a", "--alias", help="model name the API reports and accepts (default: the file's stem)")
     s.add_argument("--max-queue", type=int, default=64, dest="max_queue",
                    help="requests running or waiting beyond which the server answers 503 (64)")
+    s.add_argument("--max-body", type=int, default=8 * 2**20, dest="max_body",
+                   help="largest request body in bytes; larger ones get 413 (8 MiB)")
+    s.add_argument("--docs", action="store_true", help="serve the OpenAPI schema and /docs (off by default)")
     s.add_argument("--chat-template", dest="chat_template",
                    help="chat template: Jinja source or a llama.cpp built-in name (default: the GGUF's)")
     s.add_argument("--chat-template-file", dest="chat_template_file", help="read the Jinja chat template from a file")
     s.set_defaults(func=cmd_serve)
+
+    pr = sub.add_parser("profile", help="measure this machine's cost profile now, so that the first generation "
+                                        "does not (cached per model pair, settings and machine)")
+    _model_args(pr)
+    pr.add_argument("--force", action="store_true", help="measure again even when a profile is cached")
+    pr.set_defaults(func=cmd_profile)
 
     b = sub.add_parser("bench", help="measure decoding modes side by side (greedy)")
     b.add_argument("-m", "--model", required=True, help="target model (GGUF)")

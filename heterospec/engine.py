@@ -13,10 +13,15 @@ RuntimeError instead of waiting for itself.
 """
 from __future__ import annotations
 
+import atexit
 import collections
+import math
+import operator
 import os
+import sys
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
@@ -62,6 +67,20 @@ class GenerationResult:
                    trace=list(r.trace), logprobs=list(r.logprobs) if logprobs else None)
 
 
+# Engines not closed yet: closed at interpreter exit, before the native module goes (which
+# would otherwise report their objects as leaked).
+_live: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for engine in list(_live):
+        try:
+            engine.close()
+        except Exception:
+            pass
+
+
 class EngineBusy(TimeoutError):
     """Another generation held the engine for longer than the caller's queue_timeout."""
 
@@ -74,6 +93,7 @@ class _Queue:
         self._waiting: collections.deque = collections.deque()
         self._owner: Optional[object] = None
         self._owner_thread: Optional[int] = None
+        self._shut = False
 
     def acquire(self, timeout: Optional[float], abort: Optional[threading.Event] = None) -> object:
         """Waits for the engine. `abort` set while waiting (then call wake()) gives up: EngineBusy."""
@@ -82,10 +102,14 @@ class _Queue:
             if self._owner is not None and self._owner_thread == threading.get_ident():
                 raise RuntimeError("this thread's unfinished stream owns the engine: exhaust it or close() it "
                                    "before starting another generation")
+            if self._shut:
+                raise RuntimeError("this Engine has been closed")
             self._waiting.append(ticket)
             try:
-                ok = self._cond.wait_for(lambda: (abort is not None and abort.is_set()) or
+                ok = self._cond.wait_for(lambda: self._shut or (abort is not None and abort.is_set()) or
                                          (self._owner is None and self._waiting[0] is ticket), timeout)
+                if self._shut:
+                    raise RuntimeError("this Engine was closed while the call waited for it")
                 if ok and abort is not None and abort.is_set():
                     raise EngineBusy("the request was abandoned while it waited for the engine")
             except BaseException:
@@ -99,6 +123,17 @@ class _Queue:
             self._waiting.popleft()
             self._owner, self._owner_thread = ticket, threading.get_ident()
             return ticket
+
+    def shut(self) -> None:
+        """No one gets the engine from now on: waiting callers get RuntimeError."""
+        with self._cond:
+            self._shut = True
+            self._cond.notify_all()
+
+    def wait_idle(self) -> None:
+        """Waits until no one owns the engine."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._owner is None)
 
     def wake(self) -> None:
         """Lets waiters look at their abort events again."""
@@ -191,6 +226,7 @@ class Stream(Iterator[str]):
                     pass
             self.result = GenerationResult._from_native(native.result(), self._logprobs)
             self._engine._last = self.result
+            self._engine._watch_profile(self.result.stats)
         finally:
             self._engine._queue.release(self._ticket)
 
@@ -213,13 +249,83 @@ def _set(obj, **values) -> None:
             setattr(obj, name, value)
 
 
-def _check_int(name: str, value, minimum: int) -> None:
+# Arguments are checked here for type and for what the native fields can hold (an int32, a
+# float), so that a bad one is named with its range instead of reaching the binding; what the
+# values mean is validated once, natively (cpp/src/config.cpp).
+_INT32_MAX = 2**31 - 1
+
+
+def _check_int(name: str, value, minimum: int, maximum: int = _INT32_MAX) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be in {minimum}..{maximum}, got {value}")
+
+
+def _check_number(name: str, value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+
+
+def _check_flag(name: str, value) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {type(value).__name__}")
+
+
+def _check_text(name: str, value) -> str:
+    """A str that UTF-8 can encode (a lone surrogate cannot)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} holds a lone surrogate ({value[e.start]!r} at {e.start}), "
+                         "which is not text UTF-8 can encode") from None
+    return value
+
+
+def _max_threads() -> int:
+    """More threads than this only oversubscribe the machine (ggml's own cap is 512)."""
+    return min(512, 4 * (os.cpu_count() or 1))
+
+
+def _check_cache_setting(value):
+    """cost_profile_cache: True (the user's cache directory), False (none) or an existing
+    directory's path (its last part is created if absent, nothing above it)."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"cost_profile_cache must be True, False or a directory path, not {type(value).__name__}")
+    path = os.fspath(value)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(path) and not os.path.isdir(parent):
+        raise ValueError(f"cost_profile_cache: {parent} does not exist; create it or pass another directory")
+    return value
+
+
+def _check_choice(name: str, value, choices: Sequence[str]) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
+
+
+def _check_timeout(value) -> None:
+    if value is None:
+        return
+    _check_number("queue_timeout", value)
+    if value < 0:
+        raise ValueError(f"queue_timeout must be >= 0 seconds (None: no limit), got {value}")
+
+
+MODES = ("auto", "ar", "chain", "tree", "heterospec")
+DRAFTERS = ("auto", "model", "mtp", "ngram", "hybrid")
 
 
 class Engine:
@@ -266,11 +372,23 @@ class Engine:
                  sparse_dense_tail: Optional[int] = None):
         _check_int("n_ctx", n_ctx, 0)
         _check_int("n_batch", n_batch, 1)
-        _check_int("n_threads", n_threads, 0)
-        _check_int("n_threads_batch", n_threads_batch, 0)
+        _check_int("n_threads", n_threads, 0, _max_threads())
+        _check_int("n_threads_batch", n_threads_batch, 0, _max_threads())
         _check_int("n_gpu_layers", n_gpu_layers, -1)
         _check_int("n_gpu_layers_draft", n_gpu_layers_draft, -1)
         _check_int("max_nodes", max_nodes, 1)
+        _check_choice("drafter", drafter, DRAFTERS)
+        _check_flag("verbose", verbose)
+        for name, value in (("sparse_alpha", sparse_alpha), ("sparse_row_frac", sparse_row_frac),
+                            ("sparse_window_frac", sparse_window_frac), ("sparse_k_max", sparse_k_max)):
+            _check_number(name, value)
+        for name, value in (("sparse_prefill", sparse_prefill), ("cache_type_k", cache_type_k),
+                            ("cache_type_v", cache_type_v)):
+            if value is not None:
+                _check_text(name, value)
+        if flash_attn is not None and not isinstance(flash_attn, bool):
+            _check_choice("flash_attn", flash_attn, ("on", "off", "auto"))
+        cost_profile_cache = _check_cache_setting(cost_profile_cache)
         if isinstance(flash_attn, bool):
             flash_attn = "on" if flash_attn else "off"
         opts = _core.EngineOptions()
@@ -291,17 +409,31 @@ class Engine:
         self._paths = (opts.target.path, opts.draft.path if draft is not None else None)
         self._profile_cache = cost_profile_cache
         self._profile_ready = False
+        self._profile_stale: Optional[str] = None   # why the next generation measures the profile again
+        self._remeasured = False
         self._engine_opts = {"n_threads": opts.n_threads, "n_batch": opts.n_batch, "n_ctx": self._native.n_ctx,
                              "n_gpu_layers": opts.target.n_gpu_layers, "flash_attn": opts.flash_attn,
                              "max_nodes": opts.max_nodes}
         self._last: Optional[GenerationResult] = None
         self._queue = _Queue()
+        self._stream_ref: Optional[weakref.ref] = None   # the stream that owns the engine, if any
+        _live.add(self)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Frees the models and contexts. The engine cannot be used afterwards."""
+        """Frees the models and contexts. A generation running in another thread is cancelled
+        and waited for (it ends with finish_reason "cancelled"); calls waiting for the engine get
+        RuntimeError. The engine cannot be used afterwards."""
+        if self._native is None:
+            return
+        self._queue.shut()
+        stream = self._stream_ref() if self._stream_ref is not None else None
+        if stream is not None:
+            stream.close()   # from any thread: waits for the step in progress, then ends the generation
+        self._queue.wait_idle()   # a score() in progress
         self._native = None
+        _live.discard(self)
 
     def __enter__(self) -> "Engine":
         return self
@@ -361,7 +493,7 @@ class Engine:
     def tokenize(self, text: Union[str, bytes], add_special: bool = True, parse_special: bool = False) -> list[int]:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        return list(self._engine.tokenize(text, add_special, parse_special))
+        return list(self._engine.tokenize(_check_text("text", text), add_special, parse_special))
 
     def token_piece(self, token: int) -> bytes:
         """A token's own bytes (special tokens spelled out; maybe part of a UTF-8 character)."""
@@ -426,8 +558,22 @@ class Engine:
         if mode not in ("heterospec", "auto"):   # auto is heterospec
             return
         from .profile_cache import cached_profile
-        cached_profile(self._engine, self._paths, self._engine_opts, params.spec.width, self._profile_cache)
+        fresh, self._profile_stale = self._profile_stale, None
+        announce = lambda message: print(f"heterospec: {fresh + '; ' if fresh else ''}{message}", file=sys.stderr,
+                                         flush=True)
+        cached_profile(self._engine, self._paths, self._engine_opts, params.spec.width, self._profile_cache,
+                       fresh=fresh is not None, announce=announce)
         self._profile_ready = True
+        self._remeasured |= fresh is not None
+
+    def _watch_profile(self, stats: Stats) -> None:
+        """A profile measured on a busy machine must not stay wrong: when a generation's target
+        passes cost far from what it says (over enough steps), the next generation measures again
+        (once per engine, so that a machine whose costs really move is not measured forever)."""
+        scale = getattr(stats, "profile_scale", 1.0)
+        if self._profile_ready and not self._remeasured and stats.steps >= 32 and not 0.5 <= scale <= 2.0:
+            self._profile_ready = False
+            self._profile_stale = f"target passes took {scale:.2g}x the time the stored cost profile says"
 
     def cost_profile(self) -> dict:
         """What verification and drafting cost on this machine, as the cost-aware mode sees it:
@@ -444,8 +590,24 @@ class Engine:
 
     def _prompt_tokens(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
-            return self.tokenize(prompt, add_special=True, parse_special=True)
-        return [int(t) for t in prompt]
+            return self.tokenize(_check_text("the prompt", prompt), add_special=True, parse_special=True)
+        if isinstance(prompt, (bytes, bytearray)):
+            raise TypeError("a bytes prompt is neither text nor token ids: decode it to a str, or pass a list of ints")
+        try:
+            tokens = list(prompt)
+        except TypeError:
+            raise TypeError(f"the prompt must be a string or a sequence of token ids, not {type(prompt).__name__}") from None
+        ids = []
+        for t in tokens:   # ints, numpy's included; the range is checked natively
+            try:
+                if isinstance(t, bool):
+                    raise TypeError
+                ids.append(operator.index(t))
+            except TypeError:
+                raise TypeError(f"prompt token ids must be integers, not {type(t).__name__}") from None
+        for t in ids:
+            _check_int("a prompt token id", t, -(2**31))
+        return ids
 
     def _params(self, max_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
                 repeat_penalty=None, repeat_last_n=None, seed=None, stop=None, ignore_eos=None,
@@ -459,27 +621,40 @@ class Engine:
                 check_pair(pol, *self._paths, force=force_policy)
             p.spec.policy_thresholds = [float(x) for x in pol["thresholds"]]
             p.spec.policy_gamma = [float(x) for x in pol.get("gamma", (0.3, 0.6, 1.0))]
-        for name, value in (("depth", depth), ("branching", branching), ("width", width), ("budget", budget),
-                            ("n_max", n_max)):
+        _check_choice("mode", mode, MODES)
+        _check_choice("drafter", drafter, DRAFTERS)
+        for name, value in (("depth", depth), ("branching", branching), ("width", width), ("n_max", n_max)):
             _check_int(name, value, 0)
+        _check_int("budget", budget, 1)   # 0 nodes verified is plain decoding: mode="ar"
+        for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p),
+                            ("repeat_penalty", repeat_penalty), ("p_min", p_min)):
+            _check_number(name, value)
+        for name, value in (("ignore_eos", ignore_eos), ("trace", trace), ("cost_aware", cost_aware),
+                            ("cache_prompt", cache_prompt), ("force_policy", force_policy)):
+            _check_flag(name, value)
+        _check_int("repeat_last_n", repeat_last_n, -1)
         _set(p.spec, mode=mode, drafter=drafter, depth=depth, branching=branching, width=width, budget=budget, n_max=n_max,
              p_min=p_min, trace=trace, cost_aware=cost_aware)
         if max_tokens is not None:
             _check_int("max_tokens", max_tokens, -1)
         _check_int("top_k", top_k, -(2**31))  # <= 0 disables top-k
         if seed is not None:
-            _check_int("seed", seed, -1)
+            _check_int("seed", seed, -1, _RANDOM_SEED - 1)
             if seed == -1:
                 seed = None  # llama.cpp's convention for "random"
             elif seed >= _RANDOM_SEED:
                 raise ValueError(f"seed must be below 2**64 - 1, got {seed}")
         if isinstance(stop, str):
             stop = [stop]
+        if stop is not None:
+            if not isinstance(stop, (list, tuple)):
+                raise TypeError(f"stop must be a string or a list of strings, not {type(stop).__name__}")
+            stop = [_check_text("stop", x) for x in stop]
         if logprobs is True:
             logprobs = 0
         elif logprobs is False:
             logprobs = None
-        _check_int("logprobs", logprobs, 0)
+        _check_int("logprobs", logprobs, 0, 20)
         _set(p, max_tokens=max_tokens, stop=list(stop) if stop is not None else None, ignore_eos=ignore_eos,
              cache_prompt=cache_prompt, logprobs=logprobs)
         _set(p.sampling, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -540,13 +715,16 @@ class Engine:
         the engine until it is exhausted or closed. `stream.result` (and `last_result`) holds
         the outcome from then on. `abort`: an Event that, set while this call waits for the
         engine (then call `wake_queue()`), gives up the wait with EngineBusy."""
+        _check_timeout(queue_timeout)
         params, tokens = self.check(prompt, **kwargs)
         engine = self._engine
         ticket = self._queue.acquire(queue_timeout, abort)
         try:
             self._ensure_profile(params)
             engine.start(tokens, params)
-            return Stream(self, engine, ticket, logprobs=params.logprobs >= 0)
+            stream = Stream(self, engine, ticket, logprobs=params.logprobs >= 0)
+            self._stream_ref = weakref.ref(stream)
+            return stream
         except BaseException:
             self._queue.release(ticket)
             raise

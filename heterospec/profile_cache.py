@@ -44,18 +44,26 @@ def profile_key(paths, engine_opts: dict, width: int) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def cached_profile(native, paths, engine_opts: dict, width: int, setting) -> None:
-    """Loads the profile into the engine from the cache, or measures and stores it."""
+def cached_profile(native, paths, engine_opts: dict, width: int, setting, fresh: bool = False,
+                   announce=None) -> None:
+    """Loads the profile into the engine from the cache, or measures and stores it (`fresh`:
+    measures again whatever the cache holds). `announce(message)` is told before a measurement."""
     path = None
     if setting is not False:
         path = cache_dir(setting) / f"profile-{profile_key(paths, engine_opts, width)}.json"
-        try:
-            doc = json.loads(path.read_text())
-            native.set_cost_profile(doc["sizes"], doc["verify_ms"], doc["draft_level_ms"])
-            return
-        except (OSError, ValueError, KeyError, TypeError):
-            pass   # absent or unreadable: measure
-    sizes, verify_ms, draft_ms = native.cost_profile(width)
+        if not fresh:
+            try:
+                doc = json.loads(path.read_text())
+                native.set_cost_profile(doc["sizes"], doc["verify_ms"], doc["draft_level_ms"])
+                return
+            except (OSError, ValueError, KeyError, TypeError):
+                pass   # absent or unreadable: measure
+    if announce is not None:
+        where = f"; cached in {path.parent}" if path is not None else ""
+        announce(f"measuring what verification and drafting cost on this machine "
+                 f"({os.path.basename(paths[0])}{' + ' + os.path.basename(paths[1]) if paths[1] else ''}{where})")
+    sizes, verify_ms, draft_ms = native.cost_profile(width, fresh)
+    native.set_cost_profile(sizes, verify_ms, draft_ms)   # every drafter, now: none measures inside a generation
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

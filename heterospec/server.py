@@ -19,9 +19,10 @@ from typing import Any, AsyncIterator, Literal, Optional, Union
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
                                generate_latest)
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 from sse_starlette.sse import EventSourceResponse
 
 from .chat_template import ChatTemplateError
@@ -55,10 +56,26 @@ class _Common(BaseModel):
     depth: Optional[StrictInt] = Field(default=None, ge=1, le=64)
     branching: Optional[StrictInt] = Field(default=None, ge=1, le=64)
     width: Optional[StrictInt] = Field(default=None, ge=1, le=64)
-    budget: Optional[StrictInt] = Field(default=None, ge=0)
+    budget: Optional[StrictInt] = Field(default=None, ge=1)
     n_max: Optional[StrictInt] = Field(default=None, ge=0, le=64)
     p_min: Optional[float] = Field(default=None, ge=0.0, le=1.0)
     cost_aware: Optional[StrictBool] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, data):
+        bad = _surrogate_path(data)
+        if bad is not None:
+            raise ValueError(f"{bad or 'the body'} holds a lone surrogate (\\ud800-\\udfff), which is not text")
+        return data
+
+    @field_validator("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+                     "p_min", mode="before")
+    @classmethod
+    def _number(cls, v):
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not a boolean")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -83,6 +100,33 @@ class _Common(BaseModel):
         return v
 
 
+_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+def _surrogate_path(value, path: str = "") -> Optional[str]:
+    """Where in a decoded JSON value a lone surrogate sits (a str UTF-8 cannot encode), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            where = f"{path}.{k}" if path else str(k)
+            if _surrogate_path(k, where) is not None:
+                return where
+            found = _surrogate_path(v, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _surrogate_path(v, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 class ChatRequest(_Common):
     messages: list[dict] = Field(min_length=1)
     max_completion_tokens: Optional[StrictInt] = Field(default=None, ge=1)
@@ -92,6 +136,15 @@ class ChatRequest(_Common):
     tool_choice: Union[str, dict, None] = None
     response_format: Optional[dict] = None
     chat_template_kwargs: Optional[dict] = None
+
+    @field_validator("messages")
+    @classmethod
+    def _roles(cls, v):
+        for i, m in enumerate(v):
+            role = m.get("role")
+            if role not in _ROLES:
+                raise ValueError(f"message {i}: role must be one of {', '.join(_ROLES)}, not {role!r}")
+        return v
 
     @field_validator("tool_choice")
     @classmethod
@@ -143,7 +196,14 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
     def response(self) -> JSONResponse:
-        return JSONResponse(status_code=self.status, content=error_body(self.message, self.type, self.param, self.code))
+        return _AsciiJSON(status_code=self.status, content=error_body(self.message, self.type, self.param, self.code))
+
+
+class _AsciiJSON(JSONResponse):
+    """JSON with non-ASCII escaped: an error message that quotes a request never fails to encode."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: Optional[str] = None,
@@ -245,22 +305,45 @@ class _AuthAndCount:
     """Pure ASGI middleware (Starlette's BaseHTTPMiddleware would hide client disconnects from
     the endpoints): the API key, and request counts by endpoint and status."""
 
-    def __init__(self, app, api_key: Optional[str], metrics: "_Metrics"):
-        self.app, self.api_key, self.metrics = app, api_key, metrics
+    def __init__(self, app, api_key: Optional[str], metrics: "_Metrics", max_body: int):
+        self.app, self.api_key, self.metrics, self.max_body = app, api_key, metrics, max_body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
         label = path if path in _ENDPOINTS else "other"   # bounded label values
+        headers = dict(scope.get("headers") or [])
         if self.api_key is not None and path != "/health":
-            headers = dict(scope.get("headers") or [])
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):
                 self.metrics.requests.labels(label, "401").inc()
                 response = APIError(401, "Incorrect API key provided: pass it as 'Authorization: Bearer KEY'",
                                     code="invalid_api_key").response()
                 return await response(scope, receive, send)
+        too_big = APIError(413, f"the request body is over {self.max_body} bytes (the server's --max-body)",
+                           code="request_too_large")
+        length = headers.get(b"content-length")
+        if length is not None and not length.isdigit():
+            self.metrics.requests.labels(label, "400").inc()
+            return await APIError(400, "the Content-Length header is not a number").response()(scope, receive, send)
+        if length is not None and int(length) > self.max_body:
+            self.metrics.requests.labels(label, "413").inc()
+            return await too_big.response()(scope, receive, send)
+        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            # a body of unknown length (chunked): read it up to the cap, then hand it on
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                more = message.get("more_body", False)
+                if size > self.max_body:
+                    self.metrics.requests.labels(label, "413").inc()
+                    return await too_big.response()(scope, receive, send)
+            receive = _replay(b"".join(chunks), receive)
         status = []
 
         async def send_counted(message):
@@ -274,20 +357,47 @@ class _AuthAndCount:
             self.metrics.requests.labels(label, str(status[0] if status else 500)).inc()
 
 
+DEFAULT_MAX_BODY = 8 * 2**20   # bytes; a full 128k-token context is well under 1 MiB of text
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that gives `body` once, then passes on to `receive` (a disconnect)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
+
+
 def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
-               chat_template: Optional[str] = None, max_queue: int = 64) -> FastAPI:
+               chat_template: Optional[str] = None, max_queue: int = 64, max_body: int = DEFAULT_MAX_BODY,
+               docs: bool = False) -> FastAPI:
     """The server's app on `engine`, answering to `model_name`; with `api_key`, every endpoint but
     /health requires `Authorization: Bearer <api_key>`. `chat_template` overrides the GGUF's (Jinja
     source or a llama.cpp built-in name). More than `max_queue` generations running or waiting:
-    503."""
-    app = FastAPI(title="HeteroSpec", version=__import__("heterospec").__version__)
+    503. A request body over `max_body` bytes: 413. `docs`: serve /docs and /openapi.json."""
+    app = FastAPI(title="HeteroSpec", version=__import__("heterospec").__version__,
+                  docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
     metrics = _Metrics(engine)
     created = int(time.time())
-    app.add_middleware(_AuthAndCount, api_key=api_key, metrics=metrics)
+    app.add_middleware(_AuthAndCount, api_key=api_key, metrics=metrics, max_body=max_body)
+    longest_token = max((len(engine.token_piece(t)) for t in range(engine.n_vocab)), default=1)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
         return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # unknown paths, wrong methods, unreadable bodies: OpenAI's error object, not {"detail": ...}
+        message = {404: f"no such endpoint: {request.method} {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return APIError(exc.status_code, message, type_=type_).response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -339,7 +449,7 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None,
 
     async def _serve(request: Request, body: _Common, prompt, max_tokens: Optional[int], top_logprobs: Optional[int],
                      chat: bool):
-        ids = _prompt_ids(engine, prompt)
+        ids = _prompt_ids(engine, prompt, longest_token)
         if max_tokens is not None and max_tokens > engine.n_ctx:
             raise APIError(400, f"max_tokens is {max_tokens} but the context holds {engine.n_ctx} tokens",
                            param="max_tokens")
@@ -393,9 +503,14 @@ def _check_model(name: Optional[str], served: str) -> None:
                        param="model", code="model_not_found")
 
 
-def _prompt_ids(engine: Engine, prompt) -> list[int]:
+def _prompt_ids(engine: Engine, prompt, longest_token: int) -> list[int]:
     try:
         if isinstance(prompt, str):
+            # no token is longer than longest_token bytes: a longer text cannot fit, and is not tokenized
+            at_least = -(-len(prompt.encode("utf-8")) // longest_token)
+            if at_least > engine.n_ctx:
+                raise APIError(400, f"the prompt has at least {at_least} tokens but the context holds "
+                                    f"{engine.n_ctx}; shorten it", param="messages", code="context_length_exceeded")
             ids = engine.tokenize(prompt, add_special=True, parse_special=True)
         else:
             ids = [int(t) for t in prompt]
@@ -557,14 +672,14 @@ async def _sse(job: _Job, rid: str, model: str, chat: bool, include_usage: bool,
 
 def serve(engine: Engine, model_name: str, host: str = "127.0.0.1", port: int = 8080,
           api_key: Optional[str] = None, chat_template: Optional[str] = None, max_queue: int = 64,
-          log_level: str = "info") -> None:
+          log_level: str = "info", max_body: int = DEFAULT_MAX_BODY, docs: bool = False) -> None:
     """Runs the server until SIGINT/SIGTERM (uvicorn handles both and shuts down cleanly)."""
     import signal
     import sys
 
     import uvicorn
 
-    app = create_app(engine, model_name, api_key, chat_template, max_queue)
+    app = create_app(engine, model_name, api_key, chat_template, max_queue, max_body, docs)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     original_startup = server.startup

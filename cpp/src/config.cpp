@@ -62,7 +62,7 @@ void validate(const GenerateParams & p) {
     if (t.depth < 1 || t.depth > 64) bad("tree depth must be in 1..64");
     if (t.branching < 1 || t.branching > 64) bad("tree branching must be in 1..64");
     if (t.width < 1 || t.width > 64) bad("tree width must be in 1..64");
-    if (t.budget < 0) bad("tree budget must be >= 0");
+    if (t.budget < 1) bad("tree budget must be >= 1 (0 nodes verified is plain decoding: mode \"ar\")");
     if (t.n_max < 0 || t.n_max > 64) bad("chain n_max must be in 0..64");
     if (!(t.p_min >= 0.0f && t.p_min <= 1.0f)) bad("chain p_min must be in [0, 1]");
     if (p.logprobs < -1 || p.logprobs > 20) bad("top_logprobs must be in 0..20");

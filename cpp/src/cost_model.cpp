@@ -157,6 +157,13 @@ BudgetChoice CostModel::choose(const std::vector<float> & accept, int32_t max_bu
     return choose_budget(costs(), accept, max_budget, spent_ms, long_run_rate());
 }
 
+double CostModel::profile_scale() const {
+    double far = 1.0;
+    for (double s : verify_scale_)
+        if (s > 0 && std::fabs(std::log(s)) > std::fabs(std::log(far))) far = s;
+    return far;
+}
+
 void CostModel::rescale() {
     realised_ = profile;
     for (size_t i = 0; i < realised_.sizes.size(); ++i) {

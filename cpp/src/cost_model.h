@@ -154,6 +154,9 @@ public:
     // Tokens per ms over the recent steps of cost-aware generations, plain ones included (0
     // before any).
     double long_run_rate() const { return all_ms_ > 0 ? all_tokens_ / all_ms_ : 0.0; }
+    // Realised over profiled verification time, one-token passes or batches, whichever is
+    // further from 1 (1 before any step).
+    double profile_scale() const;
     // How often the draft's first choice at the root was the target's token, over this
     // generation's recent steps (starting from the engine's long-run figure).
     float agreement() const { return float(agreement_); }

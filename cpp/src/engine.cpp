@@ -554,6 +554,7 @@ struct Engine::Impl {
         g.stats.decode_ms = t_end - g.t_first;
         g.stats.generated_tokens = int32_t(g.tokens.size());
         if (g.mode != Mode::ar) g.stats.draft_calls = drafter->calls();
+        if (cost_aware()) g.stats.profile_scale = cost->profile_scale();
     }
 };
 
@@ -626,7 +627,8 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
                                     (options.drafter == "mtp" && !m.mtp_error.empty() ? ": " + m.mtp_error : ""));
     // hybrid with a target's MTP head too: n-grams always, the head's levels where they pay
     m.default_drafter = options.drafter != "auto" ? options.drafter : m.draft || m.mtp_ctx ? "hybrid" : "ngram";
-    m.n_ctx = llama_n_ctx(m.target_ctx.get());
+    // llama.cpp rounds a small context up (to 256 cells): the engine keeps to the size asked for
+    m.n_ctx = std::min(spec.n_ctx, llama_n_ctx(m.target_ctx.get()));
     m.batch.reset(llama_batch_ext_init(m.target_ctx.get()));
 }
 
@@ -785,6 +787,7 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
         if (m.cost_aware()) {
             m.measure_profile(*spec, sp.width);
             m.cost->begin_generation();
+            g.t_start = now_ms();   // measuring the machine is not the prompt's time
         }
         m.process_prompt(prompt, params.cache_prompt);
     } catch (...) {
@@ -928,7 +931,7 @@ void Engine::set_cost_profile(const std::vector<int32_t> & sizes, const std::vec
     }
 }
 
-std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profile(int32_t width) {
+std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profile(int32_t width, bool fresh) {
     Impl & m = *impl_;
     // the draft model's pass (else the MTP head's) is measured whenever there is one, whatever
     // the default drafter: the profile is cached per model pair and serves every drafter
@@ -937,6 +940,10 @@ std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profi
     if (!s) throw std::invalid_argument("this target cannot speculate (its memory cannot hold a draft tree)");
     std::lock_guard<std::mutex> lock(m.mu);
     m.gen.done = true;   // measuring clears the caches: any generation in progress ends
+    if (fresh) {
+        m.target_profile = CostProfile();
+        for (Impl::Speculator & other : m.speculators) other.cost = CostModel();
+    }
     m.measure_profile(*s, width);
     return {s->cost.profile.sizes, s->cost.profile.verify_ms, s->cost.profile.draft_level_ms};
 }

@@ -122,8 +122,10 @@ public:
     // statistical test can show that it catches one.
     void debug_wrong_rule(bool on);
 
-    // Measured once per engine: batch sizes n, t_verify(n) in ms, and one draft level in ms.
-    std::tuple<std::vector<int32_t>, std::vector<double>, double> cost_profile(int32_t width = 4);
+    // Measured once per engine: batch sizes n, t_verify(n) in ms, and one draft level in ms (the
+    // draft model's, else the MTP head's). `fresh`: measure again, forgetting what was measured
+    // or set (a profile the realised costs have drifted far from).
+    std::tuple<std::vector<int32_t>, std::vector<double>, double> cost_profile(int32_t width = 4, bool fresh = false);
     // A profile measured earlier (cached by the caller per model pair and machine). `projected`:
     // another device's profile, taken as it is: the allocation decides as it would there and
     // judges its steps by that profile's costs, not by this machine's clock (bench --cost-profile).

@@ -39,6 +39,10 @@ struct Stats {
     int32_t predicted_steps = 0;
     double predicted_tokens = 0;
     int32_t realised_tokens = 0;
+    // How far the cost profile is from what target passes really cost now: the realised time over
+    // the profile's, for one-token passes or batches, whichever is further from 1 (1: as
+    // profiled, or not cost-aware). Far from 1 for long: the profile was measured on a busy machine.
+    double profile_scale = 1.0;
 
     // Mean tokens emitted per step (tau), the extra token from the target included.
     double mean_accepted() const { return steps ? double(generated_tokens) / steps : 0.0; }
