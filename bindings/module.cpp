@@ -2,6 +2,7 @@
 // The option structs are bound field by field so that Python never restates a default.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/function.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
@@ -241,7 +242,8 @@ NB_MODULE(_core, m) {
         .def("debug_n_past", &Engine::debug_n_past)
         .def("clear_ngram_memory", &Engine::clear_ngram_memory)
         .def("debug_wrong_rule", &Engine::debug_wrong_rule, "on"_a)
-        .def("cost_profile", &Engine::cost_profile, "width"_a = 4, "fresh"_a = false, release_gil())
+        .def("cost_profile", &Engine::cost_profile, "width"_a = 4, "fresh"_a = false, "progress"_a = nb::none(),
+             release_gil())
         .def("set_cost_profile", &Engine::set_cost_profile, "sizes"_a, "verify_ms"_a, "draft_level_ms"_a,
              "projected"_a = false)
         .def("generate", &Engine::generate, "prompt"_a, "params"_a, release_gil());

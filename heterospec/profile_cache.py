@@ -4,10 +4,12 @@ else ~/.cache/heterospec. Pass cost_profile_cache=False to Engine to measure afr
 or a directory to keep the cache there."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Union
 
@@ -44,6 +46,26 @@ def profile_key(paths, engine_opts: dict, width: int) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 
+@contextlib.contextmanager
+def _progress_bar():
+    """A progress callback for a measurement: tqdm's bar on stderr when tqdm is installed (shown
+    only once the measurement has run for a few seconds: a big model's), else none."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield None
+        return
+    bar = tqdm(total=1, desc="heterospec: cost profile", unit="step", delay=3, file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
 def cached_profile(native, paths, engine_opts: dict, width: int, setting, fresh: bool = False,
                    announce=None) -> None:
     """Loads the profile into the engine from the cache, or measures and stores it (`fresh`:
@@ -62,7 +84,8 @@ def cached_profile(native, paths, engine_opts: dict, width: int, setting, fresh:
         where = f"; cached in {path.parent}" if path is not None else ""
         announce(f"measuring what verification and drafting cost on this machine "
                  f"({os.path.basename(paths[0])}{' + ' + os.path.basename(paths[1]) if paths[1] else ''}{where})")
-    sizes, verify_ms, draft_ms = native.cost_profile(width, fresh)
+    with _progress_bar() as progress:
+        sizes, verify_ms, draft_ms = native.cost_profile(width, fresh, progress)
     native.set_cost_profile(sizes, verify_ms, draft_ms)   # every drafter, now: none measures inside a generation
     if path is not None:
         try:

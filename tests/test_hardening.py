@@ -152,6 +152,15 @@ def test_a_profile_far_from_the_real_costs_is_measured_again(tiny, tmp_path, cap
     assert json.loads(stored.read_text())["verify_ms"][0] < busy["verify_ms"][0] / 10
 
 
+def test_measuring_reports_its_progress(tiny):
+    calls = []
+    with Engine(tiny.target, draft=tiny.draft, n_threads=1, cost_profile_cache=False) as e:
+        sizes, _, _ = e._engine.cost_profile(4, True, lambda done, total: calls.append((done, total)))
+    total = calls[-1][1]
+    assert calls[-1] == (total, total) and total == len(sizes) + 1
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
 def test_profile_command_measures_ahead_of_time(tiny, tmp_path):
     env = {**__import__("os").environ, "HETEROSPEC_CACHE_DIR": str(tmp_path)}
     p = subprocess.run([sys.executable, "-m", "heterospec", "profile", "-m", str(tiny.target), "-md", str(tiny.draft),

@@ -498,21 +498,27 @@ struct Engine::Impl {
 
     // The cost ladder t_verify(n) of the target, once per engine, and the cost of a drafting
     // level, once per drafter. Clears the caches.
-    void measure_profile(Speculator & s, int32_t width) {
+    // `progress(done, total)`, if given, follows the measurement (a big model's takes a while).
+    void measure_profile(Speculator & s, int32_t width, const ProfileProgress & progress = nullptr) {
         if (!s.cost.profile.empty()) return;
         forget_caches();
+        static constexpr int32_t kLadder[] = {1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256};
+        const int32_t most = std::min<int32_t>(max_verify + 1, int32_t(llama_n_batch(target_ctx.get())));
+        const int32_t steps = int32_t(std::count_if(std::begin(kLadder), std::end(kLadder),
+                                                    [&](int32_t n) { return n <= most; })) + 1;
         if (target_profile.empty()) {
             const int32_t token = std::max(0, llama_vocab_bos(vocab));
-            const int32_t most = std::min<int32_t>(max_verify + 1, int32_t(llama_n_batch(target_ctx.get())));
             time_pass(target_ctx.get(), batch.get(), 1, token);   // warm-up
-            for (int32_t n : {1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256}) {
+            for (int32_t n : kLadder) {
                 if (n > most) break;
                 target_profile.sizes.push_back(n);
                 target_profile.verify_ms.push_back(time_pass(target_ctx.get(), batch.get(), n, token));
+                if (progress) progress(int32_t(target_profile.sizes.size()), steps);
             }
         }
         s.cost.profile = target_profile;
         s.cost.profile.draft_level_ms = s.drafter->time_level(width);
+        if (progress) progress(steps, steps);
     }
 
     // The paid source whose level cost a stored profile carries: the draft model's, else the
@@ -931,7 +937,8 @@ void Engine::set_cost_profile(const std::vector<int32_t> & sizes, const std::vec
     }
 }
 
-std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profile(int32_t width, bool fresh) {
+std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profile(int32_t width, bool fresh,
+                                                                                  const ProfileProgress & progress) {
     Impl & m = *impl_;
     // the draft model's pass (else the MTP head's) is measured whenever there is one, whatever
     // the default drafter: the profile is cached per model pair and serves every drafter
@@ -944,7 +951,7 @@ std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profi
         m.target_profile = CostProfile();
         for (Impl::Speculator & other : m.speculators) other.cost = CostModel();
     }
-    m.measure_profile(*s, width);
+    m.measure_profile(*s, width, progress);
     return {s->cost.profile.sizes, s->cost.profile.verify_ms, s->cost.profile.draft_level_ms};
 }
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -18,6 +19,9 @@
 #include "heterospec/stats.h"
 
 namespace heterospec {
+
+// Measuring the cost profile: called with the steps done and the steps in all.
+using ProfileProgress = std::function<void(int32_t done, int32_t total)>;
 
 struct ChatMessage {
     std::string role;
@@ -125,7 +129,9 @@ public:
     // Measured once per engine: batch sizes n, t_verify(n) in ms, and one draft level in ms (the
     // draft model's, else the MTP head's). `fresh`: measure again, forgetting what was measured
     // or set (a profile the realised costs have drifted far from).
-    std::tuple<std::vector<int32_t>, std::vector<double>, double> cost_profile(int32_t width = 4, bool fresh = false);
+    // `progress(done, total)` is called as the measurement goes (from this thread).
+    std::tuple<std::vector<int32_t>, std::vector<double>, double> cost_profile(int32_t width = 4, bool fresh = false,
+                                                                              const ProfileProgress & progress = nullptr);
     // A profile measured earlier (cached by the caller per model pair and machine). `projected`:
     // another device's profile, taken as it is: the allocation decides as it would there and
     // judges its steps by that profile's costs, not by this machine's clock (bench --cost-profile).
