@@ -9,10 +9,41 @@ from . import __version__
 from .padding import SHAPES, TYPES
 
 
+def _model_source(p, draft: Optional[str] = "draft model (GGUF) with the target's vocabulary",
+                  model: str = "target model (GGUF)", draft_required: bool = False) -> None:
+    """-m PATH or -hf REPO[:QUANT] (llama.cpp's flags), and the same for the draft."""
+    m = p.add_mutually_exclusive_group(required=True)
+    m.add_argument("-m", "--model", help=model)
+    m.add_argument("-hf", "-hfr", "--hf-repo", dest="hf_repo", metavar="REPO[:QUANT]",
+                   help="the model from the Hugging Face Hub (needs heterospec[hf]); QUANT picks the GGUF "
+                        "(default Q4_K_M, else the first)")
+    p.add_argument("-hff", "--hf-file", dest="hf_file", help="with -hf: the GGUF file (a name or glob) to use")
+    if draft is None:
+        return
+    d = p.add_mutually_exclusive_group(required=draft_required)
+    d.add_argument("-md", "--model-draft", help=draft)
+    d.add_argument("-hfd", "-hfrd", "--hf-repo-draft", dest="hf_repo_draft", metavar="REPO[:QUANT]",
+                   help="the draft model from the Hugging Face Hub")
+    p.add_argument("-hffd", "--hf-file-draft", dest="hf_file_draft", help="with -hfd: the draft's GGUF file")
+
+
+def _resolve_models(args: argparse.Namespace) -> None:
+    """Models named by repository are fetched (or found in the cache) before the command runs."""
+    if getattr(args, "hf_repo", None):
+        from .hub import fetch
+        args.model = str(fetch(args.hf_repo, args.hf_file))
+    elif getattr(args, "hf_file", None):
+        raise ValueError("--hf-file needs -hf")
+    if getattr(args, "hf_repo_draft", None):
+        from .hub import fetch
+        args.model_draft = str(fetch(args.hf_repo_draft, args.hf_file_draft))
+    elif getattr(args, "hf_file_draft", None):
+        raise ValueError("--hf-file-draft needs -hfd")
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
-    g.add_argument("-m", "--model", required=True, help="target model (GGUF)")
-    g.add_argument("-md", "--model-draft", help="draft model (GGUF) with the target's vocabulary")
+    _model_source(g)
     g.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, dest="n_gpu_layers",
                    help="layers of the target on the GPU (-1: all, the default)")
     g.add_argument("-ngld", "--n-gpu-layers-draft", "--gpu-layers-draft", type=int, dest="n_gpu_layers_draft",
@@ -238,8 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_profile)
 
     b = sub.add_parser("bench", help="measure decoding modes side by side (greedy)")
-    b.add_argument("-m", "--model", required=True, help="target model (GGUF)")
-    b.add_argument("-md", "--model-draft", help="draft model (GGUF)")
+    _model_source(b, "draft model (GGUF)")
     b.add_argument("--prompts", required=True, nargs="+",
                    help="JSONL files with a 'prompt' or 'turns' field per line (turns: chat-formatted)")
     b.add_argument("--limit", type=int, help="use the first N prompts")
@@ -274,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval-prefill", help="sparse prefill (SampleAttention) against dense attention: "
                                            "TTFT, KL, top-1 agreement, greedy continuation, needle grid")
-    e.add_argument("-m", "--model", required=True, help="model (GGUF)")
+    _model_source(e, None, model="model (GGUF)")
     e.add_argument("-c", "--ctx-size", type=int, default=8448, dest="n_ctx", help="context size (8448)")
     e.add_argument("-b", "--batch-size", type=int, dest="n_batch", help="prompt tokens per decode call (512)")
     e.add_argument("-t", "--threads", type=int, dest="n_threads")
@@ -301,8 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval_prefill)
 
     c = sub.add_parser("calibrate", help="fit the entropy partition (policy JSON) for a model pair")
-    c.add_argument("-m", "--model", required=True, help="target model (GGUF)")
-    c.add_argument("-md", "--model-draft", required=True, help="draft model (GGUF)")
+    _model_source(c, "draft model (GGUF)", draft_required=True)
     c.add_argument("--prompts", required=True, help="JSONL file with a 'prompt' or 'turns' field per line")
     c.add_argument("--limit", type=int, help="use the first N prompts")
     c.add_argument("--skip", type=int, default=0, help="skip the first N lines")
@@ -321,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _resolve_models(args)
         return args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         print(f"heterospec: error: {e}", file=sys.stderr)

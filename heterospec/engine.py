@@ -419,6 +419,19 @@ class Engine:
         self._stream_ref: Optional[weakref.ref] = None   # the stream that owns the engine, if any
         _live.add(self)
 
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: Optional[str] = None, *, draft_repo_id: Optional[str] = None,
+                        draft_filename: Optional[str] = None, **engine_options) -> "Engine":
+        """An engine on a model from the Hugging Face Hub (the `[hf]` extra), downloaded once into
+        its cache: `repo_id` "owner/name" or "owner/name:QUANT" (llama.cpp's -hf), `filename` a
+        file name or glob ("*Q8_0.gguf", as llama-cpp-python's); default Q4_K_M, else the first
+        GGUF. `draft_repo_id`/`draft_filename`: the draft model, the same way. Other keywords go
+        to Engine(). Raises heterospec.hub.HubError (an OSError) saying what to do."""
+        from .hub import fetch
+        model = fetch(repo_id, filename)
+        draft = fetch(draft_repo_id, draft_filename) if draft_repo_id is not None else engine_options.pop("draft", None)
+        return cls(model, draft, **engine_options)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -224,7 +224,7 @@ def write_llama(
     path, vocab: Vocab | None = None, *, n_embd=None, n_layer=None, n_head=None,
     n_head_kv=None, n_ff=None, n_ctx_train=None, seed=0,
     base: Union[str, Path, Mapping[str, np.ndarray], None] = None,
-    noise=0.0, eos_boost=0.0, dtype="f32", arch="llama", name="test",
+    noise=0.0, eos_boost=0.0, dtype="f32", arch="llama", name="test", split_max_tensors=0,
 ) -> Path:
     """Write a random-weight Llama GGUF and return its path.
 
@@ -302,7 +302,8 @@ def write_llama(
         out[vocab.eos_id] = row * (1.0 + eos_boost * rms(ordinary) / max(rms(row), 1e-12))
 
     path = Path(path)
-    w = gguf.GGUFWriter(str(path), arch)
+    # split_max_tensors > 0: a split GGUF, path's stem + -0000i-of-0000n.gguf (the first part returned)
+    w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)
     w.add_name(name)
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
@@ -324,6 +325,8 @@ def write_llama(
         else:
             w.add_tensor(k, v.astype(np.float16) if (dtype == "f16" and v.ndim > 1) else v)
     _finish(w)
+    if split_max_tensors:
+        return sorted(path.parent.glob(f"{path.stem}-*-of-*.gguf"))[0]
     return path
 
 
