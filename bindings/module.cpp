@@ -377,16 +377,18 @@ NB_MODULE(_core, m) {
     }, "thresholds"_a, "gamma"_a, "h"_a, "depth"_a, "budget"_a);
 
     t.def("choose_budget", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
-                              const std::vector<float> & values, int32_t max_budget, double draft_ms) {
-        CostProfile p{sizes, verify_ms, 0.0};
+                              const std::vector<float> & values, int32_t max_budget, double draft_ms,
+                              double checkpoint_ms) {
+        CostProfile p{sizes, verify_ms, 0.0, checkpoint_ms};
         // uncalibrated: a node's acceptance estimate is its value V
         return choose_budget(p, values, max_budget, draft_ms).budget;
-    }, "sizes"_a, "verify_ms"_a, "values"_a, "max_budget"_a, "draft_ms"_a);
+    }, "sizes"_a, "verify_ms"_a, "values"_a, "max_budget"_a, "draft_ms"_a, "checkpoint_ms"_a = 0.0);
     t.def("worth_drafting", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
-                               float top_value, int32_t max_budget, double spent_ms, double level_ms) {
-        CostProfile p{sizes, verify_ms, 0.0};
+                               float top_value, int32_t max_budget, double spent_ms, double level_ms,
+                               double checkpoint_ms) {
+        CostProfile p{sizes, verify_ms, 0.0, checkpoint_ms};
         return worth_drafting(p, top_value, max_budget, spent_ms, level_ms);
-    }, "sizes"_a, "verify_ms"_a, "top_value"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a);
+    }, "sizes"_a, "verify_ms"_a, "top_value"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a, "checkpoint_ms"_a = 0.0);
     t.def("worth_paid_levels", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
                                   const std::vector<float> & free_values, float agreement, int32_t max_budget,
                                   int32_t max_depth, double spent_ms, double level_ms) {

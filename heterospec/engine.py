@@ -352,7 +352,9 @@ class Engine:
 
     Hybrid targets (Qwen3.5/3.6, LFM2, Nemotron-H: recurrent state beside attention) speculate
     with chains: their state follows one path, and llama.cpp rolls rejected drafts back
-    (n_rs_seq, min(max_nodes, 16) planes). mode="tree" needs attention-only memory.
+    (n_rs_seq, min(max_nodes, 16) planes), or, for recurrent models the pin cannot roll back
+    (mamba, mamba2, ...), a host checkpoint of the state is restored and the committed tokens
+    replayed; the cost-aware mode prices the copies. mode="tree" needs attention-only memory.
 
     One generation runs at a time per engine; concurrent callers queue for it (see the module's
     threading contract). Native work runs with the GIL released.
@@ -493,8 +495,9 @@ class Engine:
 
     @property
     def can_speculate(self) -> bool:
-        """False for targets that cannot verify drafts: recurrent ones whose state llama.cpp cannot
-        roll back (mamba, mamba2, rwkv). Hybrid targets it rolls back verify chains."""
+        """Whether the target can verify drafts. Attention-only targets verify trees; recurrent and
+        hybrid ones verify chains, rolled back by llama.cpp (qwen35, lfm2, nemotron_h, ...) or over
+        host checkpoints of their state where the pin has no rollback (mamba, mamba2, ...)."""
         return self._engine.can_speculate
 
     def is_eog(self, token: int) -> bool:

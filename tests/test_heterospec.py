@@ -208,6 +208,21 @@ def test_budget_choice_against_a_synthetic_cost_curve():
     assert T.choose_budget(sizes, steep, values, 15, 0.5) <= 2       # steep: verify very few
 
 
+def test_a_host_checkpoint_is_priced_into_every_speculative_step():
+    """Recurrent targets without rollback save and restore their state around a verification
+    (checkpoint.h): that cost joins every step that verifies drafts, none of the plain ones, so a
+    dear checkpoint makes plain steps the choice."""
+    from heterospec._core import testing as T
+    sizes = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16]
+    flat = [1.0 + 0.01 * s for s in sizes]
+    values = [0.9, 0.8, 0.7, 0.5]
+    assert T.choose_budget(sizes, flat, values, 15, 0.0, checkpoint_ms=0.1) == 4
+    assert T.choose_budget(sizes, flat, values, 15, 0.0, checkpoint_ms=1.0) == 4    # 3.9 tokens for 2 passes' time
+    assert T.choose_budget(sizes, flat, values, 15, 0.0, checkpoint_ms=3.0) == 0    # no chain pays 3 passes
+    assert T.worth_drafting(sizes, flat, 0.9, 15, 0.0, 0.1, checkpoint_ms=0.1)
+    assert not T.worth_drafting(sizes, flat, 0.9, 15, 0.0, 0.1, checkpoint_ms=20.0)
+
+
 def test_drafting_stops_after_one_level_when_no_chain_can_pay():
     """worth_drafting: a chain whose k-th token is accepted with a^k (a = the best first-level
     value), against stopping now and verifying the root alone."""

@@ -189,6 +189,7 @@ def test_bench_takes_models_by_name(hub, env, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hello world"}\n')
     p = run(env, "bench", "-hf", "org/tiny-GGUF", "-hfd", "org/draft-GGUF", "--prompts", prompts, "-n", 4,
-            "--repeats", 1, "--modes", "ar", "chain", "-t", 1, "--json", tmp_path / "b.json")
+            "--repeats", 1, "--modes", "ar", "chain", "-t", 1, "--json", tmp_path / "b.json",
+            "--cache-dir", tmp_path / "cache")
     assert p.returncode == 0, p.stderr
     assert "chain" in p.stdout

@@ -40,7 +40,7 @@ def test_qwen35_hybrid_with_mtp_layer(tmp_path):
         assert e.description.startswith("qwen35")
         toks = check_plain_decoding(e)
         # CURRENT BEHAVIOUR (change when hybrid speculation lands): no draft trees on a hybrid
-        with pytest.raises(ValueError, match="hybrid"):
+        with pytest.raises(ValueError, match="attention-only memory"):
             e.generate(PROMPT, max_tokens=4, temperature=0, mode="tree")
     # the MTP block is not part of the trunk: without it the model decodes the same
     with Engine(gguf_arch.write_qwen35(tmp_path / "q35-no-mtp.gguf", nextn=0), n_threads=1, n_ctx=512) as e:
@@ -53,7 +53,7 @@ def test_lfm2_hybrid(tmp_path):
         assert e.description.startswith("lfm2")
         check_plain_decoding(e)
         # CURRENT BEHAVIOUR (change when hybrid speculation lands): no draft trees on a hybrid
-        with pytest.raises(ValueError, match="hybrid"):
+        with pytest.raises(ValueError, match="attention-only memory"):
             e.generate(PROMPT, max_tokens=4, temperature=0, mode="tree")
 
 
@@ -61,6 +61,6 @@ def test_mamba2_recurrent(tmp_path):
     with Engine(gguf_arch.write_mamba2(tmp_path / "mamba2.gguf"), n_threads=1, n_ctx=512) as e:
         assert e.description.startswith("mamba2")
         check_plain_decoding(e)
-        # CURRENT BEHAVIOUR: recurrent state is not rolled back at this pin, so no speculation
+        # no rollback at this pin: chains over host checkpoints, no trees
         with pytest.raises(ValueError, match="recurrent"):
             e.generate(PROMPT, max_tokens=4, temperature=0, mode="tree")

@@ -1,8 +1,9 @@
 """Speculation on hybrid targets (issue #19): recurrent state plus attention, as in Qwen3.5/3.6
-(Gated DeltaNet) and LFM2 (short convolutions).
+(Gated DeltaNet) and LFM2 (short convolutions), and on recurrent ones (Mamba, Mamba-2).
 
 Their recurrent state cannot hold a tree of paths, so a step verifies a chain in one sequence
-and rejected drafts are undone through llama.cpp's rollback planes (n_rs_seq). Exactness is
+and rejected drafts are undone through llama.cpp's rollback planes (n_rs_seq), or, where the pin
+has none (mamba, mamba2), by restoring a host checkpoint of the state and replaying. Exactness is
 checked as for attention-only targets (greedy equal to plain decoding apart from certified
 near-ties, sampling by a chi-square test), and every test asserts that drafts were verified.
 """
@@ -15,7 +16,8 @@ from heterospec import Engine
 from test_heterospec import FLAT
 from test_speculative import check_greedy, chi2_threshold, two_sample_chi2
 
-WRITERS = {"qwen35": gguf_arch.write_qwen35, "lfm2": gguf_arch.write_lfm2}
+WRITERS = {"qwen35": gguf_arch.write_qwen35, "lfm2": gguf_arch.write_lfm2,
+           "mamba2": gguf_arch.write_mamba2, "mamba": gguf_arch.write_mamba}   # the last two: checkpoints
 
 # repetitive text, so that n-gram drafts find matches in the prompt and the output
 PROMPTS = ["the value is None and the name is my class " * 3, "def print(self): return self.value " * 3,
@@ -210,7 +212,7 @@ def test_engines_say_which_drafters_they_have(tmp_path, tiny):
     cases = [(gguf_arch.write_qwen35(tmp_path / "q.gguf"), None, ["mtp", "ngram", "hybrid"]),
              (gguf_arch.write_qwen35(tmp_path / "q0.gguf", nextn=0), None, ["ngram"]),
              (gguf_arch.write_lfm2(tmp_path / "l.gguf"), tiny.target, ["model", "ngram", "hybrid"]),
-             (gguf_arch.write_mamba2(tmp_path / "m.gguf"), None, []),
+             (gguf_arch.write_mamba2(tmp_path / "m.gguf"), None, ["ngram"]),
              (tiny.target, tiny.draft, ["model", "ngram", "hybrid"])]
     for target, draft, expected in cases:
         with Engine(target, draft=draft, n_threads=1, n_ctx=256) as e:

@@ -274,12 +274,14 @@ def test_statistics_and_trace(tiny_pair):
         assert 1 <= accepted <= depth + 1 and 0 <= rank <= nodes and entropy >= 0 and bin_ == -1
 
 
-def test_recurrent_models_are_refused_for_speculation(tmp_path, tiny):
+def test_recurrent_models_verify_but_do_not_draft(tmp_path, tiny):
+    """A recurrent target verifies chains (over host checkpoints where the pin has no rollback:
+    tests/test_hybrid_speculation.py); a recurrent draft cannot hold a tree of paths."""
     import gguf_arch
     mamba = gguf_arch.write_mamba(tmp_path / "mamba.gguf")
-    with Engine(mamba, n_threads=1) as e:                       # plain decoding works
-        assert len(e.generate("hello world", max_tokens=8, temperature=0).tokens) == 8
-    for target, draft in ((mamba, mamba), (mamba, tiny.target), (tiny.target, mamba)):
+    with Engine(mamba, draft=tiny.target, n_threads=1) as e:
+        assert e.can_speculate and len(e.generate("hello world", max_tokens=8, temperature=0).tokens) == 8
+    for target, draft in ((mamba, mamba), (tiny.target, mamba)):
         with pytest.raises(ValueError, match="recurrent"):
             Engine(target, draft=draft)
 

@@ -61,7 +61,7 @@ void AcceptanceModel::observe(const NodeFeatures & x, bool accepted) {
 BudgetChoice choose_budget(const CostProfile & profile, const std::vector<float> & accept, int32_t max_budget,
                            double draft_ms, double long_run_rate) {
     auto choice = [&](int32_t n, double tokens) {
-        const double ms = draft_ms + profile.verify(n + 1);
+        const double ms = draft_ms + profile.verify(n + 1) + (n > 0 ? profile.checkpoint_ms : 0.0);
         return BudgetChoice{n, tokens, tokens / ms, long_run_rate > 0 ? tokens - long_run_rate * ms : tokens / ms};
     };
     // n = 0 verifies the root alone: one token for the drafting already spent and one pass
@@ -84,7 +84,8 @@ bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, do
         if (size - 1 < 1) continue;
         if (size - 1 > max_budget) break;
         for (; n < size - 1; ++n) expected += (ak *= a);
-        if (expected / (spent_ms + (n - 1) * level_ms + profile.verify(size)) > plain) return true;
+        if (expected / (spent_ms + (n - 1) * level_ms + profile.verify(size) + profile.checkpoint_ms) > plain)
+            return true;
     }
     return false;
 }
@@ -124,7 +125,7 @@ bool CostModel::should_draft(int32_t max_depth, bool paid) {
     if (!gate_.speculate()) return false;
     const double level = paid ? level_ms() : 0.0;
     for (int32_t d = 1; d <= max_depth; ++d)
-        if ((1.0 + d) / (d * level + verify_ms(d + 1)) * verify_ms(1) > 1.0) return true;
+        if ((1.0 + d) / (d * level + verify_ms(d + 1) + profile.checkpoint_ms) * verify_ms(1) > 1.0) return true;
     return false;
 }
 
@@ -182,11 +183,12 @@ void CostModel::observe_step(const StepRecord & step) {
     if (projected) {   // what the step would have cost on the profiled device
         r.draft_ms = r.draft_passes * profile.draft_level_ms;
         r.verify_ms = profile.verify(r.verified_tokens);
+        r.checkpoint_ms = r.verified_tokens > 1 ? profile.checkpoint_ms : 0.0;
         if (r.paid_apart) r.paid_ms = r.draft_ms;   // only the paid levels make passes
     }
     const double decay = 1.0 - 1.0 / 64;
     all_tokens_ = decay * all_tokens_ + r.emitted;
-    all_ms_ = decay * all_ms_ + r.draft_ms + r.verify_ms;
+    all_ms_ = decay * all_ms_ + r.draft_ms + r.verify_ms + r.checkpoint_ms;
     auto ema = [](double & avg, double x) { avg = avg < 0 ? x : 0.8 * avg + 0.2 * x; };
     ema(verify_scale_[r.verified_tokens > 1], r.verify_ms / profile.verify(r.verified_tokens));
     rescale();
@@ -201,7 +203,7 @@ void CostModel::observe_step(const StepRecord & step) {
     // plain decoding's. One step alone says little: accepted lengths vary widely.
     const double spec_decay = 1.0 - 1.0 / 32;
     spec_tokens_ = spec_decay * spec_tokens_ + r.emitted;
-    spec_ms_ = spec_decay * spec_ms_ + r.draft_ms + r.verify_ms;
+    spec_ms_ = spec_decay * spec_ms_ + r.draft_ms + r.verify_ms + r.checkpoint_ms;
     gate_.report(spec_tokens_ / spec_ms_ * verify_ms(1) >= 1.0);
 }
 

@@ -25,6 +25,8 @@ struct CostProfile {
     std::vector<int32_t> sizes;       // ladder of batch sizes n (ascending, starting at 1)
     std::vector<double> verify_ms;    // t_verify(n) for each size
     double draft_level_ms = 0;        // one draft pass over a frontier
+    double checkpoint_ms = 0;         // what a step that verifies drafts pays beside its passes:
+                                      // saving and restoring a recurrent state (checkpoint.h)
 
     bool empty() const { return sizes.empty(); }
     // t_verify(n), interpolated linearly between ladder sizes.
@@ -124,6 +126,7 @@ struct StepRecord {
     double draft_ms = 0;
     int32_t verified_tokens = 1;
     double verify_ms = 0;
+    double checkpoint_ms = 0;  // saving and restoring the target's state (not verification's time)
     // A drafter with free sources that paid for levels this step: the tokens only the paid
     // source proposed and what its levels cost, judged apart (observe_paid); the step's gate
     // then sees the step without them.

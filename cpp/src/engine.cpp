@@ -75,6 +75,7 @@ struct Engine::Impl {
     std::string default_drafter;
     int32_t n_seqs = 1;           // sequences per context: max_nodes, or fewer in a small context
     Verification verification = Verification::none;   // what the target's memory can verify
+    double checkpoint_ms = 0;   // checkpoint verification: saving and restoring the state once
     int32_t max_verify = 0;       // the most drafted nodes one step can verify
     CostProfile target_profile;   // t_verify(n), measured once
     Drafter * drafter = nullptr;  // the generation's
@@ -239,7 +240,7 @@ struct Engine::Impl {
     StepLimits plan(llama_pos P) const {
         const SpecParams & sp = gen.params.spec;
         const bool chain = gen.mode == Mode::chain;
-        const bool one_path = chain || verification == Verification::chains;
+        const bool one_path = chain || heterospec::one_path(verification);
         StepLimits L;
         L.shape.branching = one_path ? 1 : sp.branching;
         L.shape.width = one_path ? 1 : std::min(sp.width, n_seqs);
@@ -383,7 +384,8 @@ struct Engine::Impl {
     // child it followed was accepted, and at the last node reached, the child whose token the
     // target drew would have been. Observing those too keeps the calibration free of the bias of
     // learning only from nodes chosen for verification, and plain steps still teach it.
-    void observe(const WalkResult & w, bool drafted, int32_t draft_passes, double draft_ms, double verify_ms) {
+    void observe(const WalkResult & w, bool drafted, int32_t draft_passes, double draft_ms, double verify_ms,
+                 double checkpoint_ms) {
         StepRecord r;
         r.drafted = drafted;
         r.emitted = w.emitted;
@@ -391,6 +393,7 @@ struct Engine::Impl {
         r.draft_ms = draft_ms;
         r.verified_tokens = tb.size();
         r.verify_ms = verify_ms;
+        r.checkpoint_ms = checkpoint_ms;
         if (tree.size() > 1) {
             on_path.assign(size_t(tree.size()), 0);
             on_path[0] = 1;
@@ -449,13 +452,15 @@ struct Engine::Impl {
         if (drafted) allocate(L, t0, calls0, tr);
         else selected.clear();   // a plain step: the root alone
         // a recurrent state, and an MTP head's, follow one path
-        if (verification == Verification::chains || drafter->wants_target_hidden()) keep_one_path(tree, selected);
+        if (one_path(verification) || drafter->wants_target_hidden()) keep_one_path(tree, selected);
         tb.build(tree, selected);
         const double t1 = now_ms();
 
+        const double ckpt0 = verifier->checkpoint_ms();
         verifier->decode(tb, P, tb.size() - 1);   // as many sequences as nodes: fixed per budget
         g.stats.target_calls++;
         const double t2 = now_ms();
+        const double ckpt_save = verifier->checkpoint_ms() - ckpt0;
 
         const WalkResult w = walk_tree(
             tb, [&](int32_t e) {
@@ -473,7 +478,9 @@ struct Engine::Impl {
         // generation ends inside the path: the target keeps what was accepted, so that the next
         // call's prompt cache finds it (a recurrent state keeps nothing it cannot roll back to)
         else verifier->commit(tb, w.last, P);
-        if (cost_aware()) observe(w, drafted, drafter->calls() - calls0, t1 - t0, t2 - t1);
+        // the state's save (in the pass) and restore (at commit) are priced apart from verification
+        const double ckpt = verifier->checkpoint_ms() - ckpt0;
+        if (cost_aware()) observe(w, drafted, drafter->calls() - calls0, t1 - t0, t2 - t1 - ckpt_save, ckpt);
         const double t3 = now_ms();
         g.stats.steps++;
         g.stats.nodes_verified += tb.size() - 1;
@@ -518,6 +525,7 @@ struct Engine::Impl {
         }
         s.cost.profile = target_profile;
         s.cost.profile.draft_level_ms = s.drafter->time_level(width);
+        s.cost.profile.checkpoint_ms = checkpoint_ms;
         if (progress) progress(steps, steps);
     }
 
@@ -601,21 +609,27 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
         target_spec.n_rs_seq = uint32_t(std::min(options.max_nodes, kMaxChain));
     }
     m.target_ctx = make_context(m.target.get(), target_spec);
+    m.batch.reset(llama_batch_ext_init(m.target_ctx.get()));
     m.verification = tree_capable(m.target.get()) ? Verification::trees
-                   : llama_n_rs_seq(m.target_ctx.get()) > 0 ? Verification::chains : Verification::none;
-    m.max_verify = m.verification == Verification::trees ? m.n_seqs : int32_t(llama_n_rs_seq(m.target_ctx.get()));
-    if (m.draft && m.verification == Verification::none)
-        throw std::invalid_argument("'" + options.target.path + "' has a recurrent memory that llama.cpp cannot roll "
-                                    "back at this pin, so it cannot verify drafts; use it without a draft model");
+                   : llama_n_rs_seq(m.target_ctx.get()) > 0 ? Verification::chains : Verification::checkpoints;
+    m.max_verify = m.verification == Verification::trees ? m.n_seqs
+                 : m.verification == Verification::chains ? int32_t(llama_n_rs_seq(m.target_ctx.get()))
+                 : std::min(options.max_nodes, kMaxChain);
     if (m.draft) m.draft_ctx = make_context(m.draft.get(), spec);
     const int32_t n_nextn = llama_model_n_layer_nextn(m.target.get());
     if (n_nextn > 1 && m.mtp_error.empty())   // llama.cpp's MTP graphs assert one block, except chained heads
         m.mtp_error = "this model has " + std::to_string(n_nextn) + " MTP heads; HeteroSpec drives one head "
                       "(chained heads, as in Step3.5, are not supported yet)";
+    if (m.verification == Verification::checkpoints && n_nextn > 0 && m.mtp_error.empty())
+        m.mtp_error = "this model's recurrent state cannot be rolled back at this pin, and its MTP head reads the "
+                      "target's hidden states row by row: MTP drafting needs rollback";
     if (m.verification != Verification::none && m.mtp_error.empty() && n_nextn == 1)
         m.mtp_ctx = make_mtp_context(m.target.get(), spec, m.mtp_error);
     if (m.verification != Verification::none) {
-        m.verifier.reset(new Verifier(m.target_ctx.get(), m.n_seqs, m.target_cached));
+        const bool checkpoints = m.verification == Verification::checkpoints;
+        m.verifier.reset(new Verifier(m.target_ctx.get(), m.n_seqs, m.target_cached, checkpoints));
+        if (checkpoints)
+            m.checkpoint_ms = time_checkpoint(m.target_ctx.get(), m.batch.get(), std::max(0, llama_vocab_bos(m.vocab)));
         DrafterInputs in;
         in.draft_ctx = m.draft_ctx.get();
         in.draft_cached = &m.draft_cached;
@@ -635,7 +649,6 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     m.default_drafter = options.drafter != "auto" ? options.drafter : m.draft || m.mtp_ctx ? "hybrid" : "ngram";
     // llama.cpp rounds a small context up (to 256 cells): the engine keeps to the size asked for
     m.n_ctx = std::min(spec.n_ctx, llama_n_ctx(m.target_ctx.get()));
-    m.batch.reset(llama_batch_ext_init(m.target_ctx.get()));
 }
 
 Engine::~Engine() = default;
@@ -933,7 +946,7 @@ void Engine::set_cost_profile(const std::vector<int32_t> & sizes, const std::vec
         // another paid source's level (the MTP head beside a draft model) is measured on first use
         if (source != 0 && source != priced && !projected) continue;
         // model-free drafting costs nothing here or there
-        s.cost.profile = {sizes, verify_ms, source ? draft_level_ms : 0.0};
+        s.cost.profile = {sizes, verify_ms, source ? draft_level_ms : 0.0, m.checkpoint_ms};
     }
 }
 

@@ -14,9 +14,12 @@ enum class Mode {
 };
 
 // What the target's memory lets a step verify: a tree (attention only: a sequence per path), a
-// chain (recurrent state rolled back through llama.cpp's snapshot planes, n_rs_seq), or
-// nothing but plain decoding (recurrent state that the pin cannot roll back).
-enum class Verification { trees, chains, none };
+// chain (recurrent state rolled back through llama.cpp's snapshot planes, n_rs_seq), a chain
+// over a host checkpoint of a recurrent state the pin cannot roll back (checkpoint.h), or
+// nothing but plain decoding.
+enum class Verification { trees, chains, checkpoints, none };
+
+inline bool one_path(Verification v) { return v == Verification::chains || v == Verification::checkpoints; }
 
 // "auto" is heterospec, or plain decoding for a target that cannot verify drafts.
 inline Mode resolve_mode(const std::string & name, Verification v) {
@@ -31,9 +34,9 @@ inline Mode resolve_mode(const std::string & name, Verification v) {
         throw std::invalid_argument("mode '" + name + "' cannot run on this target: its recurrent state cannot be "
                                     "rolled back by llama.cpp at this pin, so rejected drafts could not be undone "
                                     "(use mode 'ar')");
-    if (m == Mode::tree && v == Verification::chains)
-        throw std::invalid_argument("mode 'tree' needs a target with attention-only memory: this hybrid target "
-                                    "verifies chains (use 'chain', or 'heterospec', which allocates chains)");
+    if (m == Mode::tree && one_path(v))
+        throw std::invalid_argument("mode 'tree' needs a target with attention-only memory: this target's recurrent "
+                                    "state verifies chains (use 'chain', or 'heterospec', which allocates chains)");
     return m;
 }
 

@@ -25,8 +25,9 @@ WalkResult walk_tree(const TreeBatch & tb, const std::function<int32_t(int32_t)>
     }
 }
 
-Verifier::Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached)
-    : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max), cached_(cached) {}
+Verifier::Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached, bool checkpoints)
+    : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max), cached_(cached),
+      ckpt_(checkpoints ? new StateCheckpoint(ctx) : nullptr) {}
 
 void Verifier::run() { llama_ms_ += decode_timed(ctx_, batch_.get(), "target"); }
 
@@ -34,6 +35,8 @@ size_t Verifier::begin(const std::vector<int32_t> & prefix, bool reuse) {
     const size_t keep = size_t(kv_.reset(llama_pos(reuse ? cached_.common_prefix(prefix) : 0)));
     cached_.keep(keep);
     llama_ms_ = 0;
+    replay_.clear();
+    if (ckpt_) ckpt_->invalidate();
     // a listener reads each chunk's hidden states before the next chunk replaces them
     const size_t chunk = listener_ ? llama_n_batch(ctx_) : prefix.size() + 1;
     for (size_t i = keep; i < prefix.size(); i += chunk) {
@@ -49,11 +52,26 @@ void Verifier::decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs) 
     n_seqs = std::min(std::max(n_seqs, tb.n_paths), kv_.n_seq_max());
     kv_.ensure_live(n_seqs);
     llama_batch_ext_clear(batch_.get());
+    offset_ = 0;
+    if (ckpt_) {
+        if (tb.n_paths > 1 || listener_) throw std::logic_error("checkpoint verification takes chains alone");
+        // a batch too long with its replay: the replay runs first, on its own
+        if (replay_.size() + size_t(tb.size()) > llama_n_batch(ctx_)) {
+            llama_ms_ += decode_run(ctx_, batch_.get(), replay_.data(), replay_.size(), replay_pos_, 1, false, "target");
+            cached_.keep(size_t(replay_pos_));
+            cached_.append(replay_.data(), replay_.size());
+            replay_.clear();
+            ckpt_->invalidate();
+        }
+        // what a rejection returns to: the state before this batch (before its replay, if any)
+        if (tb.size() > 1 && !ckpt_->valid()) ckpt_->save(0);
+        add_replay();
+    }
     for (int32_t i = 0; i < tb.size(); ++i) {
         const int32_t * s = tb.seqs.data() + tb.seq_begin[size_t(i)];
         const int32_t n = tb.seq_begin[size_t(i) + 1] - tb.seq_begin[size_t(i)];
         const int32_t idx = llama_batch_ext_add_token(batch_.get(), s[0], tb.token[size_t(i)]);
-        if (idx != i) throw std::logic_error("verification batch does not fit the context's batch size");
+        if (idx != offset_ + i) throw std::logic_error("verification batch does not fit the context's batch size");
         for (int32_t j = 1; j < n; ++j) llama_batch_ext_add_seq(batch_.get(), idx, s[j]);
         // The root (on every path) also carries the unused sequences, so that every step of a
         // shape has the same sequence count and llama.cpp can reuse its compute graph.
@@ -70,13 +88,23 @@ void Verifier::decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs) 
     }
 }
 
+void Verifier::add_replay() {
+    for (size_t i = 0; i < replay_.size(); ++i) {
+        llama_batch_ext_add_token(batch_.get(), 0, replay_[i]);
+        const llama_pos pos = replay_pos_ + llama_pos(i);
+        llama_batch_ext_set_pos(batch_.get(), int32_t(i), &pos);
+    }
+    offset_ = int32_t(replay_.size());
+}
+
 const float * Verifier::logits(int32_t entry) const {
-    const float * l = llama_get_logits_ith(ctx_, entry);
+    const float * l = llama_get_logits_ith(ctx_, offset_ + entry);
     if (!l) throw std::runtime_error("no target logits for tree entry " + std::to_string(entry));
     return l;
 }
 
 void Verifier::commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos) {
+    if (ckpt_) return commit_over_checkpoint(tb, last_entry, root_pos);
     kv_.commit(tb.path[size_t(last_entry)], root_pos, root_pos + tb.depth[size_t(last_entry)] + 1);
     path_tokens_.clear();   // the root and the accepted path, now at positions root_pos..
     for (int32_t e = last_entry; e > 0; e = tb.parent[size_t(e)]) path_tokens_.push_back(tb.token[size_t(e)]);
@@ -84,6 +112,38 @@ void Verifier::commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_p
     std::reverse(path_tokens_.begin(), path_tokens_.end());
     cached_.keep(size_t(root_pos));
     cached_.append(path_tokens_.data(), path_tokens_.size());
+}
+
+void Verifier::commit_over_checkpoint(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos) {
+    static constexpr size_t kMaxReplay = 64;   // beyond it, replay now: the batches stay small
+    path_tokens_.clear();   // the root and the accepted path, at positions root_pos..
+    for (int32_t e = last_entry; e > 0; e = tb.parent[size_t(e)]) path_tokens_.push_back(tb.token[size_t(e)]);
+    path_tokens_.push_back(tb.token[0]);
+    std::reverse(path_tokens_.begin(), path_tokens_.end());
+    const llama_pos start = replay_.empty() ? root_pos : replay_pos_;   // the memory's end before this batch
+    if (tb.depth[size_t(last_entry)] == tb.max_depth()) {
+        // the whole chain accepted (or a plain step): the state is right as it is
+        cached_.keep(size_t(start));
+        cached_.append(replay_.data(), replay_.size());
+        cached_.append(path_tokens_.data(), path_tokens_.size());
+        replay_.clear();
+        ckpt_->invalidate();
+        return;
+    }
+    // back to the checkpoint; the committed tokens since then run with the next batch
+    ckpt_->restore(0);
+    llama_memory_t mem = llama_get_memory(ctx_);
+    if (!llama_memory_seq_rm(mem, 0, start, -1))
+        throw std::runtime_error("llama.cpp could not cut the target's memory at position " + std::to_string(start));
+    cached_.keep(size_t(start));
+    replay_pos_ = start;
+    replay_.insert(replay_.end(), path_tokens_.begin(), path_tokens_.end());
+    if (replay_.size() > kMaxReplay) {
+        llama_ms_ += decode_run(ctx_, batch_.get(), replay_.data(), replay_.size(), replay_pos_, 1, false, "target");
+        cached_.append(replay_.data(), replay_.size());
+        replay_.clear();
+        ckpt_->invalidate();
+    }
 }
 
 }  // namespace heterospec

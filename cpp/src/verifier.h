@@ -4,8 +4,10 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <vector>
 
+#include "checkpoint.h"
 #include "draft_tree.h"
 #include "drafters/drafter.h"
 #include "kv_paths.h"
@@ -34,7 +36,9 @@ WalkResult walk_tree(const TreeBatch & tb, const std::function<int32_t(int32_t e
 class Verifier {
 public:
     // `cached`: the record of what the target's cache holds (shared with the plain loop).
-    Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached);
+    // `checkpoints`: a recurrent state llama.cpp cannot roll back; chains are verified over host
+    // checkpoints of it (see checkpoint.h).
+    Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached, bool checkpoints = false);
 
     // New generation: the prompt without its last token, in sequence 0, no logits. With
     // `reuse`, the prefix the cache holds already is kept and only the rest is run. Returns the
@@ -48,12 +52,22 @@ public:
     void commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos);
 
     double llama_ms() const { return llama_ms_; }
+    // Time spent copying recurrent state to and from host checkpoints (0 without them).
+    double checkpoint_ms() const { return ckpt_ ? ckpt_->ms() : 0.0; }
     // Who reads the target's hidden states after each of its passes (an MTP head; null: none).
     void set_listener(Drafter * d) { listener_ = d; }
     int32_t max_paths() const { return kv_.n_seq_max(); }
 
 private:
     void run();
+    // Checkpoint verification: the replayed tokens that go before a batch's entries.
+    void add_replay();
+    void commit_over_checkpoint(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos);
+
+    std::unique_ptr<StateCheckpoint> ckpt_;
+    std::vector<int32_t> replay_;    // committed tokens the restored state has not seen yet
+    llama_pos replay_pos_ = 0;       // their first position (the checkpoint's state ends before it)
+    int32_t offset_ = 0;             // batch index of the root: the replayed tokens go first
 
     llama_context * ctx_;
     BatchPtr batch_;
