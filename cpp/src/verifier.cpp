@@ -26,8 +26,8 @@ WalkResult walk_tree(const TreeBatch & tb, const std::function<int32_t(int32_t)>
 }
 
 Verifier::Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached, bool checkpoints)
-    : ctx_(ctx), batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max), cached_(cached),
-      ckpt_(checkpoints ? new StateCheckpoint(ctx) : nullptr) {}
+    : ckpt_(checkpoints ? new StateCheckpoint(ctx) : nullptr), ctx_(ctx), batch_(llama_batch_ext_init(ctx)),
+      kv_(ctx, n_seq_max), cached_(cached) {}
 
 void Verifier::run() { llama_ms_ += decode_timed(ctx_, batch_.get(), "target"); }
 

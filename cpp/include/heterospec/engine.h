@@ -94,6 +94,8 @@ public:
     // The generation's token log-probabilities from index `from` on (params.logprobs), cheaply
     // while it streams.
     std::vector<TokenLogprob> logprobs_since(size_t from) const;
+    // The generation's tokens from index `from` on, cheaply while it streams.
+    std::vector<int32_t> tokens_since(size_t from) const;
     // A token's bytes as the model spells it (special tokens included, no space stripped).
     std::string token_piece(int32_t token) const;
 
