@@ -1,0 +1,298 @@
+"""The C API and the installable library (issue #21): the library is installed into a temporary
+prefix, the examples are built against it as an app would (CMake's find_package, pkg-config,
+ctypes) and stream the same greedy text as the Python API; bad input gives error codes.
+
+The library comes from the build tree pip used for this package (CMakeLists.txt builds it beside
+the extension), so nothing is compiled again; without one, the test configures its own build.
+"""
+from __future__ import annotations
+
+import ctypes as C
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from heterospec import Engine
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+PROMPT = "hello world"
+N = 24
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the test drives Linux tools (nm, cc)")
+
+
+def _run(*cmd, env=None, cwd=None, timeout=1800) -> subprocess.CompletedProcess:
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, env=env, cwd=cwd, timeout=timeout)
+    assert p.returncode == 0, f"{cmd} failed ({p.returncode}):\n{p.stdout.decode()[-3000:]}\n{p.stderr.decode()[-3000:]}"
+    return p
+
+
+def _build_tree() -> Path:
+    """A CMake build tree with the library built and up to date."""
+    for cache in sorted(REPO.glob("build/*/CMakeCache.txt")):
+        tree = cache.parent
+        if "HETEROSPEC_LIBRARY:BOOL=ON" in cache.read_text():
+            if subprocess.run(["cmake", "--build", str(tree), "--target", "heterospec"], capture_output=True,
+                              timeout=1800).returncode == 0:
+                return tree
+    tree = REPO / "build" / "c-api"
+    _run("cmake", "-S", REPO, "-B", tree, "-DHETEROSPEC_PYTHON=OFF", "-DCMAKE_BUILD_TYPE=Release")
+    _run("cmake", "--build", tree, "--target", "heterospec", "-j", str(os.cpu_count() or 2))
+    return tree
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory) -> Path:
+    if shutil.which("cmake") is None or shutil.which("cc") is None:
+        pytest.skip("cmake and a C compiler are needed to build the library and its examples")
+    prefix = tmp_path_factory.mktemp("prefix")
+    _run("cmake", "--install", _build_tree(), "--prefix", prefix, "--component", "library")
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def library(prefix) -> Path:
+    (lib,) = [p for p in (prefix / "lib").glob("libheterospec.so*") if not p.is_symlink()]
+    return lib
+
+
+@pytest.fixture(scope="module")
+def capi(library):
+    """The C API through ctypes, with the structs the ctypes example declares."""
+    spec = importlib.util.spec_from_file_location("hs_ctypes", EXAMPLES / "python-ctypes" / "generate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lib = mod.load(str(library))
+    more = {
+        "hs_tokenize": (C.c_int, [C.c_void_p, C.c_char_p, C.c_int64, C.c_bool, C.c_bool, C.POINTER(C.c_int32),
+                                  C.c_size_t, C.POINTER(C.c_size_t)]),
+        "hs_detokenize": (C.c_int, [C.c_void_p, C.POINTER(C.c_int32), C.c_size_t, C.c_bool, C.c_char_p, C.c_size_t,
+                                    C.POINTER(C.c_size_t)]),
+        "hs_generate_tokens": (C.c_int, [C.c_void_p, C.POINTER(C.c_int32), C.c_size_t, C.POINTER(mod.GenerateParams),
+                                         mod.TOKEN_CALLBACK, C.c_void_p, C.POINTER(C.c_void_p)]),
+        "hs_result_tokens": (C.POINTER(C.c_int32), [C.c_void_p, C.POINTER(C.c_size_t)]),
+        "hs_can_speculate": (C.c_bool, [C.c_void_p]),
+        "hs_n_ctx": (C.c_uint32, [C.c_void_p]),
+        "hs_drafters": (C.c_char_p, [C.c_void_p]),
+        "hs_build_info": (C.c_char_p, []),
+    }
+    for name, (res, args) in more.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+    return lib, mod
+
+
+def _engine(capi, target, draft=None, **fields):
+    lib, mod = capi
+    p = lib.hs_engine_default_params()
+    keep = [str(target).encode(), str(draft).encode() if draft else None]
+    p.target.path, p.draft.path = keep
+    p.n_threads = 1
+    for k, v in fields.items():
+        setattr(p, k, v)
+    e = C.c_void_p()
+    status = lib.hs_engine_create(C.byref(p), C.byref(e))
+    return status, e
+
+
+def _generate(capi, engine, prompt: str, **fields):
+    """Runs hs_generate; returns (status, text, tokens, finish reason, stats, streamed pieces)."""
+    lib, mod = capi
+    gp = lib.hs_generate_default_params()
+    gp.max_tokens = N
+    gp.sampling.temperature = 0.0
+    for k, v in fields.items():
+        if k.startswith("_"):
+            continue
+        obj = gp
+        *path, last = k.split(".")
+        for part in path:
+            obj = getattr(obj, part)
+        setattr(obj, last, v)
+    pieces = []
+    stop_after = fields.get("_stop_after")
+
+    @mod.TOKEN_CALLBACK
+    def on_token(token, piece, n, user):
+        pieces.append((token, C.string_at(piece, n)))
+        return stop_after is None or len(pieces) < stop_after
+
+    r = C.c_void_p()
+    status = lib.hs_generate(engine, prompt.encode(), C.byref(gp), on_token, None, C.byref(r))
+    if status != 0:
+        return status, None, None, None, None, pieces
+    n = C.c_size_t()
+    text = lib.hs_result_text(r, C.byref(n))
+    toks = lib.hs_result_tokens(r, C.byref(n))
+    tokens = [toks[i] for i in range(n.value)]
+    out = (status, text, tokens, lib.hs_result_finish_reason(r).decode(), lib.hs_result_stats(r), pieces)
+    lib.hs_result_free(r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def python_text(tiny) -> bytes:
+    with Engine(tiny.target, n_threads=1) as e:
+        return e.generate(PROMPT, max_tokens=N, temperature=0).text.encode()
+
+
+def test_the_library_exports_the_c_api_alone(library):
+    if shutil.which("nm") is None:
+        pytest.skip("nm is absent")
+    out = _run("nm", "-D", "--defined-only", library).stdout.decode().split("\n")
+    names = [line.split()[-1] for line in out if line.strip()]
+    assert names and all(n.startswith("hs_") for n in names), [n for n in names if not n.startswith("hs_")][:10]
+    assert "hs_generate" in names and "hs_version" in names
+
+
+def test_the_version_is_the_packages(capi, prefix):
+    lib, _ = capi
+    pyproject = (REPO / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
+    assert lib.hs_version().decode() == version
+    header = (prefix / "include" / "heterospec" / "heterospec.h").read_text()
+    assert f'#define HS_VERSION "{version}"' in header
+    assert "llama.cpp" in lib.hs_build_info().decode()
+
+
+def test_a_c_program_built_with_find_package_streams_pythons_greedy_text(prefix, tiny, python_text, tmp_path):
+    build = tmp_path / "c"
+    _run("cmake", "-S", EXAMPLES / "c", "-B", build, f"-DCMAKE_PREFIX_PATH={prefix}")
+    _run("cmake", "--build", build)
+    p = _run(build / "generate", tiny.target, PROMPT, "-n", N, "-t", 1)
+    assert p.stdout == python_text
+    assert b"[length]" in p.stderr
+
+
+def test_a_c_program_built_with_pkg_config_streams_the_same(prefix, tiny, python_text, tmp_path):
+    if shutil.which("pkg-config") is None:
+        pytest.skip("pkg-config is absent")
+    env = dict(os.environ, PKG_CONFIG_PATH=str(prefix / "lib" / "pkgconfig"))
+    flags = _run("pkg-config", "--cflags", "--libs", "heterospec", env=env).stdout.decode().split()
+    exe = tmp_path / "generate"
+    _run("cc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", EXAMPLES / "c" / "generate.c", "-o", exe, *flags)
+    run_env = dict(os.environ, LD_LIBRARY_PATH=str(prefix / "lib"))
+    assert _run(exe, tiny.target, PROMPT, "-n", N, "-t", 1, env=run_env).stdout == python_text
+
+
+def test_the_cpp_example_streams_the_same(prefix, tiny, python_text, tmp_path):
+    if shutil.which("c++") is None:
+        pytest.skip("a C++ compiler is absent")
+    build = tmp_path / "cpp"
+    _run("cmake", "-S", EXAMPLES / "cpp", "-B", build, f"-DCMAKE_PREFIX_PATH={prefix}")
+    _run("cmake", "--build", build)
+    assert _run(build / "generate", tiny.target, PROMPT, "-n", N).stdout == python_text
+
+
+def test_the_ctypes_example_streams_the_same(library, tiny, python_text):
+    p = _run(sys.executable, EXAMPLES / "python-ctypes" / "generate.py", "--lib", library, tiny.target, PROMPT,
+             "-n", N)
+    assert p.stdout == python_text
+
+
+def test_speculation_through_the_c_api_is_exact_and_streamed(capi, tiny):
+    lib, _ = capi
+    status, e = _engine(capi, tiny.target, tiny.draft)
+    assert status == 0, lib.hs_last_error()
+    try:
+        assert lib.hs_can_speculate(e) and b"model" in lib.hs_drafters(e)
+        _, _, plain, _, _, _ = _generate(capi, e, PROMPT, **{"spec.mode": b"ar"})
+        for mode in (b"chain", b"tree", b"heterospec"):
+            status, text, tokens, reason, st, pieces = _generate(capi, e, PROMPT, **{"spec.mode": mode,
+                                                                                    "spec.cost_aware": False})
+            assert status == 0, lib.hs_last_error()
+            assert tokens == plain, mode
+            assert st.nodes_verified > 0 and st.steps < len(tokens), mode   # speculation happened
+            assert st.mode.decode() == mode.decode() and reason == "length"
+            assert b"".join(p for _, p in pieces) == text                   # the stream is the text
+            assert [t for t, _ in pieces if t >= 0] == tokens
+    finally:
+        lib.hs_engine_free(e)
+
+
+def test_returning_false_from_the_callback_cancels(capi, tiny):
+    lib, _ = capi
+    _, e = _engine(capi, tiny.target)
+    try:
+        status, text, tokens, reason, _, pieces = _generate(capi, e, PROMPT, max_tokens=64, ignore_eos=True,
+                                                            _stop_after=3)
+        assert status == 0 and reason == "cancelled"
+        assert 3 <= len(tokens) < 64
+        status, _, tokens, reason, _, _ = _generate(capi, e, PROMPT)   # the engine is usable after
+        assert status == 0 and reason in ("length", "stop")
+    finally:
+        lib.hs_engine_free(e)
+
+
+def _tokenize(capi, e, text: bytes, n_max: int):
+    lib, _ = capi
+    buf = (C.c_int32 * max(n_max, 1))()
+    n = C.c_size_t()
+    status = lib.hs_tokenize(e, text, -1, True, False, buf if n_max else None, n_max, C.byref(n))
+    return status, [buf[i] for i in range(min(n.value, n_max))], n.value
+
+
+def test_text_round_trips_and_short_buffers_say_what_they_need(capi, tiny, tiny_engine):
+    lib, _ = capi
+    _, e = _engine(capi, tiny.target)
+    try:
+        status, _, needed = _tokenize(capi, e, PROMPT.encode(), 0)
+        assert status == 5 and needed == len(tiny_engine.tokenize(PROMPT))   # HS_ERROR_BUFFER_TOO_SMALL
+        status, ids, n = _tokenize(capi, e, PROMPT.encode(), needed)
+        assert status == 0 and ids == tiny_engine.tokenize(PROMPT)
+        arr = (C.c_int32 * n)(*ids)
+        out = C.create_string_buffer(4)
+        length = C.c_size_t()
+        status = lib.hs_detokenize(e, arr, n, False, out, 4, C.byref(length))
+        want = tiny_engine.detokenize(ids).encode()
+        assert status == 5 and length.value == len(want)
+        out = C.create_string_buffer(length.value + 1)
+        assert lib.hs_detokenize(e, arr, n, False, out, length.value + 1, C.byref(length)) == 0
+        assert out.value == want
+    finally:
+        lib.hs_engine_free(e)
+
+
+def test_bad_input_is_an_error_code_with_a_message(capi, tiny, tmp_path):
+    lib, mod = capi
+    status, e = _engine(capi, tmp_path / "missing.gguf")
+    assert status == 2 and not e.value and b"missing.gguf" in lib.hs_last_error()   # HS_ERROR_FILE_NOT_FOUND
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\x00" * 64)
+    status, e = _engine(capi, corrupt)
+    assert status in (1, 3) and not e.value and lib.hs_last_error()
+    status, e = _engine(capi, tiny.target, tiny.other_vocab, drafter=b"model")
+    assert status == 1 and b"vocab" in lib.hs_last_error().lower()
+    status, e = _engine(capi, tiny.target, max_nodes=0)
+    assert status == 1 and b"max_nodes" in lib.hs_last_error()
+    status, e = _engine(capi, tiny.target, flash_attn=b"sometimes")
+    assert status == 1 and b"flash_attn" in lib.hs_last_error()
+    assert lib.hs_engine_create(None, None) == 1
+
+    status, e = _engine(capi, tiny.target, n_ctx=64)
+    assert status == 0
+    try:
+        assert lib.hs_n_ctx(e) == 64
+        status, *_ = _generate(capi, e, "hello " * 200)
+        assert status == 1 and b"context" in lib.hs_last_error()
+        for field, value, word in (("sampling.top_p", 0.0, b"top_p"), ("spec.mode", b"fast", b"mode"),
+                                   ("logprobs", 99, b"logprobs"), ("spec.budget", 0, b"budget")):
+            status, *_ = _generate(capi, e, PROMPT, **{field: value})
+            assert status == 1 and word in lib.hs_last_error(), field
+        gp = lib.hs_generate_default_params()
+        gp.n_stop = 2                                       # stop is NULL
+        r = C.c_void_p()
+        assert lib.hs_generate(e, PROMPT.encode(), C.byref(gp), mod.TOKEN_CALLBACK(), None, C.byref(r)) == 1
+        assert lib.hs_generate(e, None, C.byref(gp), mod.TOKEN_CALLBACK(), None, C.byref(r)) == 1
+        status, *_ = _generate(capi, e, PROMPT)             # and the engine still works
+        assert status == 0
+    finally:
+        lib.hs_engine_free(e)
+    lib.hs_engine_free(None)
