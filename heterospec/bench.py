@@ -144,7 +144,7 @@ def run(args) -> int:
             src = getattr(args, attr)
             if not src:
                 raise ValueError(f"--pad-{role} needs a {role} model")
-            setattr(args, attr, str(padded_model(src, shape, args.pad_type, Path(args.cache_dir), args.pad_tool)))
+            setattr(args, attr, str(padded_model(src, shape, args.pad_type, Path(args.cache_dir))))
             args.pad[role] = {"source": src, "shape": shape, "type": args.pad_type}
     peer_exe, peer_error = None, None
     if getattr(args, "peer", False):

@@ -291,11 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the peer is built and padded models are kept (benchmarks/.cache)")
     b.add_argument("--plot", help="write the speedup chart (PNG) here (default: beside --json)")
     b.add_argument("--pad-target", choices=SHAPES, help="benchmark the target padded to this shape "
-                   "(same function, a big model's cost; made once: qwen35 by the package itself, Llama with "
-                   "shared/tools/pad_model.py)")
+                   "(same function, a big model's cost; made once, for llama and qwen35 models)")
     b.add_argument("--pad-draft", choices=SHAPES, help="likewise for the draft")
     b.add_argument("--pad-type", choices=TYPES, default="q8_0", help="weight type of padded models (q8_0)")
-    b.add_argument("--pad-tool", help="path of pad_model.py (default: ../shared/tools/pad_model.py)")
     b.add_argument("--regime", choices=sorted(REGIMES), help="standard configurations: 'memory-bound' pads the "
                    "target to cpu-300m in F16 (a GPU-like cost curve on a CPU), 'compute-bound' in q8_0")
     b.add_argument("--cost-profile", help="also PROJECT each mode's speed under another device's cost profile "

@@ -1,10 +1,31 @@
 """Padded models for the benchmark: a small GGUF grown into a big shape that computes the same
 function, so that tau stays the trained pair's while every forward pass costs what a big model's
-does. Made once per (model, shape, type) and kept in the benchmark's cache folder.
+does. Made once per (model, shape, type) and kept in the benchmark's cache folder, by this module
+alone (numpy + gguf-py, the `bench` extra).
 
-Llama sources are padded by the project's shared tool (`shared/tools/pad_model.py`, run as a
-subprocess: zero-padded width, heads and feed-forward, identity layers, RMSNorm weights scaled by
-sqrt(d/D) and eps by d/D).
+Llama sources (architecture `llama`) are padded by `pad_llama()`, a port of the project's former
+external tool `pad_model.py` that writes the same bytes. The shape presets give (D, layers, F2):
+cpu-300m (2048, 6, 5504), llama-1b (2048, 16, 8192), llama-8b (4096, 32, 14336); the head size
+stays the source's, so the number of heads becomes D / head size, and key/value heads a quarter
+of that (grouped-query attention in groups of 4, as in Llama 3) where the source allows it, else
+as many as the heads. Why the function is the same:
+
+- the extra residual dims, heads, key/value heads and feed-forward units are zero (matrices get
+  zero rows and columns), so the residual stream keeps zeros outside the source's d dims;
+- the real heads keep their head size and are placed so that grouped-query attention still pairs
+  each with its own key/value head: with g = H/K source heads per key/value head and g2 = H2/K2
+  padded ones, source head h goes to slot (h // g) * g2 + h % g (the other slots are zero heads,
+  whose output columns in attn_output are zero);
+- RMSNorms over the residual width: mean(x^2) over D is d/D times the mean over d, so every norm
+  weight (attn_norm, ffn_norm, output_norm) is scaled by sqrt(d/D) and eps by d/D, which makes
+  each norm output the source's vector, zero-padded (llama has one eps key and no norm over
+  anything else, unlike qwen35 below);
+- extra layers (more layers than the source: the real ones are spread evenly, source layer i at
+  round(i * L2 / L)) have all-zero matrices, so each is an exact identity on the residual;
+- `rope_freqs.weight` (Llama 3.1+ RoPE scaling) is copied unchanged, as the head size is.
+Weights are stored as F32, F16, Q8_0 or Q4_0 (gguf-py's quantizer; norms stay F32, and a matrix
+whose rows are not a multiple of the block size falls back to F16), which changes the function as
+that quantization of the source would.
 
 Qwen3.5 sources (architecture `qwen35`: Gated DeltaNet layers, gated full-attention layers and an
 optional MTP block `blk.N.nextn.*`) are padded here, by `pad_qwen35()` (numpy + gguf-py, the
@@ -20,7 +41,7 @@ unchanged. What is padded, and why the function is the same:
 - every matrix that WRITES it (attn_output, ssm_out, ffn_down, nextn.eh_proj) gets zero rows, so
   the padded dims of the residual stream stay exactly zero;
 - the new feed-forward units have zero gate/up rows and zero down columns: silu(0) * 0 = 0;
-- RMSNorms over the residual width: mean(x^2) over D is d/D times the mean over d. The llama tool
+- RMSNorms over the residual width: mean(x^2) over D is d/D times the mean over d. pad_llama()
   undoes that by scaling eps by d/D, but qwen35 has ONE eps key that also serves norms that are
   not over the residual width (the Q/K norms of full attention, the gated ssm_norm of DeltaNet
   and DeltaNet's L2 norm of q and k, an RMS norm with eps / head size), and the DeltaNet ones
@@ -53,9 +74,7 @@ quantization of the source would.
 from __future__ import annotations
 
 import math
-import os
 import struct
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -65,39 +84,32 @@ from .policy import model_fingerprint
 SHAPES = ("llama-8b", "llama-1b", "cpu-300m")
 TYPES = ("f32", "f16", "q8_0", "q4_0")
 
+# llama: the shape presets as (residual width D, layers, feed-forward width F2); the head size
+# stays the source's (pad_llama)
+LLAMA_SHAPES = {"llama-8b": (4096, 32, 14336), "llama-1b": (2048, 16, 8192), "cpu-300m": (2048, 6, 5504)}
 # qwen35: the shape presets as (residual width D, feed-forward width F2); layers, heads and the
 # DeltaNet sizes stay the source's
 QWEN35_SHAPES = {"llama-8b": (4096, 14336), "llama-1b": (2048, 8192), "cpu-300m": (2048, 5504)}
 
 
-def find_pad_tool(explicit: Optional[str] = None) -> Path:
-    explicit = explicit or os.environ.get("HETEROSPEC_PAD_TOOL")
-    if explicit:   # named by the user: that one or an error, never a silent substitute
-        if not Path(explicit).is_file():
-            raise FileNotFoundError(f"pad tool not found: '{explicit}'")
-        return Path(explicit)
-    candidates = []
-    here = Path(__file__).resolve().parents[1]
-    for root in (Path.cwd(), here):
-        candidates += [root / "shared" / "tools" / "pad_model.py", root.parent / "shared" / "tools" / "pad_model.py"]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    raise FileNotFoundError("cannot find pad_model.py (looked in ../shared/tools); pass --pad-tool PATH "
-                            "or set HETEROSPEC_PAD_TOOL")
+def gguf_header(path) -> tuple[Optional[str], list[str]]:
+    """(`general.architecture`, tensor names) of a GGUF file, read from its header (no gguf-py
+    needed); the architecture is None when the file is not a GGUF or lacks the key."""
+    try:
+        return _read_gguf_header(path)
+    except struct.error:
+        raise ValueError(f"{path}: the GGUF header is cut short") from None
 
 
-def gguf_architecture(path) -> Optional[str]:
-    """`general.architecture` of a GGUF file, read from its header (no gguf-py needed); None when
-    the file is not a GGUF or lacks the key."""
+def _read_gguf_header(path):
     sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}   # scalar value types
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
-            return None
+            return None, []
         version, = struct.unpack("<I", f.read(4))
         count = "<I" if version == 1 else "<Q"
         n = struct.calcsize(count)
-        f.read(n)                                     # tensor count
+        n_tensors, = struct.unpack(count, f.read(n))
         n_kv, = struct.unpack(count, f.read(n))
 
         def string() -> bytes:
@@ -121,20 +133,32 @@ def gguf_architecture(path) -> Optional[str]:
             else:
                 raise ValueError(f"{path}: unknown GGUF value type {vtype}")
 
+        arch = None
         for _ in range(n_kv):
             key = string()
             vtype, = struct.unpack("<I", f.read(4))
             if key == b"general.architecture" and vtype == 8:
-                return string().decode("utf-8", "replace")
-            skip(vtype)
-    return None
+                arch = string().decode("utf-8", "replace")
+            else:
+                skip(vtype)
+        names = []
+        for _ in range(n_tensors):   # name, dimension count (u32), dimensions, type (u32), offset (u64)
+            names.append(string().decode("utf-8", "replace"))
+            n_dims, = struct.unpack("<I", f.read(4))
+            f.seek(n_dims * n + 4 + 8, 1)
+    return arch, names
+
+
+def gguf_architecture(path) -> Optional[str]:
+    """`general.architecture` of a GGUF file (see gguf_header)."""
+    return gguf_header(path)[0]
 
 
 def _gguf():
     try:
         import gguf
     except ImportError:
-        raise ImportError('padding a qwen35 model needs the gguf package: pip install "heterospec[bench]"') from None
+        raise ImportError('padding a model needs the gguf package: pip install "heterospec[bench]"') from None
     return gguf
 
 
@@ -154,6 +178,205 @@ def _contents(field):
     return one(field.data[0])
 
 
+def _source(src, arch: str, qtype: str, keys=()):
+    """(gguf module, GGUFReader of `src`, value(key, default=None), the integers `arch.KEY` for KEY
+    in `keys`), after checking that `src` has architecture `arch` and that `qtype` is known."""
+    gguf = _gguf()
+    if qtype not in TYPES:
+        raise ValueError(f"unknown pad type {qtype!r} ({', '.join(TYPES)})")
+    r = gguf.GGUFReader(str(src))
+
+    def value(key, default=None):
+        f = r.fields.get(key)
+        return default if f is None else _contents(f)
+
+    got = value("general.architecture")
+    if got != arch:
+        raise ValueError(f"{src}: pad_{arch} pads {arch} models (got architecture {got!r})")
+    numbers = []
+    for key in keys:
+        v = value(f"{arch}.{key}")
+        if not isinstance(v, int):
+            raise ValueError(f"{src}: {arch}.{key} must be one number to pad (got {v!r})")
+        numbers.append(v)
+    return gguf, r, value, numbers
+
+
+def _as_f32(gguf, t):
+    """A GGUFReader tensor's values as float32 (dequantized where quantized)."""
+    import numpy as np
+    a = np.asarray(t.data)
+    if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
+                             gguf.GGMLQuantizationType.F64):
+        a = gguf.quants.dequantize(a, t.tensor_type)
+    return np.asarray(a, dtype=np.float32)
+
+
+def _zero_padded(w, rows=None, cols=None, scale=1.0):
+    """`w` (times `scale`) in the top-left corner of a zero float32 array of `rows` (1-D: `rows`
+    long) by `cols`; None keeps that size."""
+    import numpy as np
+    w = w if scale == 1.0 else w * np.float32(scale)
+    if w.ndim == 1:
+        out = np.zeros(rows, np.float32)
+        out[:w.shape[0]] = w
+        return out
+    out = np.zeros((rows or w.shape[0], cols or w.shape[1]), np.float32)
+    out[:w.shape[0], :w.shape[1]] = w
+    return out
+
+
+def _writer(gguf, r, dst, arch: str, skip):
+    """A GGUFWriter of `dst` holding the metadata of reader `r` but for the keys in `skip`."""
+    w = gguf.GGUFWriter(str(dst), arch)
+    for key, f in r.fields.items():
+        if key in skip:
+            continue
+        vt = f.types[0]
+        if vt == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(key, _contents(f), vt, sub_type=f.types[-1])
+        else:
+            w.add_key_value(key, _contents(f), vt)
+    return w
+
+
+def _add_tensor(gguf, w, name: str, a, qtype: str, keep_f32: bool = False) -> None:
+    """Adds `a` (float32) to writer `w` as `qtype`; 1-D tensors (and `keep_f32` ones) stay F32,
+    and a matrix whose rows are not a multiple of the quantization block falls back to F16."""
+    import numpy as np
+    T = gguf.GGMLQuantizationType
+    qt = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}[qtype]
+    if keep_f32 or a.ndim == 1 or qt == T.F32:
+        w.add_tensor(name, np.ascontiguousarray(a, dtype=np.float32))
+    elif qt == T.F16 or a.shape[-1] % gguf.GGML_QUANT_SIZES[qt][0]:
+        w.add_tensor(name, a.astype(np.float16))
+    else:
+        w.add_tensor(name, gguf.quants.quantize(a, qt), raw_dtype=qt)
+
+
+def _finish(w) -> None:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+# llama tensors (names after "blk.N."; see src/models/llama.cpp in the pinned llama.cpp)
+_LLAMA_BLOCK = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight", "ffn_gate.weight",
+                "ffn_up.weight", "ffn_down.weight", "attn_norm.weight", "ffn_norm.weight")
+_LLAMA_GLOBAL = ("token_embd.weight", "output_norm.weight", "output.weight")
+_LLAMA_UNTOUCHED = ("rope_freqs.weight",)   # copied as they are (the former tool left them out)
+
+
+def pad_llama(src, dst, dim: int, layers: int, ffn: int, qtype: str = "f16", heads: Optional[int] = None,
+              kv_heads: Optional[int] = None, log=None) -> dict:
+    """Writes `src` (a llama GGUF) grown to residual width `dim`, `layers` layers and feed-forward
+    width `ffn`, computing the same function (see the module's docstring), with weights of type
+    `qtype` (f32, f16, q8_0, q4_0). `heads` defaults to dim / the source's head size, `kv_heads`
+    to heads / 4 where the source's grouping allows it, else to heads. Returns a summary: source
+    and padded sizes, parameter count. The file is byte for byte what the former external tool
+    (pad_model.py) wrote, for every source that tool padded right (without rope_freqs.weight)."""
+    import numpy as np
+    gguf, r, value, (d, L, H, K, F) = _source(src, "llama", qtype, (
+        "embedding_length", "block_count", "attention.head_count", "attention.head_count_kv",
+        "feed_forward_length"))
+    eps = value("llama.attention.layer_norm_rms_epsilon")
+    if eps is None:
+        raise ValueError(f"{src}: no llama.attention.layer_norm_rms_epsilon")
+    eps = float(eps)
+    hd = d // H
+    D, L2, H2, K2, F2 = int(dim), int(layers), heads, kv_heads, int(ffn)
+    H2 = H2 or D // hd
+    if not K2:  # grouped-query attention with groups of 4, as in Llama 3, where the source allows
+        K2 = H2 // 4 if H2 % 4 == 0 and H2 // 4 >= K and H // K <= 4 else H2
+    if H2 % K2:
+        raise ValueError("heads must be a multiple of kv heads")
+    g, g2 = H // K, H2 // K2
+    if D % hd or D // hd != H2 or D < d or L2 < L or H2 < H or K2 < K or F2 < F or g > g2:
+        raise ValueError(f"the padded shape must contain the source: source d={d} L={L} H={H} K={K} F={F} "
+                         f"hd={hd}; padded D={D} L={L2} H={H2} K={K2} F={F2}")
+    tensors = {t.name: t for t in r.tensors}
+    known = set(_LLAMA_GLOBAL + _LLAMA_UNTOUCHED) | {f"blk.{i}.{n}" for i in range(L) for n in _LLAMA_BLOCK}
+    unknown = sorted(set(tensors) - known)
+    if unknown:
+        raise ValueError(f"{src}: do not know how to pad tensor {unknown[0]}")
+
+    def w(name):
+        return _as_f32(gguf, tensors[name])
+
+    s = math.sqrt(d / D)
+    head_pos = [(h // g) * g2 + (h % g) for h in range(H)]   # padded slot of each real head
+
+    def place_heads(m, slots, n_pad, axis):
+        """`m` with its heads (head-size blocks along `axis`) moved to `slots` of `n_pad`, and zero
+        padded to width D across the other axis."""
+        rows, cols = (n_pad * hd, D) if axis == 0 else (D, n_pad * hd)
+        out = np.zeros((rows, cols), np.float32)
+        for i, p in enumerate(slots):
+            if axis == 0:
+                out[p * hd:(p + 1) * hd, :m.shape[1]] = m[i * hd:(i + 1) * hd]
+            else:
+                out[:m.shape[0], p * hd:(p + 1) * hd] = m[:, i * hd:(i + 1) * hd]
+        return out
+
+    def padded():
+        """(name, padded tensor) in the former tool's order."""
+        yield "token_embd.weight", _zero_padded(w("token_embd.weight"), cols=D)
+        yield "output_norm.weight", _zero_padded(w("output_norm.weight"), D, scale=s)
+        if "output.weight" in tensors:
+            yield "output.weight", _zero_padded(w("output.weight"), cols=D)
+        real_at = {round(i * L2 / L): i for i in range(L)}   # real layers spread evenly, the rest identities
+        for j in range(L2):
+            p = f"blk.{j}."
+            if j in real_at:
+                q = f"blk.{real_at[j]}."
+                yield p + "attn_q.weight", place_heads(w(q + "attn_q.weight"), head_pos, H2, 0)
+                yield p + "attn_k.weight", place_heads(w(q + "attn_k.weight"), range(K), K2, 0)
+                yield p + "attn_v.weight", place_heads(w(q + "attn_v.weight"), range(K), K2, 0)
+                yield p + "attn_output.weight", place_heads(w(q + "attn_output.weight"), head_pos, H2, 1)
+                yield p + "ffn_gate.weight", _zero_padded(w(q + "ffn_gate.weight"), F2, D)
+                yield p + "ffn_up.weight", _zero_padded(w(q + "ffn_up.weight"), F2, D)
+                yield p + "ffn_down.weight", _zero_padded(w(q + "ffn_down.weight"), D, F2)
+                an, fn = w(q + "attn_norm.weight"), w(q + "ffn_norm.weight")
+            else:   # zero matrices: an identity on the residual
+                for name, shape in (("attn_q", (H2 * hd, D)), ("attn_k", (K2 * hd, D)), ("attn_v", (K2 * hd, D)),
+                                    ("attn_output", (D, H2 * hd)), ("ffn_gate", (F2, D)), ("ffn_up", (F2, D)),
+                                    ("ffn_down", (D, F2))):
+                    yield p + name + ".weight", np.zeros(shape, np.float32)
+                an = fn = np.ones(d, np.float32)
+            yield p + "attn_norm.weight", _zero_padded(an, D, scale=s)
+            yield p + "ffn_norm.weight", _zero_padded(fn, D, scale=s)
+        for name in _LLAMA_UNTOUCHED:
+            if name in tensors:
+                yield name, w(name)
+
+    # general.file_type is left out as the former tool did (llama.cpp infers the type from the
+    # tensors), so that the files stay byte for byte the tool's
+    out = _writer(gguf, r, dst, "llama", {
+        "llama.embedding_length", "llama.block_count", "llama.attention.head_count",
+        "llama.attention.head_count_kv", "llama.feed_forward_length", "llama.attention.layer_norm_rms_epsilon",
+        "general.architecture", "general.file_type", "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count",
+        "llama.rope.dimension_count"})
+    out.add_embedding_length(D)
+    out.add_block_count(L2)
+    out.add_head_count(H2)
+    out.add_head_count_kv(K2)
+    out.add_feed_forward_length(F2)
+    out.add_layer_norm_rms_eps(eps * d / D)
+    out.add_rope_dimension_count(hd)
+    n_par = 0
+    for name, a in padded():   # each converted as it comes, so that float32 copies do not pile up
+        n_par += a.size
+        _add_tensor(gguf, out, name, a, qtype)
+    _finish(out)
+    summary = {"source_width": d, "width": D, "source_layers": L, "layers": L2, "heads": H2, "kv_heads": K2,
+               "source_ffn": F, "ffn": F2, "type": qtype, "parameters": n_par}
+    if log is not None:
+        print(f"padded {Path(src).name}: {n_par / 1e6:.1f}M parameters, D={D} L={L2} H={H2} K={K2} F={F2} "
+              f"({qtype})", file=log)
+    return summary
+
+
 # qwen35 tensors by role (names after "blk.N."; see src/models/qwen35.cpp in the pinned llama.cpp)
 _READERS = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_qkv.weight", "attn_gate.weight",
             "ssm_alpha.weight", "ssm_beta.weight", "ffn_gate.weight", "ffn_up.weight"}
@@ -169,27 +392,10 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
     computing the same function (see the module's docstring), with weights of type `qtype`
     (f32, f16, q8_0, q4_0). Returns a summary: source and padded sizes, parameter count, whether
     the output is tied (then the MTP head's hnorm is off by an eps change, see above)."""
-    gguf = _gguf()
     import numpy as np
-
-    if qtype not in TYPES:
-        raise ValueError(f"unknown pad type {qtype!r} ({', '.join(TYPES)})")
-    r = gguf.GGUFReader(str(src))
-
-    def value(key, default=None):
-        f = r.fields.get(key)
-        return default if f is None else _contents(f)
-
-    arch = value("general.architecture")
-    if arch != "qwen35":
-        raise ValueError(f"{src}: pad_qwen35 pads qwen35 models (got architecture {arch!r})")
+    gguf, r, value, (d, F, H) = _source(src, "qwen35", qtype,
+                                        ("embedding_length", "feed_forward_length", "attention.head_count"))
     A = "qwen35."
-    d = value(A + "embedding_length")
-    F = value(A + "feed_forward_length")
-    H = value(A + "attention.head_count")
-    for key, v in (("embedding_length", d), ("feed_forward_length", F), ("attention.head_count", H)):
-        if not isinstance(v, int):
-            raise ValueError(f"{src}: {A}{key} must be one number to pad (got {v!r})")
     D, F2 = int(dim), int(ffn)
     if D < d or F2 < F:
         raise ValueError(f"the padded shape must contain the source: source width {d}, feed-forward {F}; "
@@ -203,22 +409,7 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
     f_main = 1.0 / (c * c) if tied else 1.0     # the output norm outputs c * f_main * h
     shared_head_head = any(n.endswith("nextn.shared_head_head.weight") for n in names)
 
-    def f32(t):
-        a = np.asarray(t.data)
-        if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
-                                 gguf.GGMLQuantizationType.F64):
-            a = gguf.quants.dequantize(a, t.tensor_type)
-        return np.asarray(a, dtype=np.float32)
-
-    def pad(w, rows=None, cols=None, scale=1.0):
-        w = w if scale == 1.0 else w * np.float32(scale)
-        if w.ndim == 1:
-            out = np.zeros(rows, np.float32)
-            out[:w.shape[0]] = w
-            return out
-        out = np.zeros((rows or w.shape[0], cols or w.shape[1]), np.float32)
-        out[:w.shape[0], :w.shape[1]] = w
-        return out
+    pad = _zero_padded
 
     def need(name, w, shape):
         if tuple(w.shape) != tuple(shape):
@@ -269,22 +460,11 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
             return w, w.ndim == 1 or role in _KEEP_F32
         raise ValueError(f"{src}: do not know how to pad tensor {name}")
 
-    T = gguf.GGMLQuantizationType
-    qt = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}[qtype]
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[qtype]
 
-    w = gguf.GGUFWriter(str(dst), arch)
-    skip = {A + "embedding_length", A + "feed_forward_length", "general.architecture", "general.file_type",
-            "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}
-    for key, f in r.fields.items():
-        if key in skip:
-            continue
-        vt = f.types[0]
-        if vt == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(key, _contents(f), vt, sub_type=f.types[-1])
-        else:
-            w.add_key_value(key, _contents(f), vt)
+    w = _writer(gguf, r, dst, "qwen35", {A + "embedding_length", A + "feed_forward_length", "general.architecture",
+                                         "general.file_type", "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"})
     w.add_embedding_length(D)
     w.add_feed_forward_length(F2)
     # the head size defaults to width / heads in llama.cpp: write it down where the source did not
@@ -295,20 +475,11 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
     w.add_file_type(ftype)
 
     n_par = 0
-    block = {T.Q8_0: 32, T.Q4_0: 32}
     for t in r.tensors:
-        a, keep_f32 = padded(t.name, f32(t))
+        a, keep_f32 = padded(t.name, _as_f32(gguf, t))
         n_par += a.size
-        if keep_f32 or a.ndim == 1 or qt == T.F32:
-            w.add_tensor(t.name, np.ascontiguousarray(a, dtype=np.float32))
-        elif qt == T.F16 or a.shape[-1] % block[qt]:
-            w.add_tensor(t.name, a.astype(np.float16))
-        else:
-            w.add_tensor(t.name, gguf.quants.quantize(a, qt), raw_dtype=qt)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        _add_tensor(gguf, w, t.name, a, qtype, keep_f32)
+    _finish(w)
     summary = {"source_width": d, "width": D, "source_ffn": F, "ffn": F2, "type": qtype, "parameters": n_par,
                "tied_output": tied, "mtp": any(".nextn." in n for n in names)}
     if log is not None:
@@ -318,39 +489,34 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
     return summary
 
 
-def padded_model(src: str, shape: str, qtype: str, cache: Path, tool: Optional[str] = None,
-                 log=sys.stderr) -> Path:
-    """Path of `src` padded to `shape` and quantized to `qtype`, made on first use: qwen35 models
-    by pad_qwen35() here, others by the shared tool."""
+def padded_model(src: str, shape: str, qtype: str, cache: Path, log=sys.stderr) -> Path:
+    """Path of `src` padded to `shape` and quantized to `qtype`, made on first use (by pad_llama()
+    or pad_qwen35(), after the source's architecture) and kept in `cache`."""
     if shape not in SHAPES:
         raise ValueError(f"unknown pad shape {shape!r} ({', '.join(SHAPES)})")
     if qtype not in TYPES:
         raise ValueError(f"unknown pad type {qtype!r} ({', '.join(TYPES)})")
     fp = model_fingerprint(src)   # raises FileNotFoundError for a missing source
-    out = cache / f"{Path(src).stem}-{shape}-{qtype}-{fp['sha256_head_tail'][:12]}.gguf"
+    arch, names = gguf_header(src)
+    # the former external tool dropped a llama model's rope_freqs.weight (another function where
+    # RoPE is scaled); pad_llama keeps it, under another name so that such files are not reused
+    tag = "-rope" if arch == "llama" and "rope_freqs.weight" in names else ""
+    out = cache / f"{Path(src).stem}-{shape}-{qtype}{tag}-{fp['sha256_head_tail'][:12]}.gguf"
     if out.exists():
         return out
-    arch = gguf_architecture(src)
-    if arch == "qwen35":
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        print(f"heterospec bench: padding {src} (qwen35) to {shape} ({qtype}) once, into {out}", file=log)
-        dim, ffn = QWEN35_SHAPES[shape]
-        try:
-            pad_qwen35(src, tmp, dim, ffn, qtype, log=log)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(out)
-        return out
-    script = find_pad_tool(tool)
+    if arch == "llama":
+        pad = lambda dst: pad_llama(src, dst, *LLAMA_SHAPES[shape], qtype, log=log)   # noqa: E731
+    elif arch == "qwen35":
+        pad = lambda dst: pad_qwen35(src, dst, *QWEN35_SHAPES[shape], qtype, log=log)   # noqa: E731
+    else:
+        raise ValueError(f"{src}: cannot pad a model of architecture {arch!r} (llama and qwen35 can be padded)")
     cache.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    print(f"heterospec bench: padding {src} to {shape} ({qtype}) once, into {out}", file=log)
-    r = subprocess.run([sys.executable, str(script), str(src), str(tmp), "--shape", shape, "--type", qtype],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if r.returncode != 0 or not tmp.exists():
+    print(f"heterospec bench: padding {src} ({arch}) to {shape} ({qtype}) once, into {out}", file=log)
+    try:
+        pad(tmp)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"padding {src} to {shape} failed: {r.stdout.strip()[-500:]}")
+        raise
     tmp.replace(out)
     return out

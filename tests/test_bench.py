@@ -126,29 +126,6 @@ def test_chart_series_keeps_the_best_llama_cpp_setting():
     assert series[1][1] == [1.5, 1.5, 0.75]
 
 
-def test_padded_models_are_made_once_and_failures_are_reported(tiny, tmp_path):
-    import pytest
-    from heterospec.padding import padded_model
-    tool = tmp_path / "pad.py"
-    calls = tmp_path / "calls"
-    tool.write_text("import shutil, sys\nopen(sys.argv[0] + '.calls', 'a').write('x')\n"
-                    "shutil.copy(sys.argv[1], sys.argv[2])\n")
-    a = padded_model(str(tiny.target), "cpu-300m", "q8_0", tmp_path / "cache", str(tool))
-    b = padded_model(str(tiny.target), "cpu-300m", "q8_0", tmp_path / "cache", str(tool))
-    assert a == b and a.exists() and "cpu-300m-q8_0" in a.name
-    assert (tmp_path / "pad.py.calls").read_text() == "x"     # cached: the tool ran once
-    tool.write_text("import sys\nprint('only llama-architecture models can be padded'); sys.exit(1)\n")
-    with pytest.raises(RuntimeError, match="only llama-architecture"):
-        padded_model(str(tiny.target), "llama-8b", "q4_0", tmp_path / "cache", str(tool))
-    assert not list((tmp_path / "cache").glob("*.tmp"))
-    with pytest.raises(ValueError, match="unknown pad shape"):
-        padded_model(str(tiny.target), "llama-70b", "q8_0", tmp_path / "cache", str(tool))
-    with pytest.raises(FileNotFoundError):
-        padded_model(str(tmp_path / "missing.gguf"), "cpu-300m", "q8_0", tmp_path / "cache", str(tool))
-    with pytest.raises(FileNotFoundError, match="pad tool not found"):
-        padded_model(str(tiny.target), "llama-1b", "q8_0", tmp_path / "cache", str(tmp_path / "nope.py"))
-
-
 def test_paired_ratio_and_its_interval():
     from heterospec.paired import paired_ratio
     # mode a is 1.2x mode b on every prompt, while the machine drifts by 30% between repeats

@@ -66,21 +66,27 @@ def sources(tmp_path_factory):
     return root, {"untied": untied, "tied": tied}
 
 
+def _greedy(e, prompt, n=20):
+    """(the prompt's tokens, its greedy continuation of n tokens, the log-probabilities along it)."""
+    ids = e.tokenize(prompt, parse_special=True)
+    ref = e.generate(ids, max_tokens=n, temperature=0, mode="ar")
+    rows, _ = e.score(ids, list(ref.tokens))
+    return ids, list(ref.tokens), np.asarray(rows)
+
+
 def _run(path):
     """Per prompt: log-probabilities of the greedy continuation, and the greedy MTP runs."""
     out = []
     with Engine(path, n_threads=1, n_ctx=256) as e:
         for p in PROMPTS:
-            ids = e.tokenize(p, parse_special=True)
-            ref = e.generate(ids, max_tokens=20, temperature=0, mode="ar")
-            rows, _ = e.score(ids, list(ref.tokens))
+            ids, ref, rows = _greedy(e, p)
             runs = []
             # p_min > 0: the drafts' probabilities matter too (where the chain stops)
             for n_max, p_min in ((1, 0.0), (3, 0.0), (3, 0.6)):
                 g = e.generate(ids, max_tokens=20, temperature=0, mode="chain", drafter="mtp", n_max=n_max,
                                p_min=p_min, trace=True)
                 runs.append((list(g.tokens), g.stats.accepted_draft, g.stats.nodes_verified, list(g.trace)))
-            out.append((list(ref.tokens), np.asarray(rows), runs))
+            out.append((ref, rows, runs))
     return out
 
 
@@ -118,8 +124,7 @@ def test_padded_model_pads_qwen35_natively(sources, tmp_path, monkeypatch):
     _, src = sources
     monkeypatch.setitem(padding.QWEN35_SHAPES, "cpu-300m", (128, 256))   # small, for speed
     assert padding.gguf_architecture(src["untied"]) == "qwen35"
-    out = padding.padded_model(str(src["untied"]), "cpu-300m", "f16", tmp_path,
-                               tool=str(tmp_path / "no-such-tool.py"))   # the llama tool is not needed
+    out = padding.padded_model(str(src["untied"]), "cpu-300m", "f16", tmp_path)
     r = gguf.GGUFReader(str(out))
     assert r.fields["general.architecture"].contents() == "qwen35"
     assert r.fields["qwen35.embedding_length"].contents() == 128
