@@ -2,7 +2,7 @@
 
   python3 benchmarks/serve_load.py -m ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \
       --prompts benchmarks/data/spec_bench_smollm2_subset.jsonl --clients 8 --requests 25 \
-      --json benchmarks/results-serve-load.json
+      --json benchmarks/results/serve-load.json
 
 1. Starts `heterospec serve` (port 0) and reads its resident memory.
 2. Serial pass: each distinct prompt once, greedy, one request at a time.

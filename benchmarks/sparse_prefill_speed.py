@@ -9,7 +9,7 @@ attention(L) = TTFT(L) - a L for dense and sparse alike: the sparse branch's own
 rows, scoring and sorting columns, gathering) counts as attention.
 
   python3 benchmarks/sparse_prefill_speed.py --lengths 8192 16384 32768 -t 2 \\
-      --json benchmarks/results-sparse-prefill-long-random.json --plot benchmarks/results-sparse-prefill-long-random.png
+      --json benchmarks/results/sparse-prefill-long-random.json --plot benchmarks/results/sparse-prefill-long-random.png
 """
 import argparse
 import json
