@@ -144,13 +144,13 @@ def run(args) -> int:
             src = getattr(args, attr)
             if not src:
                 raise ValueError(f"--pad-{role} needs a {role} model")
-            setattr(args, attr, str(padded_model(src, shape, args.pad_type, Path(args.cache_dir))))
+            setattr(args, attr, str(padded_model(src, shape, args.pad_type, bench_cache(args))))
             args.pad[role] = {"source": src, "shape": shape, "type": args.pad_type}
     peer_exe, peer_error = None, None
     if getattr(args, "peer", False):
         from .peer import PeerError, peer_binary
         try:
-            peer_exe = peer_binary(Path(args.cache_dir), jobs=max(1, os.cpu_count() or 1))
+            peer_exe = peer_binary(bench_cache(args), jobs=max(1, os.cpu_count() or 1))
         except PeerError as e:
             peer_error = str(e)
             print(f"heterospec bench: llama.cpp peer unavailable: {e}", file=sys.stderr)
@@ -498,6 +498,13 @@ def _print_categories(ok: dict, cats: list) -> None:
                 print(f"      / {label} ({r['against']}): {describe(r)}")
 
 
+def bench_cache(args) -> Path:
+    """Where padded models, the peer build and file hashes are kept: --cache-dir, else the user's
+    heterospec cache (never the current folder: the package works from any directory)."""
+    from .profile_cache import cache_dir
+    return Path(args.cache_dir) if args.cache_dir else cache_dir() / "bench"
+
+
 def _sha256(path: str, cache: Path) -> str:
     """A model file's sha256, remembered by path, size and mtime (an 8B file takes a while)."""
     p = Path(path).resolve()
@@ -528,7 +535,7 @@ def environment(args, engine_info: dict, n_prompts: int) -> dict:
 
     info = _core.build_info()
     gpus = [d for d in info["devices"] if not d.startswith("CPU")]
-    cache = Path(args.cache_dir)
+    cache = bench_cache(args)
     models = {"target": args.model, "draft": args.model_draft}
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu_name(),
             "cores": os.cpu_count(), "device": gpus[0] if gpus and args.n_gpu_layers != 0 else _cpu_name(),

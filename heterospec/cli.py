@@ -287,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run llama.cpp from the same pin, built on demand: plain decoding and "
                         "llama-speculative-simple over a grid (with -md: draft-simple n_max/p_min; without: "
                         "the draftless types ngram-simple, ngram-map-k, ngram-mod, ngram-cache)")
-    b.add_argument("--cache-dir", default="benchmarks/.cache",
-                   help="where the peer is built and padded models are kept (benchmarks/.cache)")
+    b.add_argument("--cache-dir", help="where the peer is built and padded models are kept (default: "
+                   "$HETEROSPEC_CACHE_DIR/bench, else ~/.cache/heterospec/bench)")
     b.add_argument("--plot", help="write the speedup chart (PNG) here (default: beside --json)")
     b.add_argument("--pad-target", choices=SHAPES, help="benchmark the target padded to this shape "
                    "(same function, a big model's cost; made once, for llama and qwen35 models)")

@@ -57,8 +57,10 @@ class PeerError(RuntimeError):
 
 
 def _fetch_script() -> Optional[Path]:
-    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
-        script = root / "third_party" / "fetch_llama_cpp.py"
+    # the wheel ships the script and the pin (CMakeLists.txt); a checkout has them in third_party/
+    here = Path(__file__).resolve().parent
+    for folder in (here / "_llama_cpp", here.parent / "third_party", Path.cwd() / "third_party"):
+        script = folder / "fetch_llama_cpp.py"
         if script.exists():
             return script
     return None
@@ -78,7 +80,7 @@ def peer_binary(cache: Path, jobs: int = 2, log=sys.stderr) -> Path:
     else:
         script = _fetch_script()
         if script is None:
-            raise PeerError("cannot find third_party/fetch_llama_cpp.py (run from the repository) "
+            raise PeerError("cannot find fetch_llama_cpp.py (the package ships it; reinstall) "
                             "or set HETEROSPEC_LLAMA_CPP_DIR to a llama.cpp checkout")
         src = cache / "llama.cpp-full"
         r = subprocess.run([sys.executable, str(script), "--dest", str(src), "--extra", "common/", "examples/",

@@ -188,7 +188,7 @@ def fetch(dest: Path, extra: tuple[str, ...] = (), patched: bool = True) -> Path
     if is_fresh(dest, pin, members, patched):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    downloads = HERE / "downloads"
+    downloads = dest.parent / "downloads"   # beside the unpacked tree (third_party/ for the build)
     sdist = download_sdist(pin, downloads)
     print(f"fetch_llama_cpp: unpacking llama.cpp from {sdist.name} into {dest}", file=sys.stderr)
     unpack(sdist, pin, dest, members, patched)
