@@ -129,7 +129,8 @@ NB_MODULE(_core, m) {
         .def_rw("stop", &GenerateParams::stop)
         .def_rw("ignore_eos", &GenerateParams::ignore_eos)
         .def_rw("cache_prompt", &GenerateParams::cache_prompt)
-        .def_rw("logprobs", &GenerateParams::logprobs);
+        .def_rw("logprobs", &GenerateParams::logprobs)
+        .def_rw("sparse_prefill", &GenerateParams::sparse_prefill);
 
     nb::class_<Stats>(m, "Stats")
         .def_ro("prompt_tokens", &Stats::prompt_tokens)
@@ -216,11 +217,11 @@ NB_MODULE(_core, m) {
         .def("result", &Engine::result)
         .def("check", &Engine::check, "prompt"_a, "params"_a)
         .def("score", [](Engine & e, const std::vector<int32_t> & prompt, const std::vector<int32_t> & continuation,
-                         bool cache_prompt) {
+                         bool cache_prompt, const std::string & sparse_prefill) {
             std::pair<std::vector<float>, Stats> r;
             {
                 nb::gil_scoped_release release;
-                r = e.score(prompt, continuation, cache_prompt);
+                r = e.score(prompt, continuation, cache_prompt, sparse_prefill);
             }
             const size_t n = r.first.size();
             float * data = new float[n];
@@ -228,7 +229,7 @@ NB_MODULE(_core, m) {
             nb::capsule owner(data, [](void * p) noexcept { delete[] static_cast<float *>(p); });
             const size_t shape[2] = {continuation.size(), size_t(e.n_vocab())};
             return nb::make_tuple(nb::ndarray<nb::numpy, float, nb::ndim<2>>(data, 2, shape, owner), r.second);
-        }, "prompt"_a, "continuation"_a, "cache_prompt"_a = false)
+        }, "prompt"_a, "continuation"_a, "cache_prompt"_a = false, "sparse_prefill"_a = "")
         .def("logprobs_since", [](const Engine & e, size_t from) {
             std::vector<std::tuple<int32_t, float, std::vector<std::pair<int32_t, float>>>> out;
             for (const auto & l : e.logprobs_since(from)) out.emplace_back(l.token, l.logprob, l.top);

@@ -628,7 +628,8 @@ class Engine:
     def _params(self, max_tokens=None, temperature=None, top_k=None, top_p=None, min_p=None,
                 repeat_penalty=None, repeat_last_n=None, seed=None, stop=None, ignore_eos=None,
                 mode=None, drafter=None, depth=None, branching=None, width=None, budget=None, n_max=None, p_min=None,
-                trace=None, policy=None, force_policy=False, cost_aware=None, cache_prompt=None, logprobs=None):
+                trace=None, policy=None, force_policy=False, cost_aware=None, cache_prompt=None, logprobs=None,
+                sparse_prefill=None):
         p = _core.GenerateParams()
         if policy is not None:
             from .policy import check_pair, load_policy
@@ -671,8 +672,10 @@ class Engine:
         elif logprobs is False:
             logprobs = None
         _check_int("logprobs", logprobs, 0, 20)
+        if sparse_prefill is not None:
+            _check_text("sparse_prefill", sparse_prefill)   # its values are checked natively
         _set(p, max_tokens=max_tokens, stop=list(stop) if stop is not None else None, ignore_eos=ignore_eos,
-             cache_prompt=cache_prompt, logprobs=logprobs)
+             cache_prompt=cache_prompt, logprobs=logprobs, sparse_prefill=sparse_prefill)
         _set(p.sampling, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
              repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
         return p
@@ -686,7 +689,7 @@ class Engine:
                  budget: Optional[int] = None, n_max: Optional[int] = None, p_min: Optional[float] = None,
                  trace: Optional[bool] = None, policy=None, force_policy: bool = False,
                  cost_aware: Optional[bool] = None, cache_prompt: Optional[bool] = None,
-                 logprobs: Union[int, bool, None] = None,
+                 logprobs: Union[int, bool, None] = None, sparse_prefill: Optional[str] = None,
                  queue_timeout: Optional[float] = None) -> GenerationResult:
         """Generates a continuation of `prompt` (text, or token ids).
 
@@ -712,7 +715,8 @@ class Engine:
         cache_prompt=True (the default) keeps the KV of the longest prefix this prompt shares with
         the previous call's text and processes only the rest (`stats.cached_tokens`); the output
         is the same either way. logprobs=N (0..20) reports each token's log-probability and the N
-        likeliest alternatives in `result.logprobs`. queue_timeout: seconds to wait while another
+        likeliest alternatives in `result.logprobs`. sparse_prefill="off" or "sample" switches the
+        engine's sparse prefill for this call (with its sparse options). queue_timeout: seconds to wait while another
         generation owns the engine (None: no limit), then EngineBusy.
         """
         with self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -720,7 +724,8 @@ class Engine:
                          stop=stop, ignore_eos=ignore_eos, mode=mode, drafter=drafter, depth=depth,
                          branching=branching, width=width, budget=budget, n_max=n_max, p_min=p_min, trace=trace,
                          policy=policy, force_policy=force_policy, cost_aware=cost_aware,
-                         cache_prompt=cache_prompt, logprobs=logprobs, queue_timeout=queue_timeout) as s:
+                         cache_prompt=cache_prompt, logprobs=logprobs, sparse_prefill=sparse_prefill,
+                         queue_timeout=queue_timeout) as s:
             for _ in s:   # a step at a time, so that Ctrl-C and cancel() stop it between steps
                 pass
         return s.result
@@ -758,16 +763,21 @@ class Engine:
         self._queue.wake()
 
     def score(self, prompt: Prompt, continuation: Sequence[int], *, cache_prompt: bool = False,
-              queue_timeout: Optional[float] = None):
+              sparse_prefill: Optional[str] = None, queue_timeout: Optional[float] = None):
         """Teacher-forced scoring: processes `prompt` as plain decoding would (with the engine's
         sparse prefill; with `cache_prompt`, keeping the prefix the cache holds from an earlier
         call), then feeds `continuation` token by token.
         Returns (log-probabilities, a numpy array of len(continuation) x n_vocab, row i before
-        continuation[i]; Stats of the prompt: prompt_ms, sparse_kept_fraction)."""
+        continuation[i]; Stats of the prompt: prompt_ms, sparse_kept_fraction). sparse_prefill:
+        "off" or "sample" for this call, as in generate()."""
+        _check_flag("cache_prompt", cache_prompt)
+        if sparse_prefill is not None:
+            _check_text("sparse_prefill", sparse_prefill)
         tokens = self._prompt_tokens(prompt)
         ticket = self._queue.acquire(queue_timeout)
         try:
-            rows, stats = self._engine.score(tokens, [int(t) for t in continuation], bool(cache_prompt))
+            rows, stats = self._engine.score(tokens, [int(t) for t in continuation], bool(cache_prompt),
+                                             sparse_prefill or "")
         finally:
             self._queue.release(ticket)
         return rows, Stats(stats)

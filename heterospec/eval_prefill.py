@@ -85,29 +85,38 @@ def needle_prompt(engine: Engine, text: str, n_tokens: int, depth: float, code: 
     return body[:at] + needle + body[at:] + probe
 
 
-def ttft(engine: Engine, ids: list[int]) -> tuple[float, float]:
+# One engine runs both: sparse prefill is switched per call, so that the two never share the
+# machine at once nor differ in anything but the prefill (two engines slowed each other).
+PREFILL = {"dense": "off", "sparse": "sample"}
+
+
+def ttft(engine: Engine, ids: list[int], name: str) -> tuple[float, float]:
     """Time to the first token (ms, the prompt's processing and the first token) and the share of
-    columns kept."""
-    r = engine.generate(ids, max_tokens=1, temperature=0, mode="ar", cache_prompt=False)
+    columns kept, with `name`'s prefill ("dense" or "sparse")."""
+    r = engine.generate(ids, max_tokens=1, temperature=0, mode="ar", cache_prompt=False,
+                        sparse_prefill=PREFILL[name])
     return r.stats.prompt_ms, r.stats.sparse_kept_fraction
 
 
-def measure_document(dense: Engine, sparse: Engine, ids: list[int], n_predict: int, sparse_first: bool) -> dict:
-    """One document through both engines, in the order asked: TTFT and the greedy continuation of
+def measure_document(engine: Engine, ids: list[int], n_predict: int, sparse_first: bool) -> dict:
+    """One document with each prefill, in the order asked: TTFT and the greedy continuation of
     each (from a cold cache), and the log-probabilities of dense's continuation under each (scored
-    on the prompt's KV those runs left, so that only the continuation runs again)."""
-    engines = {"dense": dense, "sparse": sparse}
-    runs = {}
+    right after each run, on the prompt's KV it left, so that only the continuation runs again)."""
+    runs, rows = {}, {}
     for name in (("sparse", "dense") if sparse_first else ("dense", "sparse")):
-        runs[name] = engines[name].generate(ids, max_tokens=n_predict, temperature=0, mode="ar", cache_prompt=False)
-    ref = runs["dense"].tokens
-    rows = {name: e.score(ids, ref, cache_prompt=True)[0] for name, e in engines.items()}
+        runs[name] = engine.generate(ids, max_tokens=n_predict, temperature=0, mode="ar", cache_prompt=False,
+                                     sparse_prefill=PREFILL[name])
+        if name == "dense":   # the reference continuation, scored on the KV this run left
+            ref = runs["dense"].tokens
+            rows["dense"] = engine.score(ids, ref, cache_prompt=True, sparse_prefill="off")[0]
+    # the reference under sparse prefill: on sparse's KV when it ran last, else over a new one
+    rows["sparse"] = engine.score(ids, ref, cache_prompt=not sparse_first, sparse_prefill="sample")[0]
     return {"ttft": {name: r.stats.prompt_ms for name, r in runs.items()},
             "kept": runs["sparse"].stats.sparse_kept_fraction,
             "tokens": {name: r.tokens for name, r in runs.items()}, "rows": rows}
 
 
-def evaluate_length(dense: Engine, sparse: Engine, docs: list[list[int]], args, floor: Optional[Engine] = None) -> dict:
+def evaluate_length(engine: Engine, docs: list[list[int]], args, floor: Optional[Engine] = None) -> dict:
     """TTFT (paired per document, the order alternating so that drift hits both alike; `repeats`
     - 1 more pairs each), kept share, KL and top-1 over every document's continuation, identical
     greedy continuation; with `floor`, the same KL and top-1 for a dense run that differs from
@@ -116,7 +125,7 @@ def evaluate_length(dense: Engine, sparse: Engine, docs: list[list[int]], args, 
     times = {"dense": [], "sparse": []}
     kept, kls, agree, same, counts, floor_kl, floor_agree = [], [], [], [], [], [], []
     for i, ids in enumerate(docs):
-        m = measure_document(dense, sparse, ids, args.n_predict, sparse_first=i % 2 == 1)
+        m = measure_document(engine, ids, args.n_predict, sparse_first=i % 2 == 1)
         for name in times:
             times[name].append(m["ttft"][name])
         kept.append(m["kept"])
@@ -134,7 +143,7 @@ def evaluate_length(dense: Engine, sparse: Engine, docs: list[list[int]], args, 
                   flush=True)
         for r in range(args.repeats - 1):
             for name in (("sparse", "dense") if (i + r) % 2 == 0 else ("dense", "sparse")):
-                times[name].append(ttft({"dense": dense, "sparse": sparse}[name], ids)[0])
+                times[name].append(ttft(engine, ids, name)[0])
         print(f"  length {n} document {i}: TTFT dense {m['ttft']['dense']:.0f} ms, sparse {m['ttft']['sparse']:.0f} ms; "
               f"KL {kl:.4f}, top-1 {top1:.3f}, identical greedy {same[-1]}/{positions}", flush=True)
     total = sum(counts)
@@ -165,27 +174,27 @@ def run(args) -> int:
                                                   "sparse_k_max", "sparse_min_ctx", "sparse_dense_tail")
                    if getattr(args, k) is not None}
     lengths = sorted(args.lengths)
-    dense = Engine(args.model, **common)
-    sparse = Engine(args.model, sparse_prefill="sample", **common, **sparse_opts)
+    engine = Engine(args.model, **common, **sparse_opts)   # sparse prefill switched per call
     # the floor: dense again with half the ubatch, a change that moves only llama.cpp's rounding
     floor = Engine(args.model, **{**common, "n_batch": max(1, (args.n_batch or 512) // 2)}) if args.floor else None
-    if max(lengths) + args.n_predict > dense.n_ctx:
-        raise ValueError(f"length {max(lengths)} + {args.n_predict} does not fit the context ({dense.n_ctx}); raise -c")
+    if max(lengths) + args.n_predict > engine.n_ctx:
+        raise ValueError(f"length {max(lengths)} + {args.n_predict} does not fit the context ({engine.n_ctx}); raise -c")
     text = source_text(max(lengths) * 6 * args.documents)
     out = {"command": " ".join(sys.argv), "model": str(args.model), "lengths": lengths, "sparse": sparse_opts,
            "n_predict": args.n_predict, "rows": [], "needle": []}
 
     for n in lengths:
-        out["rows"].append(evaluate_length(dense, sparse, documents(dense, text, n, args.documents), args, floor))
+        out["rows"].append(evaluate_length(engine, documents(engine, text, n, args.documents), args, floor))
 
     rng = random.Random(0)
     for n in args.needle_lengths or lengths:
         for depth in args.needle_depths:
             code = f"{rng.randrange(10**5, 10**6)}"
-            ids = needle_prompt(dense, text, n, depth, code)
+            ids = needle_prompt(engine, text, n, depth, code)
             got = {}
-            for name, engine in (("dense", dense), ("sparse", sparse)):
-                r = engine.generate(ids, max_tokens=16, temperature=0, mode="ar", cache_prompt=False)
+            for name in ("dense", "sparse"):
+                r = engine.generate(ids, max_tokens=16, temperature=0, mode="ar", cache_prompt=False,
+                                    sparse_prefill=PREFILL[name])
                 got[name] = code in r.text
             out["needle"].append({"length": n, "depth": depth, **got})
             print(f"needle length {n} depth {depth:.2f}: dense {'pass' if got['dense'] else 'fail'}, "
@@ -197,7 +206,7 @@ def run(args) -> int:
               f"sparse {out['needle_pass_sparse']}/{len(out['needle'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    for engine in (dense, sparse, floor):
-        if engine is not None:
-            engine.close()
+    for e in (engine, floor):
+        if e is not None:
+            e.close()
     return 0

@@ -82,6 +82,7 @@ def capi(library):
         "hs_n_ctx": (C.c_uint32, [C.c_void_p]),
         "hs_drafters": (C.c_char_p, [C.c_void_p]),
         "hs_build_info": (C.c_char_p, []),
+        "hs_n_vocab": (C.c_int32, [C.c_void_p]),
     }
     for name, (res, args) in more.items():
         fn = getattr(lib, name)
@@ -296,3 +297,82 @@ def test_bad_input_is_an_error_code_with_a_message(capi, tiny, tmp_path):
     finally:
         lib.hs_engine_free(e)
     lib.hs_engine_free(None)
+
+
+def test_null_handles_are_errors_not_crashes(capi):
+    lib, mod = capi
+    n = C.c_size_t()
+    buf = (C.c_int32 * 8)()
+    assert lib.hs_tokenize(None, b"hi", -1, True, False, buf, 8, C.byref(n)) == 1
+    assert b"NULL" in lib.hs_last_error()
+    gp = lib.hs_generate_default_params()
+    r = C.c_void_p()
+    assert lib.hs_generate(None, b"hi", C.byref(gp), mod.TOKEN_CALLBACK(), None, C.byref(r)) == 1 and not r.value
+    assert lib.hs_generate_tokens(None, buf, 1, C.byref(gp), mod.TOKEN_CALLBACK(), None, C.byref(r)) == 1
+    assert lib.hs_can_speculate(None) is False and lib.hs_n_ctx(None) == 0 and lib.hs_drafters(None) == b""
+    lib.hs_cancel(None)
+    lib.hs_result_free(None)
+    assert lib.hs_result_text(None, None) == b""
+
+
+def _generate_in_thread(capi, e, started, results, max_tokens=4000):
+    """hs_generate in a thread: a callback that signals the first token and slows each one down."""
+    import threading
+    import time
+
+    lib, mod = capi
+
+    def run():
+        gp = lib.hs_generate_default_params()
+        gp.max_tokens = max_tokens
+        gp.ignore_eos = True
+        gp.sampling.temperature = 0.0
+
+        @mod.TOKEN_CALLBACK
+        def on_token(token, piece, n, user):
+            started.set()
+            time.sleep(0.002)
+            return True
+
+        r = C.c_void_p()
+        status = lib.hs_generate(e, PROMPT.encode(), C.byref(gp), on_token, None, C.byref(r))
+        n = C.c_size_t()
+        lib.hs_result_tokens(r, C.byref(n))
+        results.append((status, lib.hs_result_finish_reason(r).decode() if r.value else None, n.value))
+        lib.hs_result_free(r)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_free_while_generating_cancels_and_waits(capi, tiny):
+    import threading
+    lib, _ = capi
+    _, e = _engine(capi, tiny.target, n_ctx=512)
+    started, results = threading.Event(), []
+    t = _generate_in_thread(capi, e, started, results, max_tokens=400)
+    assert started.wait(60)
+    lib.hs_engine_free(e)          # returns once the generation has ended
+    t.join(60)
+    assert results and results[0][0] == 0 and results[0][1] == "cancelled" and results[0][2] < 400
+
+
+def test_two_threads_on_one_engine_queue(capi, tiny):
+    import threading
+    lib, _ = capi
+    _, e = _engine(capi, tiny.target, n_ctx=512)
+    try:
+        started, results = threading.Event(), []
+        threads = [_generate_in_thread(capi, e, started, results, max_tokens=40) for _ in range(2)]
+        for t in threads:
+            t.join(120)
+        assert [r[:2] for r in results] == [(0, "length"), (0, "length")] and all(r[2] == 40 for r in results)
+        started.clear()
+        t = _generate_in_thread(capi, e, started, results, max_tokens=400)   # hs_cancel from another thread
+        assert started.wait(60)
+        lib.hs_cancel(e)
+        t.join(60)
+        assert results[-1][:2] == (0, "cancelled")
+    finally:
+        lib.hs_engine_free(e)

@@ -132,6 +132,35 @@ def test_scoring_on_the_cached_prompt_equals_scoring_cold(gqa):
 
 
 @needs_patch
+def test_sparse_prefill_switches_per_call_as_a_dedicated_engine_would(gqa):
+    # eval-prefill runs dense and sparse on one engine: each call must equal that engine's twin
+    opts = {**SPARSE, "sparse_alpha": 0.9, "sparse_k_max": 0.2}
+    off = {k: v for k, v in opts.items() if k != "sparse_prefill"}
+    with Engine(gqa[0], **COMMON, **opts) as sparse, Engine(gqa[0], **COMMON) as dense, \
+            Engine(gqa[0], **COMMON, **off) as switched:
+        ids = long_prompt(dense)
+        want = {"sample": sparse.generate(ids, max_tokens=12, temperature=0, mode="ar"),
+                "off": dense.generate(ids, max_tokens=12, temperature=0, mode="ar")}
+        assert want["sample"].stats.sparse_columns > 0 and want["off"].stats.sparse_columns == 0
+        for mode in ("sample", "off", "sample"):   # and back: nothing of one call stays for the next
+            got = switched.generate(ids, max_tokens=12, temperature=0, mode="ar", cache_prompt=False,
+                                    sparse_prefill=mode)
+            assert got.tokens == want[mode].tokens, mode
+            assert got.stats.sparse_kept_fraction == want[mode].stats.sparse_kept_fraction, mode
+            assert got.stats.sparse_columns == want[mode].stats.sparse_columns, mode
+        rows, st = switched.score(ids, want["off"].tokens, sparse_prefill="sample")
+        assert np.array_equal(rows, sparse.score(ids, want["off"].tokens)[0]) and st.sparse_columns > 0
+        plain = sparse.generate(ids, max_tokens=12, temperature=0, mode="ar", cache_prompt=False, sparse_prefill="off")
+        assert plain.tokens == want["off"].tokens and plain.stats.sparse_columns == 0
+        with pytest.raises(ValueError, match="sparse_prefill"):
+            switched.generate(ids, max_tokens=2, sparse_prefill="dense")
+        with pytest.raises(TypeError):
+            switched.generate(ids, max_tokens=2, sparse_prefill=1)
+    with Engine(gqa[0], **{**COMMON, "flash_attn": "off"}) as no_fa, pytest.raises(ValueError, match="flash"):
+        no_fa.generate(ids, max_tokens=2, sparse_prefill="sample")
+
+
+@needs_patch
 def test_selection_keeps_the_window_and_the_columns_that_carry_the_mass(gqa):
     ids, cont, rows_d = dense_reference(gqa[0], 16)
     kl, kept = {}, {}

@@ -141,6 +141,7 @@ GenerateParams generate_params(const hs_generate_params & p) {
     g.ignore_eos = p.ignore_eos;
     g.cache_prompt = p.cache_prompt;
     g.logprobs = p.logprobs;
+    g.sparse_prefill = text_or(p.sparse_prefill, "");
     validate(g);
     return g;
 }

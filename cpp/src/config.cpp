@@ -66,6 +66,8 @@ void validate(const GenerateParams & p) {
     if (t.n_max < 0 || t.n_max > 64) bad("chain n_max must be in 0..64");
     if (!(t.p_min >= 0.0f && t.p_min <= 1.0f)) bad("chain p_min must be in [0, 1]");
     if (p.logprobs < -1 || p.logprobs > 20) bad("top_logprobs must be in 0..20");
+    if (!p.sparse_prefill.empty() && p.sparse_prefill != "off" && p.sparse_prefill != "sample")
+        bad("sparse_prefill must be 'off' or 'sample', not '" + p.sparse_prefill + "'");
     for (const auto & stop : p.stop)
         if (stop.empty()) bad("stop strings must not be empty");
 }

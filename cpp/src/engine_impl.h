@@ -40,6 +40,7 @@ struct Generation {
     bool done = true;
     std::string finish_reason;
     Stats stats;
+    SparsePrefillOptions sparse;     // this call's sparse prefill (the engine's, or the call's switch)
     std::vector<StepTrace> trace;
     std::vector<TokenLogprob> logprobs;
     const float * logits = nullptr;  // the target's logits the next accepted token was drawn from
@@ -102,6 +103,7 @@ struct Engine::Impl {
     // --- Prompt processing and the prompt cache (prompt.cpp)
     void decode_target(const int32_t * tokens, size_t n);   // runs tokens at n_past..
     size_t sparse_end(size_t n) const;                      // where sparse prefill ends
+    SparsePrefillOptions sparse_for(const std::string & mode) const;   // a call's, checked
     void process_prompt(const std::vector<int32_t> & prompt, bool reuse);
     size_t reusable(const std::vector<int32_t> & tokens) const;   // what the cache can keep
     void forget_caches();                                   // after a failure: start cold

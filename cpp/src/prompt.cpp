@@ -21,8 +21,19 @@ void Engine::Impl::decode_target(const int32_t * tokens, size_t n) {
 // its last token, run dense (the same cut in every mode, so that all see the same prompt); 0
 // when sparse prefill is off or the prompt is all tail.
 size_t Engine::Impl::sparse_end(size_t n) const {
-    const SparsePrefillOptions & sp = opts.sparse_prefill;
+    const SparsePrefillOptions & sp = gen.sparse;
     return sp.on() && n > size_t(sp.dense_tail) ? std::min(n - size_t(sp.dense_tail), n - 1) : 0;
+}
+
+// The sparse prefill a call asks for ("off", "sample" or "": the engine's), with the engine's
+// sparse options; throws where this engine cannot run it.
+SparsePrefillOptions Engine::Impl::sparse_for(const std::string & mode) const {
+    SparsePrefillOptions sp = opts.sparse_prefill;
+    if (!mode.empty()) sp.mode = mode;
+    if (sp.on() && opts.flash_attn == "off")
+        throw std::invalid_argument("sparse_prefill needs flash attention: this engine was made with flash_attn='off'");
+    check_sparse_prefill(sp);
+    return sp;
 }
 
 // Processes the prompt. Speculative modes run all but its last token, the first step's
@@ -39,7 +50,7 @@ void Engine::Impl::process_prompt(const std::vector<int32_t> & prompt, bool reus
         const size_t cached = reuse ? reusable(prefix) : 0;
         if (cut > cached) {   // the sparse part, then the dense tail on top of it
             {
-                SparsePrefillScope sparse(target_ctx.get(), opts.sparse_prefill);
+                SparsePrefillScope sparse(target_ctx.get(), g.sparse);
                 g.stats.cached_tokens = int32_t(verifier->begin({prefix.begin(), prefix.begin() + cut}, reuse));
                 g.stats.sparse_kept_fraction = sparse.kept_fraction(&g.stats.sparse_columns);
             }
@@ -48,7 +59,7 @@ void Engine::Impl::process_prompt(const std::vector<int32_t> & prompt, bool reus
             g.stats.cached_tokens = int32_t(verifier->begin(prefix, reuse));
         }
         {
-            SparsePrefillScope sparse(drafter->context(), opts.sparse_prefill);
+            SparsePrefillScope sparse(drafter->context(), g.sparse);
             drafter->begin(prefix, reuse);
         }
         g.n_past = llama_pos(prefix.size());
@@ -59,12 +70,12 @@ void Engine::Impl::process_prompt(const std::vector<int32_t> & prompt, bool reus
     g.n_past = keep_prefix(target_ctx.get(), llama_pos(common));
     target_cached.keep(size_t(g.n_past));
     g.stats.cached_tokens = int32_t(g.n_past);
-    if (!opts.sparse_prefill.on()) {
+    if (!g.sparse.on()) {
         decode_target(prompt.data() + g.n_past, prompt.size() - size_t(g.n_past));
         return;
     }
     if (cut > size_t(g.n_past)) {
-        SparsePrefillScope sparse(target_ctx.get(), opts.sparse_prefill);
+        SparsePrefillScope sparse(target_ctx.get(), g.sparse);
         decode_target(prompt.data() + g.n_past, cut - size_t(g.n_past));
         g.stats.sparse_kept_fraction = sparse.kept_fraction(&g.stats.sparse_columns);
     }
@@ -88,10 +99,11 @@ void Engine::Impl::forget_caches() {
 
 std::pair<std::vector<float>, Stats> Engine::score(const std::vector<int32_t> & prompt,
                                                    const std::vector<int32_t> & continuation,
-                                                   bool cache_prompt) {
+                                                   bool cache_prompt, const std::string & sparse_prefill) {
     Impl & m = *impl_;
     GenerateParams params;
     params.spec.mode = "ar";
+    params.sparse_prefill = sparse_prefill;
     check(prompt, params);
     for (int32_t t : continuation)
         if (t < 0 || t >= m.n_vocab) throw std::invalid_argument("continuation token id " + std::to_string(t) + " is outside the vocabulary");
@@ -103,6 +115,7 @@ std::pair<std::vector<float>, Stats> Engine::score(const std::vector<int32_t> & 
     g = Generation();
     g.params = params;
     g.mode = Mode::ar;
+    g.sparse = m.sparse_for(params.sparse_prefill);
     std::vector<float> rows;
     rows.reserve(continuation.size() * size_t(m.n_vocab));
     try {

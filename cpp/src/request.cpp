@@ -32,6 +32,7 @@ void Engine::check(const std::vector<int32_t> & prompt, const GenerateParams & p
                                     std::to_string(m.opts.max_nodes) + ")");
     if (mode == Mode::chain && sp.n_max > m.opts.max_nodes)
         throw std::invalid_argument("chain n_max must be at most max_nodes (" + std::to_string(m.opts.max_nodes) + ")");
+    m.sparse_for(params.sparse_prefill);
 }
 
 void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & params) {
@@ -48,6 +49,7 @@ void Engine::start(const std::vector<int32_t> & prompt, const GenerateParams & p
     g = Generation();
     g.params = params;
     g.mode = mode;
+    g.sparse = m.sparse_for(params.sparse_prefill);
     g.params.spec.mode = g.stats.mode = mode_name(mode);
     m.drafter = spec ? spec->drafter.get() : nullptr;
     if (m.verifier) m.verifier->set_listener(m.drafter && m.drafter->wants_target_hidden() ? m.drafter : nullptr);

@@ -44,7 +44,7 @@ class SpecParams(C.Structure):
 class GenerateParams(C.Structure):
     _fields_ = [("sampling", SamplingParams), ("spec", SpecParams), ("max_tokens", C.c_int32),
                 ("stop", C.POINTER(C.c_char_p)), ("n_stop", C.c_size_t), ("ignore_eos", C.c_bool),
-                ("cache_prompt", C.c_bool), ("logprobs", C.c_int32)]
+                ("cache_prompt", C.c_bool), ("logprobs", C.c_int32), ("sparse_prefill", C.c_char_p)]
 
 
 class Stats(C.Structure):

@@ -96,6 +96,8 @@ struct GenerateParams {
     bool cache_prompt = true;       // reuse the KV of the longest prefix shared with the previous call
     int32_t logprobs = -1;          // >= 0: report each token's log-probability and this many
                                     // alternatives (OpenAI's top_logprobs, at most 20); -1: none
+    std::string sparse_prefill;     // this call's sparse prefill: "off", "sample" (with the engine's
+                                    // sparse options), or empty: the engine's setting
 };
 
 // Throws std::invalid_argument with a message naming the bad value.

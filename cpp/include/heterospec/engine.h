@@ -113,7 +113,7 @@ public:
     // (continuation.size() x n_vocab), and the stats of the prompt.
     std::pair<std::vector<float>, Stats> score(const std::vector<int32_t> & prompt,
                                                const std::vector<int32_t> & continuation,
-                                               bool cache_prompt = false);
+                                               bool cache_prompt = false, const std::string & sparse_prefill = "");
 
     // Forgets the text of earlier requests that n-gram drafting draws on (benchmarks start each
     // pass over their prompts from an empty memory, so that no mode copies another's output).

@@ -197,6 +197,7 @@ typedef struct hs_generate_params {
     bool ignore_eos;
     bool cache_prompt;              /* reuse the KV of the prefix shared with the previous call */
     int32_t logprobs;               /* >= 0: log-probabilities with this many alternatives (<= 20); -1: none */
+    const char * sparse_prefill;    /* this call's sparse prefill: "off", "sample"; NULL: the engine's */
 } hs_generate_params;
 
 HS_API hs_generate_params hs_generate_default_params(void);
