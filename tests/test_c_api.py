@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes as C
 import importlib.util
+import math
 import os
 import re
 import shutil
@@ -376,3 +377,194 @@ def test_two_threads_on_one_engine_queue(capi, tiny):
         assert results[-1][:2] == (0, "cancelled")
     finally:
         lib.hs_engine_free(e)
+
+
+# -- review of the C API (issue #21's contract: no exception, abort, crash or hang crosses it) ----
+
+
+def test_the_ctypes_structs_match_the_header_field_for_field(capi, prefix, tmp_path):
+    """The mirror in examples/python-ctypes (which these tests and FFI bindings rely on) has the
+    header's layout: every field's offset and size, and every struct's size, as a C compiler sees them."""
+    _, mod = capi
+    structs = {"hs_model_params": mod.ModelParams, "hs_sparse_prefill_params": mod.SparsePrefillParams,
+               "hs_engine_params": mod.EngineParams, "hs_sampling_params": mod.SamplingParams,
+               "hs_spec_params": mod.SpecParams, "hs_generate_params": mod.GenerateParams, "hs_stats": mod.Stats}
+    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <heterospec/heterospec.h>", "int main(void) {"]
+    want = []
+    for name, py in structs.items():
+        lines.append(f'printf("%zu\\n", sizeof({name}));')
+        want.append(f"{name} {C.sizeof(py)}")
+        for field, *_ in py._fields_:
+            lines.append(f'printf("%zu %zu\\n", offsetof({name}, {field}), sizeof((({name} *) 0)->{field}));')
+            want.append(f"{name}.{field} {getattr(py, field).offset} {getattr(py, field).size}")
+    lines.append("return 0; }")
+    src, exe = tmp_path / "layout.c", tmp_path / "layout"
+    src.write_text("\n".join(lines))
+    _run("cc", "-std=c99", "-I", prefix / "include", src, "-o", exe)
+    got = _run(exe).stdout.decode().split("\n")
+    assert [f"{w.split()[0]} {g}" for w, g in zip(want, got)] == want
+
+
+@pytest.mark.parametrize("field, value, word", [
+    ("n_threads", 10**6, b"n_threads"),              # ggml's pool holds 512 threads; beyond, it aborts
+    ("n_threads_batch", 10**6, b"n_threads_batch"),
+    ("n_batch", 2**31, b"n_batch"),                   # uint32 fields: llama.cpp wraps them to int32
+    ("n_ctx", 2**32 - 1, b"n_ctx"),
+    ("target.n_gpu_layers", -2, b"n_gpu_layers"),
+])
+def test_engine_options_python_refuses_are_refused_natively(capi, tiny, field, value, word):
+    """What the Python Engine refuses before the binding (_check_int, _max_threads), the C++
+    validate() refuses too: the C API has nothing else in front of llama.cpp."""
+    lib, _ = capi
+    p = lib.hs_engine_default_params()
+    path = str(tiny.target).encode()
+    p.target.path, p.n_threads = path, 1
+    *parents, last = field.split(".")
+    obj = p
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+    e = C.c_void_p()
+    status = lib.hs_engine_create(C.byref(p), C.byref(e))
+    if status == 0:
+        lib.hs_engine_free(e)
+    assert status == 1 and not e.value and word in lib.hs_last_error(), lib.hs_last_error()
+
+
+def test_policy_gamma_is_checked_without_thresholds(capi, tiny):
+    """hs_spec_params.policy_gamma can be set without thresholds (Python sets it only with a policy):
+    it is validated all the same."""
+    lib, _ = capi
+    _, e = _engine(capi, tiny.target, tiny.draft)
+    try:
+        for gamma in ((0.0, 0.5, 1.0), (math.nan, 0.5, 1.0), (0.3, 0.6, 1e9)):
+            status, *_ = _generate(capi, e, PROMPT, **{"spec.mode": b"heterospec", "spec.cost_aware": False,
+                                                      "spec.policy_gamma": (C.c_float * 3)(*gamma)})
+            assert status == 1 and b"gamma" in lib.hs_last_error(), gamma
+        status, *_ = _generate(capi, e, PROMPT, **{"spec.mode": b"heterospec", "spec.cost_aware": False})
+        assert status == 0
+    finally:
+        lib.hs_engine_free(e)
+
+
+# Scenarios that crashed or hung the process before they were fixed run in a child process, so
+# that a regression fails the test instead of the suite.
+_CHILD = r"""
+import ctypes as C, importlib.util, sys, threading, time
+spec = importlib.util.spec_from_file_location("hs_ctypes", sys.argv[1])
+mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+lib = mod.load(sys.argv[2]); TARGET = sys.argv[3].encode()
+sig = {
+    "hs_tokenize": (C.c_int, [C.c_void_p, C.c_char_p, C.c_int64, C.c_bool, C.c_bool, C.POINTER(C.c_int32),
+                              C.c_size_t, C.POINTER(C.c_size_t)]),
+    "hs_generate_tokens": (C.c_int, [C.c_void_p, C.POINTER(C.c_int32), C.c_size_t, C.POINTER(mod.GenerateParams),
+                                     mod.TOKEN_CALLBACK, C.c_void_p, C.POINTER(C.c_void_p)]),
+    "hs_cost_profile": (C.c_int, [C.c_void_p, C.c_int32, C.c_bool, C.POINTER(C.c_int32), C.POINTER(C.c_double),
+                                  C.c_size_t, C.POINTER(C.c_size_t), C.POINTER(C.c_double)]),
+    "hs_set_cost_profile": (C.c_int, [C.c_void_p, C.POINTER(C.c_int32), C.POINTER(C.c_double), C.c_size_t,
+                                      C.c_double, C.c_bool]),
+}
+for name, (res, args) in sig.items():
+    fn = getattr(lib, name); fn.restype, fn.argtypes = res, args
+p = lib.hs_engine_default_params(); p.target.path = TARGET; p.n_threads = 1; p.n_ctx = 512
+e = C.c_void_p()
+assert lib.hs_engine_create(C.byref(p), C.byref(e)) == 0, lib.hs_last_error()
+
+def generate(max_tokens, on_token):
+    gp = lib.hs_generate_default_params()
+    gp.max_tokens, gp.ignore_eos, gp.sampling.temperature = max_tokens, True, 0.0
+    r = C.c_void_p()
+    status = lib.hs_generate(e, b"hello world", C.byref(gp), mod.TOKEN_CALLBACK(on_token), None, C.byref(r))
+    reason = lib.hs_result_finish_reason(r).decode() if r.value else None
+    lib.hs_result_free(r)
+    return status, reason, lib.hs_last_error().decode()
+"""
+
+
+def _child(capi, library, tiny, body: str, timeout: float = 60) -> str:
+    code = _CHILD + body
+    try:
+        p = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "python-ctypes" / "generate.py"), str(library),
+                            str(tiny.target)], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the child process hung for {timeout} s (a deadlock)")
+    assert p.returncode == 0, f"the child process died ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+    return p.stdout
+
+
+def test_wild_lengths_are_errors_not_reads_past_the_buffer(capi, library, tiny):
+    """A len or count far beyond what the engine takes is refused before anything is copied:
+    hs_tokenize(len = 2**31) copied 2 GiB from a 2-byte string (SIGSEGV)."""
+    out = _child(capi, library, tiny, r"""
+buf = (C.c_int32 * 8)(); n = C.c_size_t()
+print("tokenize", lib.hs_tokenize(e, b"hi", 2**31, True, False, buf, 8, C.byref(n)), lib.hs_last_error().decode())
+gp = lib.hs_generate_default_params(); r = C.c_void_p()
+print("tokens", lib.hs_generate_tokens(e, buf, 2**40, C.byref(gp), mod.TOKEN_CALLBACK(), None, C.byref(r)),
+      lib.hs_last_error().decode())
+lib.hs_engine_free(e)
+""")
+    assert "tokenize 1 len is too long" in out
+    assert "tokens 1 the prompt has 1099511627776 tokens but the context holds 512" in out
+
+
+@pytest.mark.parametrize("inner", ["hs_generate", "hs_cost_profile", "hs_set_cost_profile"])
+def test_a_call_that_needs_the_engine_from_its_own_callback_is_an_error_not_a_deadlock(capi, library, tiny, inner):
+    """The callback runs while its generation owns the engine: a call that would wait for the
+    engine waited for itself (the process hung). It is refused; the generation goes on."""
+    call = {
+        "hs_generate": "generate(2, lambda *a: True)[0]",
+        "hs_cost_profile": "lib.hs_cost_profile(e, 4, False, None, None, 0, C.byref(C.c_size_t()), None)",
+        "hs_set_cost_profile": "lib.hs_set_cost_profile(e, (C.c_int32 * 1)(1), (C.c_double * 1)(1.0), 1, 0.0, False)",
+    }[inner]
+    out = _child(capi, library, tiny, f"""
+inner = []
+def on_token(token, piece, n, user):
+    if not inner:
+        inner.append(({call}, lib.hs_last_error().decode()))
+    return True
+print("outer", generate(8, on_token)[:2], "inner", inner[0])
+print("after", generate(2, lambda *a: True)[:2])
+lib.hs_engine_free(e)
+""", timeout=30)
+    assert "outer (0, 'length') inner (1, \"this thread's generation owns the engine" in out, out
+    assert "after (0, 'length')" in out
+
+
+def test_freeing_the_engine_from_its_own_callback_cancels_and_frees_it_on_return(capi, library, tiny):
+    """hs_engine_free from inside the token callback (it waited for its own generation: a hang)
+    cancels the generation; the engine is freed when hs_generate returns, with its result."""
+    out = _child(capi, library, tiny, r"""
+calls = []
+def on_token(token, piece, n, user):
+    if not calls:
+        lib.hs_engine_free(e)
+        lib.hs_engine_free(e)   # twice, still inside: nothing more
+        buf = (C.c_int32 * 8)(); n = C.c_size_t()
+        calls.append(lib.hs_tokenize(e, b"hi", -1, True, False, buf, 8, C.byref(n)))   # refused, not a crash
+    return True
+print("result", generate(200, on_token)[:2], calls)
+""", timeout=30)
+    assert "result (0, 'cancelled') [3]" in out, out
+
+
+def test_free_refuses_calls_queued_behind_the_generation(capi, library, tiny):
+    """A call waiting for the engine when hs_engine_free begins gets an error at once (it used to
+    wait on the freed engine's mutex, or win it and run a whole generation that free then waited
+    for); the generation in progress is cancelled and free returns."""
+    out = _child(capi, library, tiny, r"""
+started, results = threading.Event(), {}
+def slow(token, piece, n, user):
+    started.set(); time.sleep(0.002); return True
+def run(tag):
+    results[tag] = generate(400, slow)
+a = threading.Thread(target=run, args=("a",)); a.start()
+assert started.wait(30)
+b = threading.Thread(target=run, args=("b",)); b.start()
+time.sleep(0.3)                                   # b waits for the engine
+lib.hs_engine_free(e)
+a.join(30); b.join(30)
+print("a", results["a"][:2]); print("b", results["b"])
+""", timeout=60)
+    assert "a (0, 'cancelled')" in out, out
+    # (on a machine too busy for b to reach the queue in 0.3 s, b is refused on its way in)
+    assert re.search(r"b \(3, None, 'the engine (was|is being) freed \(hs_engine_free\)", out), out

@@ -2,10 +2,14 @@
 // exceptions turned into status codes and a per-thread message, one generation at a time.
 #include "heterospec/heterospec.h"
 
+#include <atomic>
+#include <climits>
+#include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ggml-backend.h"
@@ -29,7 +33,15 @@ struct hs_engine {
         chat_template = engine.chat_template();
     }
     Engine engine;
-    std::mutex generating;          // held by hs_generate from start() to done: one generation at a time
+    // Who uses the engine. A generation (or a profile measurement) owns it from start() to done,
+    // one at a time; the others queue. hs_engine_free waits for every call inside the library.
+    std::mutex mu;                      // guards what follows
+    std::condition_variable cv;         // busy or inside changed, or closing was set
+    bool busy = false;                  // a generation or a profile measurement owns the engine
+    std::thread::id owner;              // the thread it runs on (its token callback's too)
+    int64_t inside = 0;                 // other calls inside the library: queued ones, text calls
+    std::atomic<bool> closing{false};   // hs_engine_free has begun: calls are refused
+    bool free_on_release = false;       // freed from the owner's own callback: the owner frees it
     std::string drafters, description, chat_template;
 };
 
@@ -79,6 +91,69 @@ hs_status guarded(F && f) {
 void require(bool ok, const char * what) {
     if (!ok) throw std::invalid_argument(what);
 }
+
+// A call that reads the engine beside others (tokenize, detokenize, chat templates):
+// hs_engine_free waits for it.
+class Use {
+public:
+    explicit Use(hs_engine * e) : e_(e) {
+        std::lock_guard<std::mutex> lock(e->mu);
+        if (e->closing) throw std::runtime_error("the engine is being freed (hs_engine_free)");
+        ++e->inside;
+    }
+    ~Use() {
+        std::lock_guard<std::mutex> lock(e_->mu);
+        --e_->inside;
+        e_->cv.notify_all();
+    }
+    Use(const Use &) = delete;
+    Use & operator=(const Use &) = delete;
+
+private:
+    hs_engine * e_;
+};
+
+// A generation or a profile measurement: owns the engine once those before it are done. A call
+// from the owner's own token callback would wait for itself: it is refused. A call waiting when
+// hs_engine_free begins is refused. When the owner's callback freed the engine, the owner frees
+// it on its way out.
+class Own {
+public:
+    explicit Own(hs_engine * e) : e_(e) {
+        std::unique_lock<std::mutex> lock(e->mu);
+        if (e->busy && e->owner == std::this_thread::get_id())
+            throw std::invalid_argument("this thread's generation owns the engine: from inside its token callback "
+                                        "only hs_cancel, hs_engine_free, the text functions and the accessors "
+                                        "may be called on it");
+        if (e->closing) throw std::runtime_error("the engine is being freed (hs_engine_free)");
+        ++e->inside;
+        e->cv.wait(lock, [e] { return !e->busy || e->closing; });
+        --e->inside;
+        if (e->closing) {
+            e->cv.notify_all();
+            throw std::runtime_error("the engine was freed (hs_engine_free) while this call waited for it");
+        }
+        e->busy = true;
+        e->owner = std::this_thread::get_id();
+    }
+    ~Own() {
+        bool free_it = false;
+        {
+            std::unique_lock<std::mutex> lock(e_->mu);
+            e_->busy = false;
+            e_->owner = std::thread::id();
+            free_it = e_->free_on_release;
+            e_->cv.notify_all();
+            if (free_it) e_->cv.wait(lock, [this] { return e_->inside == 0; });
+        }
+        if (free_it) delete e_;
+    }
+    Own(const Own &) = delete;
+    Own & operator=(const Own &) = delete;
+
+private:
+    hs_engine * e_;
+};
 
 std::string text_or(const char * s, const char * fallback) { return s ? s : fallback; }
 
@@ -171,11 +246,14 @@ hs_result * make_result(Result && r) {
 }
 
 // Steps a started generation to its end, handing each new token and the text that became final
-// with it to the callback; a callback that returns false cancels.
-void stream(Engine & e, hs_token_callback callback, void * user_data) {
+// with it to the callback; a callback that returns false cancels, and so does hs_engine_free
+// (also when it came between taking the engine and start(), which forgets earlier cancels).
+void stream(hs_engine & h, hs_token_callback callback, void * user_data) {
+    Engine & e = h.engine;
     size_t seen = 0;
     bool stopped = false;
     for (;;) {
+        if (h.closing) e.cancel();
         StepOutput out = e.step();
         if (callback && !stopped) {
             std::vector<int32_t> fresh = e.tokens_since(seen);
@@ -202,36 +280,44 @@ const char * hs_version(void) { return HS_VERSION; }
 const char * hs_last_error(void) { return last_error.c_str(); }
 
 const char * hs_build_info(void) {
-    static const std::string info = [] {
-        std::string s = std::string("heterospec ") + HS_VERSION + "; llama.cpp " + HETEROSPEC_LLAMA_CPP_SOURCE +
-                        "; sparse prefill " + (sparse_prefill_available() ? "yes" : "no") + "; devices:";
-        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-            s += std::string(" ") + ggml_backend_dev_name(dev) + " (" + ggml_backend_dev_description(dev) + ")";
-        }
-        return s + "; " + llama_print_system_info();
-    }();
-    return info.c_str();
+    try {
+        static const std::string info = [] {
+            std::string s = std::string("heterospec ") + HS_VERSION + "; llama.cpp " + HETEROSPEC_LLAMA_CPP_SOURCE +
+                            "; sparse prefill " + (sparse_prefill_available() ? "yes" : "no") + "; devices:";
+            for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+                ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+                s += std::string(" ") + text_or(ggml_backend_dev_name(dev), "?") + " (" +
+                     text_or(ggml_backend_dev_description(dev), "") + ")";
+            }
+            return s + "; " + text_or(llama_print_system_info(), "");
+        }();
+        return info.c_str();
+    } catch (...) {   // out of memory: the static is built on a later call
+        return "heterospec " HS_VERSION;
+    }
 }
 
 hs_engine_params hs_engine_default_params(void) {
-    static const EngineOptions d;
     hs_engine_params p;
     std::memset(&p, 0, sizeof(p));
-    p.target.n_gpu_layers = d.target.n_gpu_layers;
-    p.draft.n_gpu_layers = d.draft.n_gpu_layers;
-    p.n_ctx = d.n_ctx;
-    p.n_batch = d.n_batch;
-    p.n_threads = d.n_threads;
-    p.n_threads_batch = d.n_threads_batch;
-    p.flash_attn = d.flash_attn.c_str();
-    p.cache_type_k = d.cache_type_k.c_str();
-    p.cache_type_v = d.cache_type_v.c_str();
-    p.drafter = d.drafter.c_str();
-    p.max_nodes = d.max_nodes;
-    const SparsePrefillOptions & s = d.sparse_prefill;
-    p.sparse_prefill = {s.mode.c_str(), s.alpha, s.row_frac, s.window_frac, s.k_max_frac, s.min_ctx, s.dense_tail};
-    p.verbose = d.verbose;
+    try {   // nothing crosses the ABI, not even bad_alloc from building the defaults
+        static const EngineOptions d;
+        p.target.n_gpu_layers = d.target.n_gpu_layers;
+        p.draft.n_gpu_layers = d.draft.n_gpu_layers;
+        p.n_ctx = d.n_ctx;
+        p.n_batch = d.n_batch;
+        p.n_threads = d.n_threads;
+        p.n_threads_batch = d.n_threads_batch;
+        p.flash_attn = d.flash_attn.c_str();
+        p.cache_type_k = d.cache_type_k.c_str();
+        p.cache_type_v = d.cache_type_v.c_str();
+        p.drafter = d.drafter.c_str();
+        p.max_nodes = d.max_nodes;
+        const SparsePrefillOptions & s = d.sparse_prefill;
+        p.sparse_prefill = {s.mode.c_str(), s.alpha, s.row_frac, s.window_frac, s.k_max_frac, s.min_ctx, s.dense_tail};
+        p.verbose = d.verbose;
+    } catch (...) {   // out of memory: zeros, which the functions taking them refuse
+    }
     return p;
 }
 
@@ -245,10 +331,22 @@ hs_status hs_engine_create(const hs_engine_params * params, hs_engine ** out) {
 
 void hs_engine_free(hs_engine * engine) {
     if (!engine) return;
-    engine->engine.cancel();
-    engine->generating.lock();      // a generation in another thread ends first
-    engine->generating.unlock();
-    delete engine;
+    try {
+        {
+            std::unique_lock<std::mutex> lock(engine->mu);
+            if (engine->closing) return;    // being freed already (by its own callback, or another thread)
+            engine->closing = true;         // waiting and later calls are refused
+            engine->engine.cancel();
+            engine->cv.notify_all();
+            if (engine->busy && engine->owner == std::this_thread::get_id()) {
+                engine->free_on_release = true;     // from the generation's own callback: it frees the engine
+                return;
+            }
+            engine->cv.wait(lock, [engine] { return !engine->busy && engine->inside == 0; });
+        }
+        delete engine;
+    } catch (...) {   // a mutex that fails: leak the engine rather than throw across the ABI
+    }
 }
 
 int32_t hs_n_vocab(const hs_engine * e) { return e ? e->engine.n_vocab() : 0; }
@@ -266,6 +364,9 @@ hs_status hs_tokenize(hs_engine * e, const char * text, int64_t len, bool add_sp
     return guarded([&] {
         require(e && text && n_out, "engine, text and n_out must not be NULL");
         require(tokens || n_max == 0, "tokens is NULL but n_max is not 0");
+        // the engine's limit, before copying: a wild len must not read gigabytes past the text
+        require(len <= int64_t(INT32_MAX / 2), "len is too long to tokenize");
+        Use use(e);
         const std::string s = len < 0 ? std::string(text) : std::string(text, size_t(len));
         const std::vector<int32_t> ids = e->engine.tokenize(s, add_special, parse_special);
         *n_out = ids.size();
@@ -278,6 +379,8 @@ hs_status hs_detokenize(hs_engine * e, const int32_t * tokens, size_t n_tokens, 
                         size_t buf_size, size_t * len_out) {
     return guarded([&] {
         require(e && (tokens || n_tokens == 0), "engine and tokens must not be NULL");
+        require(n_tokens <= size_t(INT32_MAX / 8), "n_tokens is too large");
+        Use use(e);
         copy_out(e->engine.detokenize(std::vector<int32_t>(tokens, tokens + n_tokens), special), buf, buf_size, len_out);
     });
 }
@@ -287,6 +390,7 @@ hs_status hs_apply_chat_template(hs_engine * e, const hs_chat_message * messages
                                  size_t * len_out) {
     return guarded([&] {
         require(e && (messages || n_messages == 0), "engine and messages must not be NULL");
+        Use use(e);
         std::vector<ChatMessage> msgs;
         for (size_t i = 0; i < n_messages; ++i) {
             require(messages[i].role && messages[i].content, "a message's role or content is NULL");
@@ -297,26 +401,29 @@ hs_status hs_apply_chat_template(hs_engine * e, const hs_chat_message * messages
 }
 
 hs_generate_params hs_generate_default_params(void) {
-    static const GenerateParams d;
     hs_generate_params p;
     std::memset(&p, 0, sizeof(p));
-    const SamplingParams & s = d.sampling;
-    p.sampling = {s.temperature, s.top_k, s.top_p, s.min_p, s.repeat_penalty, s.repeat_last_n, s.seed};
-    const SpecParams & t = d.spec;
-    p.spec.mode = t.mode.c_str();
-    p.spec.drafter = nullptr;
-    p.spec.depth = t.depth;
-    p.spec.branching = t.branching;
-    p.spec.width = t.width;
-    p.spec.budget = t.budget;
-    p.spec.n_max = t.n_max;
-    p.spec.p_min = t.p_min;
-    std::copy(t.policy_gamma.begin(), t.policy_gamma.end(), p.spec.policy_gamma);
-    p.spec.cost_aware = t.cost_aware;
-    p.max_tokens = d.max_tokens;
-    p.ignore_eos = d.ignore_eos;
-    p.cache_prompt = d.cache_prompt;
-    p.logprobs = d.logprobs;
+    try {   // nothing crosses the ABI, not even bad_alloc from building the defaults
+        static const GenerateParams d;
+        const SamplingParams & s = d.sampling;
+        p.sampling = {s.temperature, s.top_k, s.top_p, s.min_p, s.repeat_penalty, s.repeat_last_n, s.seed};
+        const SpecParams & t = d.spec;
+        p.spec.mode = t.mode.c_str();
+        p.spec.drafter = nullptr;
+        p.spec.depth = t.depth;
+        p.spec.branching = t.branching;
+        p.spec.width = t.width;
+        p.spec.budget = t.budget;
+        p.spec.n_max = t.n_max;
+        p.spec.p_min = t.p_min;
+        std::copy(t.policy_gamma.begin(), t.policy_gamma.end(), p.spec.policy_gamma);
+        p.spec.cost_aware = t.cost_aware;
+        p.max_tokens = d.max_tokens;
+        p.ignore_eos = d.ignore_eos;
+        p.cache_prompt = d.cache_prompt;
+        p.logprobs = d.logprobs;
+    } catch (...) {   // out of memory: zeros, which the functions taking them refuse
+    }
     return p;
 }
 
@@ -327,10 +434,13 @@ hs_status hs_generate_tokens(hs_engine * e, const int32_t * prompt, size_t n_pro
         require(e && params && out, "engine, params and out must not be NULL");
         require(prompt || n_prompt == 0, "prompt is NULL but n_prompt is not 0");
         const GenerateParams g = generate_params(*params);
+        if (n_prompt > e->engine.n_ctx())   // before copying: a wild count must not read far past the prompt
+            throw std::invalid_argument("the prompt has " + std::to_string(n_prompt) + " tokens but the context holds " +
+                                        std::to_string(e->engine.n_ctx()) + "; shorten it or raise n_ctx (-c)");
         const std::vector<int32_t> tokens(prompt, prompt + n_prompt);
-        std::lock_guard<std::mutex> own(e->generating);
+        Own own(e);     // may free the engine on its way out (hs_engine_free from the callback)
         e->engine.start(tokens, g);
-        stream(e->engine, callback, user_data);
+        stream(*e, callback, user_data);
         *out = make_result(e->engine.result());
     });
 }
@@ -341,6 +451,7 @@ hs_status hs_generate(hs_engine * e, const char * prompt, const hs_generate_para
     std::vector<int32_t> tokens;
     const hs_status st = guarded([&] {
         require(e && prompt, "engine and prompt must not be NULL");
+        Use use(e);
         tokens = e->engine.tokenize(prompt, true, true);
     });
     if (st != HS_OK) return st;
@@ -415,7 +526,7 @@ hs_status hs_cost_profile(hs_engine * e, int32_t width, bool fresh, int32_t * si
         require(e && n_out, "engine and n_out must not be NULL");
         require((sizes && verify_ms) || n_max == 0, "sizes and verify_ms must not be NULL");
         require(width >= 1 && width <= 64, "width must be in 1..64");
-        std::lock_guard<std::mutex> own(e->generating);
+        Own own(e);
         const auto [n, ms, level] = e->engine.cost_profile(width, fresh);
         *n_out = n.size();
         if (draft_level_ms) *draft_level_ms = level;
@@ -429,7 +540,7 @@ hs_status hs_set_cost_profile(hs_engine * e, const int32_t * sizes, const double
                               double draft_level_ms, bool projected) {
     return guarded([&] {
         require(e && ((sizes && verify_ms) || n == 0), "engine, sizes and verify_ms must not be NULL");
-        std::lock_guard<std::mutex> own(e->generating);
+        Own own(e);
         e->engine.set_cost_profile(std::vector<int32_t>(sizes, sizes + n), std::vector<double>(verify_ms, verify_ms + n),
                                    draft_level_ms, projected);
     });

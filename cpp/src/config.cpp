@@ -1,7 +1,10 @@
 #include "heterospec/config.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <thread>
+#include <utility>
 
 #include "drafters/drafter.h"
 #include "policy.h"
@@ -18,13 +21,28 @@ void check_drafter(const std::string & name, const char * what) {
         bad(std::string(what) + " must be 'model', 'mtp', 'ngram', 'hybrid' or 'auto', not '" + name + "'");
 }
 
+// More threads than this only oversubscribe the machine, and ggml's thread pool holds at most
+// 512 (GGML_MAX_N_THREADS; beyond it, or where threads cannot be created, it aborts).
+int32_t max_threads() {
+    const unsigned cpus = std::thread::hardware_concurrency();
+    return int32_t(std::min<int64_t>(512, 4 * int64_t(cpus ? cpus : 1)));
+}
+
 }  // namespace
 
 void validate(const EngineOptions & o) {
     if (o.target.path.empty()) bad("a target model path is required");
-    if (o.n_batch < 1) bad("n_batch must be at least 1");
+    for (const auto & [m, what] : {std::pair{&o.target, "n_gpu_layers"}, std::pair{&o.draft, "n_gpu_layers_draft"}})
+        if (m->n_gpu_layers < -1) bad(std::string(what) + " must be >= -1 (-1: all layers)");
+    // the fields are unsigned for llama.cpp, but counts beyond int32 wrap inside it and here
+    if (o.n_batch < 1 || o.n_batch > uint32_t(INT32_MAX)) bad("n_batch must be in 1.." + std::to_string(INT32_MAX));
     if (o.n_ctx != 0 && o.n_ctx < 8) bad("n_ctx must be 0 (the model's) or at least 8");
-    if (o.n_threads < 0 || o.n_threads_batch < 0) bad("thread counts must be >= 0 (0: automatic)");
+    if (o.n_ctx > uint32_t(INT32_MAX)) bad("n_ctx must be at most " + std::to_string(INT32_MAX));
+    const int32_t most = max_threads();
+    if (o.n_threads < 0 || o.n_threads > most)
+        bad("n_threads must be in 0.." + std::to_string(most) + " (0: one per physical core)");
+    if (o.n_threads_batch < 0 || o.n_threads_batch > most)
+        bad("n_threads_batch must be in 0.." + std::to_string(most) + " (0: n_threads)");
     if (o.max_nodes < 1 || o.max_nodes > 255) bad("max_nodes must be in 1..255");
     check_drafter(o.drafter, "drafter");
     const SparsePrefillOptions & sp = o.sparse_prefill;
@@ -52,9 +70,9 @@ void validate(const GenerateParams & p) {
     if (t.mode != "auto" && t.mode != "ar" && t.mode != "chain" && t.mode != "tree" && t.mode != "heterospec")
         bad("mode must be 'ar', 'chain', 'tree' or 'heterospec', not '" + t.mode + "'");
     if (!t.drafter.empty()) check_drafter(t.drafter, "drafter");
-    if (!t.policy_thresholds.empty() || t.policy_gamma.size() != 3) {
-        Policy pol;
-        pol.thresholds = t.policy_thresholds;
+    {   // gamma applies with the built-in thresholds too (the C API sets it without a policy)
+        Policy pol = t.policy_thresholds.empty() ? Policy::builtin() : Policy();
+        if (!t.policy_thresholds.empty()) pol.thresholds = t.policy_thresholds;
         if (t.policy_gamma.size() != 3) bad("policy gamma needs 3 values");
         std::copy(t.policy_gamma.begin(), t.policy_gamma.end(), pol.gamma.begin());
         pol.validate();

@@ -31,7 +31,7 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "usage: %s MODEL.gguf [PROMPT] [-md DRAFT.gguf] [-n N] [-t THREADS] [--temp T]\n", argv[0]);
         return 2;
     }
-    if (strncmp(hs_version(), HS_VERSION, 2) != 0) { /* same major version: the same ABI */
+    if (atoi(hs_version()) != HS_VERSION_MAJOR) { /* same major version: the same ABI */
         fprintf(stderr, "libheterospec %s does not match this header (%s)\n", hs_version(), HS_VERSION);
         return 1;
     }

@@ -24,8 +24,12 @@
  *
  * Threads: an engine runs one generation at a time. Calls on one engine from several threads are
  * safe: hs_generate calls queue behind one another (each holds the engine from its prompt to its
- * last token). hs_cancel may be called from any thread at any time, including from inside the
- * token callback. Distinct engines are independent. hs_last_error is per thread.
+ * last token; so does hs_cost_profile and hs_set_cost_profile). hs_cancel may be called from any
+ * thread at any time, including from inside the token callback. Inside the callback the text
+ * functions and the accessors may be called on its engine too, but a call that needs the engine
+ * (hs_generate, hs_generate_tokens, hs_cost_profile, hs_set_cost_profile) would wait for itself:
+ * it fails with HS_ERROR_INVALID_ARGUMENT. Distinct engines are independent. hs_last_error is per
+ * thread.
  *
  * Strings: UTF-8, in and out. Strings the library returns stay valid until the object they came
  * from is freed (a result's text until hs_result_free), unless said otherwise.
@@ -83,7 +87,7 @@ HS_API const char * hs_build_info(void);
 /* One model. Names follow llama.cpp's flags. */
 typedef struct hs_model_params {
     const char * path;              /* a GGUF file; NULL or "": none (for the draft) */
-    int32_t n_gpu_layers;           /* -ngl: layers on the GPU, -1 = all (ignored by CPU builds) */
+    int32_t n_gpu_layers;           /* -ngl: layers on the GPU, >= -1; -1 = all (ignored by CPU builds) */
 } hs_model_params;
 
 /* SampleAttention: adaptive sparse attention for the target's prompt processing. */
@@ -100,10 +104,10 @@ typedef struct hs_sparse_prefill_params {
 typedef struct hs_engine_params {
     hs_model_params target;
     hs_model_params draft;          /* draft.path NULL: no draft model */
-    uint32_t n_ctx;                 /* -c: 0 = the model's training context, at most 4096 */
-    uint32_t n_batch;               /* -b: tokens per llama_decode call in prompt processing */
-    int32_t n_threads;              /* -t: 0 = one per physical core */
-    int32_t n_threads_batch;        /* -tb: 0 = n_threads */
+    uint32_t n_ctx;                 /* -c: 0 = the model's training context, at most 4096; else 8..INT32_MAX */
+    uint32_t n_batch;               /* -b: tokens per llama_decode call in prompt processing, 1..INT32_MAX */
+    int32_t n_threads;              /* -t: 0 = one per physical core; at most 4 per logical CPU and 512 */
+    int32_t n_threads_batch;        /* -tb: 0 = n_threads; the same bound */
     const char * flash_attn;        /* -fa: "on", "off" or "auto" */
     const char * cache_type_k;      /* -ctk: "f16", "q8_0", ... */
     const char * cache_type_v;      /* -ctv (quantized V needs flash attention) */
@@ -118,7 +122,11 @@ HS_API hs_engine_params hs_engine_default_params(void);
 
 /* Loads the models and creates their contexts. On failure *out is NULL. */
 HS_API hs_status hs_engine_create(const hs_engine_params * params, hs_engine ** out);
-/* Frees an engine (NULL: nothing). Cancels and waits for a generation in progress. */
+/* Frees an engine (NULL: nothing). Cancels a generation in progress and waits for it to return
+ * (its result is the caller's); calls waiting for the engine in other threads fail with
+ * HS_ERROR_RUNTIME. From inside the engine's own token callback it cancels the generation and
+ * returns at once: the engine is freed when that hs_generate returns (until then, calls on it
+ * fail). Any call on an engine after its free has returned is undefined, as with free(). */
 HS_API void hs_engine_free(hs_engine * engine);
 
 HS_API int32_t hs_n_vocab(const hs_engine * engine);
@@ -135,7 +143,7 @@ HS_API const char * hs_model_description(const hs_engine * engine);
 
 /* ---- text ------------------------------------------------------------------------------- */
 
-/* Tokenizes `len` bytes of `text` (len < 0: up to its NUL). Writes at most `n_max` tokens and the
+/* Tokenizes `len` bytes of `text` (len < 0: up to its NUL; at most INT32_MAX / 2). Writes at most `n_max` tokens and the
  * count to *n_out; HS_ERROR_BUFFER_TOO_SMALL when they do not fit (*n_out: the count needed).
  * `add_special`: the model's BOS where it wants one; `parse_special`: "<|im_start|>" and the like
  * become their special tokens. */
@@ -184,7 +192,7 @@ typedef struct hs_spec_params {
     float p_min;                    /* chain: stop below this draft probability */
     const float * policy_thresholds;    /* heterospec: 7 ascending entropy thresholds (NULL: built-in) */
     size_t n_policy_thresholds;
-    float policy_gamma[3];
+    float policy_gamma[3];          /* heterospec: each in (0, 1] (checked with the built-in thresholds too) */
     bool cost_aware;                /* choose each step's budget by measured cost */
 } hs_spec_params;
 
