@@ -156,7 +156,10 @@ def test_cancel_reaches_a_blocking_generate(tiny):
 def test_ctrl_c_stops_cli_generation(tiny):
     p = subprocess.Popen([sys.executable, "-m", "heterospec", "generate", "-m", str(tiny.target), "-p", "def main():",
                           "-n", "4000", "--ignore-eos", "-c", "4096", "-t", "1", "--mode", "ar"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a suite started in the background inherits SIGINT ignored, and Python
+                         # then leaves Ctrl-C ignored: give the CLI the default a terminal gives
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     p.stdout.read(20)   # generation is under way
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
