@@ -258,10 +258,9 @@ void stream(hs_engine & h, hs_token_callback callback, void * user_data) {
         if (callback && !stopped) {
             std::vector<int32_t> fresh = e.tokens_since(seen);
             seen += fresh.size();
-            for (size_t i = 0; i < fresh.size() && !stopped; ++i) {
+            for (size_t i = 0; i < fresh.size() && !stopped; ++i) {   // the step's text comes with its last token
                 const bool last = i + 1 == fresh.size();
-                const std::string & piece = last ? out.text : std::string();
-                stopped = !callback(fresh[i], piece.c_str(), last ? piece.size() : 0, user_data);
+                stopped = !callback(fresh[i], last ? out.text.c_str() : "", last ? out.text.size() : 0, user_data);
             }
             if (fresh.empty() && !out.text.empty())
                 stopped = !callback(-1, out.text.c_str(), out.text.size(), user_data);

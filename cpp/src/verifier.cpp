@@ -56,13 +56,7 @@ void Verifier::decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs) 
     if (ckpt_) {
         if (tb.n_paths > 1 || listener_) throw std::logic_error("checkpoint verification takes chains alone");
         // a batch too long with its replay: the replay runs first, on its own
-        if (replay_.size() + size_t(tb.size()) > llama_n_batch(ctx_)) {
-            llama_ms_ += decode_run(ctx_, batch_.get(), replay_.data(), replay_.size(), replay_pos_, 1, false, "target");
-            cached_.keep(size_t(replay_pos_));
-            cached_.append(replay_.data(), replay_.size());
-            replay_.clear();
-            ckpt_->invalidate();
-        }
+        if (replay_.size() + size_t(tb.size()) > llama_n_batch(ctx_)) run_replay();
         // what a rejection returns to: the state before this batch (before its replay, if any)
         if (tb.size() > 1 && !ckpt_->valid()) ckpt_->save(0);
         add_replay();
@@ -88,6 +82,14 @@ void Verifier::decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs) 
     }
 }
 
+void Verifier::run_replay() {
+    llama_ms_ += decode_run(ctx_, batch_.get(), replay_.data(), replay_.size(), replay_pos_, 1, false, "target");
+    cached_.keep(size_t(replay_pos_));
+    cached_.append(replay_.data(), replay_.size());
+    replay_.clear();
+    ckpt_->invalidate();
+}
+
 void Verifier::add_replay() {
     for (size_t i = 0; i < replay_.size(); ++i) {
         llama_batch_ext_add_token(batch_.get(), 0, replay_[i]);
@@ -103,23 +105,24 @@ const float * Verifier::logits(int32_t entry) const {
     return l;
 }
 
-void Verifier::commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos) {
-    if (ckpt_) return commit_over_checkpoint(tb, last_entry, root_pos);
-    kv_.commit(tb.path[size_t(last_entry)], root_pos, root_pos + tb.depth[size_t(last_entry)] + 1);
-    path_tokens_.clear();   // the root and the accepted path, now at positions root_pos..
+void Verifier::accepted_path(const TreeBatch & tb, int32_t last_entry) {
+    path_tokens_.clear();
     for (int32_t e = last_entry; e > 0; e = tb.parent[size_t(e)]) path_tokens_.push_back(tb.token[size_t(e)]);
     path_tokens_.push_back(tb.token[0]);
     std::reverse(path_tokens_.begin(), path_tokens_.end());
+}
+
+void Verifier::commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos) {
+    if (ckpt_) return commit_over_checkpoint(tb, last_entry, root_pos);
+    kv_.commit(tb.path[size_t(last_entry)], root_pos, root_pos + tb.depth[size_t(last_entry)] + 1);
+    accepted_path(tb, last_entry);   // now at positions root_pos..
     cached_.keep(size_t(root_pos));
     cached_.append(path_tokens_.data(), path_tokens_.size());
 }
 
 void Verifier::commit_over_checkpoint(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos) {
     static constexpr size_t kMaxReplay = 64;   // beyond it, replay now: the batches stay small
-    path_tokens_.clear();   // the root and the accepted path, at positions root_pos..
-    for (int32_t e = last_entry; e > 0; e = tb.parent[size_t(e)]) path_tokens_.push_back(tb.token[size_t(e)]);
-    path_tokens_.push_back(tb.token[0]);
-    std::reverse(path_tokens_.begin(), path_tokens_.end());
+    accepted_path(tb, last_entry);   // at positions root_pos..
     const llama_pos start = replay_.empty() ? root_pos : replay_pos_;   // the memory's end before this batch
     if (tb.depth[size_t(last_entry)] == tb.max_depth()) {
         // the whole chain accepted (or a plain step): the state is right as it is
@@ -138,12 +141,7 @@ void Verifier::commit_over_checkpoint(const TreeBatch & tb, int32_t last_entry, 
     cached_.keep(size_t(start));
     replay_pos_ = start;
     replay_.insert(replay_.end(), path_tokens_.begin(), path_tokens_.end());
-    if (replay_.size() > kMaxReplay) {
-        llama_ms_ += decode_run(ctx_, batch_.get(), replay_.data(), replay_.size(), replay_pos_, 1, false, "target");
-        cached_.append(replay_.data(), replay_.size());
-        replay_.clear();
-        ckpt_->invalidate();
-    }
+    if (replay_.size() > kMaxReplay) run_replay();
 }
 
 }  // namespace heterospec

@@ -62,6 +62,10 @@ private:
     void run();
     // Checkpoint verification: the replayed tokens that go before a batch's entries.
     void add_replay();
+    // Runs the replayed tokens now, on their own (the checkpoint is then spent).
+    void run_replay();
+    // path_tokens_ = the root and the accepted path ending at `last_entry`.
+    void accepted_path(const TreeBatch & tb, int32_t last_entry);
     void commit_over_checkpoint(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos);
 
     std::unique_ptr<StateCheckpoint> ckpt_;
