@@ -3,6 +3,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/function.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
@@ -16,6 +17,7 @@
 #include "draft_tree.h"
 #include "cost_model.h"
 #include "entropy.h"
+#include "path_batch.h"
 #include "policy.h"
 #include "sampler.h"
 #include "sparse_prefill.h"
@@ -168,8 +170,8 @@ NB_MODULE(_core, m) {
         .def_ro("finish_reason", &Result::finish_reason)
         .def_ro("stats", &Result::stats)
         .def_prop_ro("trace", [](const Result & r) {
-            std::vector<std::tuple<int32_t, int32_t, int32_t, int32_t, float, int32_t, float, int32_t>> out;
-            for (const auto & t : r.trace) out.emplace_back(t.depth, t.nodes, t.accepted, t.rank, t.entropy, t.bin, t.predicted, t.levels);
+            std::vector<std::tuple<int32_t, int32_t, int32_t, int32_t, float, int32_t, float, int32_t, int32_t, int32_t>> out;
+            for (const auto & t : r.trace) out.emplace_back(t.depth, t.nodes, t.accepted, t.rank, t.entropy, t.bin, t.predicted, t.levels, t.paths, t.batch);
             return out;
         })
         .def_prop_ro("logprobs", [](const Result & r) {
@@ -311,6 +313,24 @@ NB_MODULE(_core, m) {
             return std::vector<int32_t>(b.children.begin() + b.child_begin[size_t(i)], b.children.begin() + b.child_begin[size_t(i) + 1]); })
         .def("child_with_token", &TreeBatch::child_with_token);
 
+    // the same batch laid out path by path, for recurrent state
+    nb::class_<PathBatch>(t, "PathBatch")
+        .def(nb::init<>())
+        .def("build", &PathBatch::build, "batch"_a)
+        .def_ro("n_paths", &PathBatch::n_paths)
+        .def_ro("len", &PathBatch::len)
+        .def_ro("token", &PathBatch::token)
+        .def_ro("entry", &PathBatch::entry)
+        .def_ro("row", &PathBatch::row)
+        .def("outputs", &PathBatch::outputs, "row"_a);
+    t.def("path_batch_tokens", [](const DraftTree & tree, const std::vector<int32_t> & selected, int32_t max_paths,
+                                  int32_t max_depth, int32_t max_tokens) {
+        std::vector<int32_t> tokens;
+        const int32_t fit = path_batch_tokens(tree, selected, max_paths, max_depth, max_tokens, tokens);
+        return nb::make_tuple(fit, tokens);
+    }, "tree"_a, "selected"_a, "max_paths"_a, "max_depth"_a, "max_tokens"_a);
+    t.def("paths_within", &paths_within, "state_bytes"_a, "planes"_a, "budget"_a, "most"_a);
+
     // the acceptance walk on synthetic logits: rows[e] holds entry e's logits, the target's
     // choice is their argmax; emitting `stop_token` ends generation
     t.def("walk_tree", [](const TreeBatch & tb, const std::vector<std::vector<float>> & rows, int32_t stop_token) {
@@ -379,11 +399,12 @@ NB_MODULE(_core, m) {
 
     t.def("choose_budget", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
                               const std::vector<float> & values, int32_t max_budget, double draft_ms,
-                              double checkpoint_ms) {
+                              double checkpoint_ms, std::optional<std::vector<int32_t>> batch_tokens) {
         CostProfile p{sizes, verify_ms, 0.0, checkpoint_ms};
         // uncalibrated: a node's acceptance estimate is its value V
-        return choose_budget(p, values, max_budget, draft_ms).budget;
-    }, "sizes"_a, "verify_ms"_a, "values"_a, "max_budget"_a, "draft_ms"_a, "checkpoint_ms"_a = 0.0);
+        return choose_budget(p, values, max_budget, draft_ms, 0.0, batch_tokens ? &*batch_tokens : nullptr).budget;
+    }, "sizes"_a, "verify_ms"_a, "values"_a, "max_budget"_a, "draft_ms"_a, "checkpoint_ms"_a = 0.0,
+       "batch_tokens"_a = nb::none());
     t.def("worth_drafting", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
                                float top_value, int32_t max_budget, double spent_ms, double level_ms,
                                double checkpoint_ms) {

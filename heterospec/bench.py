@@ -266,7 +266,7 @@ def _breakdown(results, profile: Optional[dict]) -> dict:
     out = {k: sum(getattr(r.stats, f"{k}_ms") for r in results) / steps for k in ("draft", "verify", "host")}
     out["step"] = sum(r.stats.decode_ms for r in results) / steps
     if profile:
-        priced = sum(verify_ms(profile, t[1] + 1) for r in results for t in r.trace) if results[0].trace \
+        priced = sum(verify_ms(profile, t[9]) for r in results for t in r.trace) if results[0].trace \
             else steps * verify_ms(profile, 1)
         out["profile_verify"] = priced / steps
         out["excess"] = out["step"] - out["profile_verify"]

@@ -57,7 +57,7 @@ class GenerationResult:
     tokens: list[int]
     finish_reason: str  # "stop" (end of generation or a stop string), "length" or "cancelled"
     stats: Stats = field(repr=False)
-    trace: list = field(default_factory=list, repr=False)  # (depth, nodes, accepted, rank, entropy, bin, predicted, levels) per step
+    trace: list = field(default_factory=list, repr=False)  # (depth, nodes, accepted, rank, entropy, bin, predicted, levels, paths, batch) per step
     # with logprobs=N: per token, (token id, log-probability, [(id, log-probability)] of the N likeliest)
     logprobs: Optional[list] = field(default=None, repr=False)
 
@@ -350,11 +350,13 @@ class Engine:
     cost-aware allocation drafts the n-grams always and pays for model or head levels only where
     they pay). Default: "hybrid" with a draft model or MTP layers, else "ngram".
 
-    Hybrid targets (Qwen3.5/3.6, LFM2, Nemotron-H: recurrent state beside attention) speculate
-    with chains: their state follows one path, and llama.cpp rolls rejected drafts back
-    (n_rs_seq, min(max_nodes, 16) planes), or, for recurrent models the pin cannot roll back
-    (mamba, mamba2, ...), a host checkpoint of the state is restored and the committed tokens
-    replayed; the cost-aware mode prices the copies. mode="tree" needs attention-only memory.
+    Hybrid targets (Qwen3.5/3.6, LFM2, Nemotron-H: recurrent state beside attention) verify trees
+    path by path: each path in a sequence of its own with a copy of the state (up to
+    min(max_nodes, 4) paths while the copies stay within 1 GiB), rejected drafts rolled back by
+    llama.cpp (n_rs_seq, min(max_nodes, 16) planes); the cost-aware mode prices the padded batch.
+    For recurrent models the pin cannot roll back (mamba, mamba2, ...) steps verify chains over a
+    host checkpoint of the state, restored with the committed tokens replayed; the cost-aware mode
+    prices the copies, and mode="tree" says why not.
 
     One generation runs at a time per engine; concurrent callers queue for it (see the module's
     threading contract). Native work runs with the GIL released.

@@ -60,7 +60,7 @@ def projected_rate(profile: dict, results) -> float:
             ms += r.stats.steps * verify_ms(profile, 1)
             continue
         for step in r.trace:
-            nodes, emitted, levels = step[1], step[2], step[7]
+            emitted, levels, batch = step[2], step[7], step[9]   # batch: tokens the target ran
             tokens += emitted
-            ms += levels * profile["draft_level_ms"] + verify_ms(profile, nodes + 1)
+            ms += levels * profile["draft_level_ms"] + verify_ms(profile, batch)
     return tokens / ms * 1e3 if ms else 0.0

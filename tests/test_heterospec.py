@@ -208,6 +208,22 @@ def test_budget_choice_against_a_synthetic_cost_curve():
     assert T.choose_budget(sizes, steep, values, 15, 0.5) <= 2       # steep: verify very few
 
 
+def test_a_path_batch_is_priced_by_its_tokens():
+    """Over recurrent state a budget's price is its padded batch (paths x (depth + 1)): on a
+    CPU-like curve, branches that an attention cache would verify cheaply are not worth it."""
+    from heterospec._core import testing as T
+    sizes = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16]
+    cpu = [1.0 + 0.1 * (s - 1) for s in sizes]
+    flat = [1.0 + 0.01 * s for s in sizes]
+    values = [0.9, 0.6, 0.5, 0.4]
+    # a chain, then branches: 2, 3, then 3 x 3 and 4 x 3 tokens
+    tokens = [1, 2, 3, 9, 12]
+    assert T.choose_budget(sizes, cpu, values, 4, 0.0) == 4
+    assert T.choose_budget(sizes, cpu, values, 4, 0.0, batch_tokens=tokens) == 2
+    assert T.choose_budget(sizes, flat, values, 4, 0.0, batch_tokens=tokens) == 4
+    assert T.choose_budget(sizes, flat, values, 4, 0.0, batch_tokens=tokens[:3]) == 2   # what fits
+
+
 def test_a_host_checkpoint_is_priced_into_every_speculative_step():
     """Recurrent targets without rollback save and restore their state around a verification
     (checkpoint.h): that cost joins every step that verifies drafts, none of the plain ones, so a

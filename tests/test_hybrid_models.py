@@ -39,9 +39,8 @@ def test_qwen35_hybrid_with_mtp_layer(tmp_path):
     with Engine(path, n_threads=1, n_ctx=512) as e:          # load_mtp=false: nextn tensors skipped
         assert e.description.startswith("qwen35")
         toks = check_plain_decoding(e)
-        # CURRENT BEHAVIOUR (change when hybrid speculation lands): no draft trees on a hybrid
-        with pytest.raises(ValueError, match="attention-only memory"):
-            e.generate(PROMPT, max_tokens=4, temperature=0, mode="tree")
+        # trees run path by path over its recurrent state (test_hybrid_speculation.py checks them)
+        assert e.generate(PROMPT, max_tokens=4, temperature=0, mode="tree").tokens == toks[:4]
     # the MTP block is not part of the trunk: without it the model decodes the same
     with Engine(gguf_arch.write_qwen35(tmp_path / "q35-no-mtp.gguf", nextn=0), n_threads=1, n_ctx=512) as e:
         assert greedy(e) == toks
@@ -52,9 +51,8 @@ def test_lfm2_hybrid(tmp_path):
     with Engine(path, n_threads=1, n_ctx=512) as e:
         assert e.description.startswith("lfm2")
         check_plain_decoding(e)
-        # CURRENT BEHAVIOUR (change when hybrid speculation lands): no draft trees on a hybrid
-        with pytest.raises(ValueError, match="attention-only memory"):
-            e.generate(PROMPT, max_tokens=4, temperature=0, mode="tree")
+        toks = greedy(e)
+        assert e.generate(PROMPT, max_tokens=4, temperature=0, mode="tree").tokens == toks[:4]
 
 
 def test_mamba2_recurrent(tmp_path):

@@ -1,10 +1,11 @@
 """Speculation on hybrid targets (issue #19): recurrent state plus attention, as in Qwen3.5/3.6
 (Gated DeltaNet) and LFM2 (short convolutions), and on recurrent ones (Mamba, Mamba-2).
 
-Their recurrent state cannot hold a tree of paths, so a step verifies a chain in one sequence
-and rejected drafts are undone through llama.cpp's rollback planes (n_rs_seq), or, where the pin
-has none (mamba, mamba2), by restoring a host checkpoint of the state and replaying. Exactness is
-checked as for attention-only targets (greedy equal to plain decoding apart from certified
+A recurrent state follows one text, so a tree runs path by path: each root-to-leaf path in a
+sequence of its own with a copy of the state (path_batch.h), and the rejected drafts of the kept
+path are undone through llama.cpp's rollback planes (n_rs_seq). Where the pin has no rollback
+(mamba, mamba2) a step verifies a chain over a host checkpoint of the state and replays. Exactness
+is checked as for attention-only targets (greedy equal to plain decoding apart from certified
 near-ties, sampling by a chi-square test), and every test asserts that drafts were verified.
 """
 import json
@@ -17,7 +18,8 @@ from test_heterospec import FLAT
 from test_speculative import check_greedy, chi2_threshold, two_sample_chi2
 
 WRITERS = {"qwen35": gguf_arch.write_qwen35, "lfm2": gguf_arch.write_lfm2,
-           "mamba2": gguf_arch.write_mamba2, "mamba": gguf_arch.write_mamba}   # the last two: checkpoints
+           "mamba2": gguf_arch.write_mamba2, "mamba": gguf_arch.write_mamba}
+CHECKPOINTED = {"mamba", "mamba2"}   # no rollback at the pin: chains over host checkpoints
 
 # repetitive text, so that n-gram drafts find matches in the prompt and the output
 PROMPTS = ["the value is None and the name is my class " * 3, "def print(self): return self.value " * 3,
@@ -37,22 +39,28 @@ def hybrid(request, tmp_path_factory, tiny):
         yield request.param, path, e
 
 
-def test_hybrid_targets_verify_chains(hybrid):
+def test_checkpointed_targets_verify_chains(hybrid):
     arch, _, e = hybrid
     assert e.can_speculate
-    with pytest.raises(ValueError, match="chain"):
-        e.generate("hello", max_tokens=4, mode="tree")
+    if arch in CHECKPOINTED:
+        with pytest.raises(ValueError, match="chain"):
+            e.generate("hello", max_tokens=4, mode="tree")
+    else:
+        assert e.generate("hello", max_tokens=4, mode="tree").stats.mode == "tree"
 
 
 SHAPES = [dict(mode="chain", drafter="ngram"), dict(mode="chain", drafter="model", p_min=0.0),
           dict(mode="chain", drafter="hybrid", n_max=8, p_min=0.0), dict(mode="heterospec", drafter="ngram"),
-          dict(mode="heterospec", drafter="model"), dict(mode="heterospec")]
+          dict(mode="heterospec", drafter="model"), dict(mode="heterospec"),
+          dict(mode="tree", drafter="model"), dict(mode="tree", drafter="hybrid")]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
 def test_greedy_speculation_on_hybrid_targets_equals_plain_decoding(hybrid, shape):
     arch, path, e = hybrid
-    verified = accepted = rolled_back = 0
+    if shape["mode"] == "tree" and arch in CHECKPOINTED:
+        pytest.skip(f"{arch} verifies chains over host checkpoints: no tree mode")
+    verified = accepted = rolled_back = branched = branch_accepted = 0
     for i, prompt in enumerate(PROMPTS):
         ids = e.tokenize(prompt, parse_special=True)
         ref = e.generate(ids, max_tokens=40, temperature=0, mode="ar")
@@ -65,29 +73,42 @@ def test_greedy_speculation_on_hybrid_targets_equals_plain_decoding(hybrid, shap
         accepted += got.stats.accepted_draft
         # a step that verified more nodes than it accepted rolled the recurrent state back
         rolled_back += sum(1 for depth, nodes, acc, *_ in got.trace if nodes > acc - 1)
+        # steps that verified several paths, each in a sequence of its own, and kept one
+        branched += sum(1 for t in got.trace if t[8] > 1)
+        branch_accepted += sum(1 for t in got.trace if t[8] > 1 and t[2] > 1)
     # speculation happened (the tiny Llama is no draft of these models: the allocation soon stops)
     assert verified > (10 if shape.get("drafter") == "model" else 30), verified
     assert rolled_back > 0, rolled_back       # ... and rejected drafts were undone
     if shape.get("drafter") != "model":
         assert accepted > 10, accepted        # n-gram drafts of text seen before are accepted
+    if shape["mode"] == "tree":
+        assert branched > 50, branched
+        if shape["drafter"] == "hybrid":
+            assert branch_accepted > 5, branch_accepted
 
 
-def test_sampling_on_hybrid_targets_matches_plain_sampling(hybrid):
+@pytest.mark.parametrize("spec_mode", ["heterospec", "tree"])
+def test_sampling_on_hybrid_targets_matches_plain_sampling(hybrid, spec_mode):
     arch, _, e = hybrid
+    if spec_mode == "tree" and arch in CHECKPOINTED:
+        pytest.skip(f"{arch} verifies chains over host checkpoints: no tree mode")
     prompt = e.tokenize("the value is the value is the value is the value", parse_special=True)
     draws = {}
-    verified = 0
-    for mode, seed0 in (("ar", 0), ("heterospec", 10**6)):
+    verified = branched = 0
+    for mode, seed0 in (("ar", 0), (spec_mode, 10**6)):
         out = []
         for i in range(800):
             p = e._params(max_tokens=3, temperature=1.0, top_k=5, top_p=1.0, min_p=0.0, seed=seed0 + i, mode=mode,
                           drafter="hybrid")
+            p.spec.trace = True
             r = e._engine.generate(prompt, p)
             out.append(tuple(r.tokens[1:3]))
             verified += r.stats.nodes_verified
+            branched += sum(1 for t in r.trace if t[8] > 1)
         draws[mode] = out
     assert verified > 800, verified
-    stat, df = two_sample_chi2(draws["ar"], draws["heterospec"])
+    assert spec_mode != "tree" or branched > 100, branched   # trees of several paths were verified
+    stat, df = two_sample_chi2(draws["ar"], draws[spec_mode])
     assert stat < chi2_threshold(df), (arch, stat, df)
 
 
@@ -133,25 +154,29 @@ def qwen35_mtp(tmp_path_factory):
 
 
 MTP_SHAPES = [dict(mode="chain", drafter="mtp", n_max=4, p_min=0.0), dict(mode="heterospec", drafter="mtp"),
-              dict(mode="chain", drafter="hybrid", n_max=6, p_min=0.0), dict(mode="heterospec")]
+              dict(mode="chain", drafter="hybrid", n_max=6, p_min=0.0), dict(mode="heterospec"),
+              dict(mode="tree", drafter="mtp"), dict(mode="tree", drafter="hybrid")]
 
 
 @pytest.mark.parametrize("shape", MTP_SHAPES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
 def test_mtp_drafts_on_a_hybrid_target_equal_plain_decoding(qwen35_mtp, shape):
     path, e = qwen35_mtp
-    verified = mtp_calls = 0
+    verified = mtp_calls = branched = 0
     for i, prompt in enumerate(PROMPTS):
         ids = e.tokenize(prompt, parse_special=True)
         ref = e.generate(ids, max_tokens=32, temperature=0, mode="ar")
         if i % 2:
             e.clear_ngram_memory()
-        got = e.generate(ids, max_tokens=32, temperature=0, **shape)
+        got = e.generate(ids, max_tokens=32, temperature=0, trace=True, **shape)
         assert got.stats.drafter == shape.get("drafter", "hybrid")   # the default uses the MTP head
         check_greedy(e, path, ids, got, ref, f"mtp {shape} {prompt!r}")
         verified += got.stats.nodes_verified
         mtp_calls += got.stats.draft_calls
+        branched += sum(1 for t in got.trace if t[8] > 1)
     # a random head is rarely right: the cost-aware allocation soon stops paying for it
     assert verified > (10 if shape["mode"] == "heterospec" else 30) and mtp_calls > 10, (verified, mtp_calls)
+    # a tree over the head's drafts: its chain with the alternatives at each level
+    assert shape["mode"] != "tree" or branched > 30, branched
 
 
 def test_mtp_sampling_matches_plain_sampling(qwen35_mtp):
@@ -243,17 +268,17 @@ def test_an_mtp_head_that_is_often_right_gets_its_drafts_accepted(tmp_path):
     with Engine(path, n_threads=2, n_ctx=512) as e:
         e._engine.set_cost_profile(*FLAT, projected=True)
         e._profile_ready = True
-        accepted = {"chain": 0, "heterospec": 0}
+        accepted = {"chain": 0, "heterospec": 0, "tree": 0}
         for i, prompt in enumerate(PROMPTS):
             ids = e.tokenize(prompt, parse_special=True)
             ref = e.generate(ids, max_tokens=32, temperature=0, mode="ar")
-            for mode, kw in (("chain", dict(drafter="mtp", n_max=3)), ("heterospec", {})):
+            for mode, kw in (("chain", dict(drafter="mtp", n_max=3)), ("heterospec", {}), ("tree", dict(drafter="mtp"))):
                 e.clear_ngram_memory()
                 got = e.generate(ids, max_tokens=32, temperature=0, mode=mode, **kw)
                 check_greedy(e, path, ids, got, ref, f"friendly mtp {mode} {prompt!r}")
                 accepted[mode] += got.stats.accepted_mtp
                 assert got.stats.accepted_mtp <= got.stats.accepted_draft
-        assert accepted["chain"] > 20 and accepted["heterospec"] > 10, accepted
+        assert accepted["chain"] > 20 and accepted["heterospec"] > 10 and accepted["tree"] > 20, accepted
 
 
 def test_the_cost_profile_prices_the_mtp_heads_pass(tmp_path):

@@ -96,6 +96,60 @@ def test_batch_layout_paths_and_children():
     assert b.child_with_token(3, 7) == 5
 
 
+def test_path_batches_cost_paths_times_depth():
+    """Over recurrent state every root-to-leaf path runs apart, padded to the deepest: verifying
+    the first n selected nodes costs paths x (deepest + 1) tokens, within the limits."""
+    t = build(SPEC)
+    sel = t.select(8)   # [1, 4, 7, 2, 6, 8, 3, 5]
+    fit, tokens = T.path_batch_tokens(t, sel, 8, 8, 1000)
+    assert fit == 8
+    # 1: one path, depth 1; 4, 7: deeper; 2: a second path; 6: deeper, still 2; 8: 3 paths ...
+    assert tokens == [1, 2, 3, 4, 8, 8, 12, 16, 20]
+    assert T.path_batch_tokens(t, sel, 2, 8, 1000) == (5, tokens[:6])      # a third path would not fit
+    assert T.path_batch_tokens(t, sel, 8, 2, 1000) == (2, tokens[:3])      # node 7 is too deep
+    assert T.path_batch_tokens(t, sel, 8, 8, 11) == (5, tokens[:6])        # 12 tokens would not fit
+    assert T.path_batch_tokens(t, [4, 1], 8, 8, 100) == (0, [1])           # a parent after its child: stop
+    assert T.path_batch_tokens(t, [], 8, 8, 100) == (0, [1])
+
+
+def test_paths_are_as_many_as_the_state_copies_allow():
+    """Each path holds a copy of the recurrent state and its rollback planes: a small state gets
+    every path, a big one (150 MB a copy, 16 planes) the chain alone."""
+    gib = 1 << 30
+    assert T.paths_within(100_000, 16, gib, 4) == 4
+    assert T.paths_within(20 << 20, 16, gib, 4) == 3       # 340 MB a path
+    assert T.paths_within(150 << 20, 16, gib, 4) == 1
+    assert T.paths_within(0, 16, gib, 4) == 4
+    assert T.paths_within(100_000, 16, gib, 1) == 1
+
+
+def test_path_batch_lays_out_each_path_in_a_sequence_of_its_own():
+    t = build(SPEC)
+    sel = t.select(6)
+    b = T.TreeBatch()
+    b.build(t, sel)
+    p = T.PathBatch()
+    p.build(b)
+    assert (p.n_paths, p.len) == (3, 4) and len(p.token) == 12
+    for s in range(p.n_paths):
+        rows = range(s * p.len, (s + 1) * p.len)
+        on_path = sorted((e for e in range(len(b.node)) if s in b.seqs_of(e)), key=lambda e: b.depth[e])
+        # the root first, then the path in depth order; padding repeats the leaf
+        assert [p.entry[r] for r in rows][: len(on_path)] == on_path
+        assert all(p.entry[r] == -1 for r in rows[len(on_path):])
+        assert [p.token[r] for r in rows] == [b.token[e] for e in on_path] + \
+            [b.token[on_path[-1]]] * (p.len - len(on_path))
+    # every entry's logits come from one row, in the section of its path
+    for e in range(len(b.node)):
+        r = p.row[e]
+        assert p.entry[r] == e and r // p.len == b.path[e]
+    assert sum(p.outputs(r) for r in range(len(p.token))) == len(b.node)
+    # one path: the chain as it always ran
+    b.build(t, [1, 4, 7])
+    p.build(b)
+    assert (p.n_paths, p.len, p.token, p.row) == (1, 4, [100, 1, 4, 7], [0, 1, 2, 3])
+
+
 def test_empty_selection_is_the_root_alone():
     t = build(SPEC)
     b = T.TreeBatch()

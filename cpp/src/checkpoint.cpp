@@ -41,4 +41,13 @@ double time_checkpoint(llama_context * ctx, llama_batch_ext * batch, int32_t tok
     return best;
 }
 
+size_t recurrent_state_bytes(llama_context * ctx, llama_batch_ext * batch, int32_t token) {
+    llama_memory_t mem = llama_get_memory(ctx);
+    llama_memory_clear(mem, false);
+    decode_run(ctx, batch, &token, 1, 0, 1, false, "profiling");
+    const size_t bytes = llama_state_seq_get_size_ext(ctx, 0, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY);
+    llama_memory_clear(mem, false);
+    return bytes;
+}
+
 }  // namespace heterospec

@@ -36,5 +36,7 @@ private:
 // What a save and a restore of sequence 0's state cost (ms, the best of three): measured once a
 // token has made the state exist; clears the context's memory.
 double time_checkpoint(llama_context * ctx, llama_batch_ext * batch, int32_t token);
+// The bytes of one copy of sequence 0's recurrent state, after running `token` (clears the memory).
+size_t recurrent_state_bytes(llama_context * ctx, llama_batch_ext * batch, int32_t token);
 
 }  // namespace heterospec

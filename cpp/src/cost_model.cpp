@@ -59,15 +59,17 @@ void AcceptanceModel::observe(const NodeFeatures & x, bool accepted) {
 }
 
 BudgetChoice choose_budget(const CostProfile & profile, const std::vector<float> & accept, int32_t max_budget,
-                           double draft_ms, double long_run_rate) {
+                           double draft_ms, double long_run_rate, const std::vector<int32_t> * batch_tokens) {
     auto choice = [&](int32_t n, double tokens) {
-        const double ms = draft_ms + profile.verify(n + 1) + (n > 0 ? profile.checkpoint_ms : 0.0);
+        const int32_t batch = batch_tokens ? (*batch_tokens)[size_t(n)] : n + 1;
+        const double ms = draft_ms + profile.verify(batch) + (n > 0 ? profile.checkpoint_ms : 0.0);
         return BudgetChoice{n, tokens, tokens / ms, long_run_rate > 0 ? tokens - long_run_rate * ms : tokens / ms};
     };
     // n = 0 verifies the root alone: one token for the drafting already spent and one pass
     BudgetChoice best = choice(0, 1.0);
     double sum = 1.0;
-    const int32_t most = std::min<int32_t>(max_budget, int32_t(accept.size()));
+    int32_t most = std::min<int32_t>(max_budget, int32_t(accept.size()));
+    if (batch_tokens) most = std::min(most, int32_t(batch_tokens->size()) - 1);
     for (int32_t n = 1; n <= most; ++n) {   // the root rides along: n + 1 tokens
         sum += accept[size_t(n - 1)];
         const BudgetChoice c = choice(n, sum);
@@ -154,8 +156,9 @@ int32_t CostModel::worth_extending(const std::vector<float> & accept, const std:
                                        long_run_rate(), scratch_);
 }
 
-BudgetChoice CostModel::choose(const std::vector<float> & accept, int32_t max_budget, double spent_ms) const {
-    return choose_budget(costs(), accept, max_budget, spent_ms, long_run_rate());
+BudgetChoice CostModel::choose(const std::vector<float> & accept, int32_t max_budget, double spent_ms,
+                               const std::vector<int32_t> * batch_tokens) const {
+    return choose_budget(costs(), accept, max_budget, spent_ms, long_run_rate(), batch_tokens);
 }
 
 double CostModel::profile_scale() const {

@@ -78,8 +78,11 @@ struct BudgetChoice {
 // long-run rate R (tokens per ms, > 0) the score is the step's surplus, expected tokens -
 // R * time: maximising it each step maximises the long-run rate. Without one (R <= 0) it is the
 // step's own expected rate.
+// `batch_tokens[n]`, when given, is what verifying n nodes runs (n + 1 without it: the root and
+// the nodes; more over recurrent state, where each path runs apart: path_batch.h).
 BudgetChoice choose_budget(const CostProfile & profile, const std::vector<float> & accept, int32_t max_budget,
-                           double draft_ms, double long_run_rate = 0.0);
+                           double draft_ms, double long_run_rate = 0.0,
+                           const std::vector<int32_t> * batch_tokens = nullptr);
 
 // Whether drafting on is worth it once the first level is drafted: the best expected rate of a
 // chain whose every token is accepted with probability `a` (the best first-level node's
@@ -186,8 +189,10 @@ public:
     // After each level: how many frontier nodes are worth expanding (0: stop drafting).
     int32_t worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
                          int32_t max_budget, double spent_ms) const;
-    // Nodes to verify among those whose estimates are `accept` (selection order).
-    BudgetChoice choose(const std::vector<float> & accept, int32_t max_budget, double spent_ms) const;
+    // Nodes to verify among those whose estimates are `accept` (selection order); see
+    // choose_budget for `batch_tokens`.
+    BudgetChoice choose(const std::vector<float> & accept, int32_t max_budget, double spent_ms,
+                        const std::vector<int32_t> * batch_tokens = nullptr) const;
 
     // After each step: nodes whose fate the step revealed (value, path entropy bin, accepted)
     // for calibration, and the realised costs and tokens.

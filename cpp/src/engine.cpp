@@ -11,9 +11,13 @@
 
 namespace heterospec {
 
-// The longest chain a recurrent target verifies: llama.cpp keeps a copy of the recurrent state
-// per token of it (n_rs_seq rollback planes).
+// A recurrent target (algorithm section 5, path_batch.h): the deepest path it verifies (llama.cpp
+// keeps a copy of the state per token of it: n_rs_seq rollback planes), and how many paths (a
+// sequence each, with its own state and planes), within a memory budget for those copies: a
+// large hybrid's state (150 MB a copy for a 27B Qwen3.5) verifies chains, as llama.cpp does.
 constexpr int32_t kMaxChain = 16;
+constexpr int32_t kMaxPaths = 4;
+constexpr size_t kPathsMemory = size_t(1) << 30;
 
 Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     Impl & m = *impl_;
@@ -44,20 +48,39 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     if (tree_capable(m.target.get())) {
         // one sequence per verified node; llama.cpp wants no more sequences than a batch holds
         m.n_seqs = std::min<int32_t>({options.max_nodes, int32_t(spec.n_ctx), int32_t(spec.n_batch)});
-        target_spec.n_seq_max = spec.n_seq_max = uint32_t(m.n_seqs);
-        target_spec.kv_unified = spec.kv_unified = true;
+        target_spec.n_seq_max = uint32_t(m.n_seqs);
+        target_spec.kv_unified = true;
+        m.target_ctx = make_context(m.target.get(), target_spec);
+        m.verification = Verification::trees;
+        m.max_verify = m.n_seqs;
     } else {
-        // recurrent state: one sequence, with a snapshot per token of a chain to roll back to
-        // (each plane costs a copy of the state; the pin clamps it to 0 where it cannot)
+        // recurrent state: a snapshot per token of a path to roll back to (the pin clamps the
+        // planes to 0 where it cannot: then one sequence over host checkpoints), and a sequence
+        // per path, as many as the state's size allows
         target_spec.n_rs_seq = uint32_t(std::min(options.max_nodes, kMaxChain));
+        m.target_ctx = make_context(m.target.get(), target_spec);
+        m.max_depth = int32_t(llama_n_rs_seq(m.target_ctx.get()));
+        m.verification = m.max_depth > 0 ? Verification::paths : Verification::checkpoints;
+        if (m.verification == Verification::checkpoints) m.max_depth = std::min(options.max_nodes, kMaxChain);
+        m.max_verify = m.max_depth;
+        if (m.verification == Verification::paths) {
+            BatchPtr probe(llama_batch_ext_init(m.target_ctx.get()));
+            const size_t state = recurrent_state_bytes(m.target_ctx.get(), probe.get(), std::max(0, llama_vocab_bos(m.vocab)));
+            m.n_seqs = paths_within(state, m.max_depth, kPathsMemory, std::min(options.max_nodes, kMaxPaths));
+            if (m.n_seqs > 1) {
+                probe.reset();
+                m.target_ctx.reset();
+                target_spec.n_seq_max = uint32_t(m.n_seqs);
+                target_spec.kv_unified = true;
+                m.target_ctx = make_context(m.target.get(), target_spec);
+                m.max_verify = std::min(options.max_nodes, m.n_seqs * m.max_depth);
+            }
+        }
     }
-    m.target_ctx = make_context(m.target.get(), target_spec);
+    // the draft model's tree: one sequence per path, in one unified cache
+    spec.n_seq_max = uint32_t(m.n_seqs);
+    spec.kv_unified = true;
     m.batch.reset(llama_batch_ext_init(m.target_ctx.get()));
-    m.verification = tree_capable(m.target.get()) ? Verification::trees
-                   : llama_n_rs_seq(m.target_ctx.get()) > 0 ? Verification::chains : Verification::checkpoints;
-    m.max_verify = m.verification == Verification::trees ? m.n_seqs
-                 : m.verification == Verification::chains ? int32_t(llama_n_rs_seq(m.target_ctx.get()))
-                 : std::min(options.max_nodes, kMaxChain);
     if (m.draft) m.draft_ctx = make_context(m.draft.get(), spec);
     const int32_t n_nextn = llama_model_n_layer_nextn(m.target.get());
     if (n_nextn > 1 && m.mtp_error.empty())   // llama.cpp's MTP graphs assert one block, except chained heads
@@ -70,7 +93,10 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
         m.mtp_ctx = make_mtp_context(m.target.get(), spec, m.mtp_error);
     if (m.verification != Verification::none) {
         const bool checkpoints = m.verification == Verification::checkpoints;
-        m.verifier.reset(new Verifier(m.target_ctx.get(), m.n_seqs, m.target_cached, checkpoints));
+        const Verifier::Layout layout = checkpoints ? Verifier::Layout::checkpoints
+                                      : m.verification == Verification::paths ? Verifier::Layout::paths
+                                      : Verifier::Layout::tree;
+        m.verifier.reset(new Verifier(m.target_ctx.get(), m.n_seqs, m.target_cached, layout));
         if (checkpoints)
             m.checkpoint_ms = time_checkpoint(m.target_ctx.get(), m.batch.get(), std::max(0, llama_vocab_bos(m.vocab)));
         DrafterInputs in;

@@ -76,6 +76,7 @@ struct Engine::Impl {
     Verification verification = Verification::none;   // what the target's memory can verify
     double checkpoint_ms = 0;   // checkpoint verification: saving and restoring the state once
     int32_t max_verify = 0;       // the most drafted nodes one step can verify
+    int32_t max_depth = 0;        // recurrent targets: the deepest path one step can verify
     CostProfile target_profile;   // t_verify(n), measured once
 
     // --- The generation in progress (start() sets it up); mu guards every public call.
@@ -94,6 +95,7 @@ struct Engine::Impl {
     std::vector<float> est;
     std::vector<int32_t> order;
     std::vector<int32_t> selected, accepted;
+    std::vector<int32_t> path_tokens;   // recurrent targets: batch sizes by budget (fit_paths)
     // the step's paid levels beside free sources (draft_cost_aware), judged apart in observe()
     bool step_paid = false;
     double step_paid_ms = 0;
@@ -137,6 +139,11 @@ struct Engine::Impl {
     template <typename Spent>
     void extend_paid(const StepLimits & L, const Spent & spent);
     void allocate(const StepLimits & L, double t0, int32_t calls0, StepTrace & tr);   // into `selected`
+    int32_t fit_paths(std::vector<int32_t> & tokens) const;
+    // Tokens the step's verification ran: the root and the nodes, or the padded paths.
+    int32_t batch_tokens() const {
+        return verification == Verification::paths ? verifier->batch_tokens() : tb.size();
+    }
     bool cost_aware() const { return gen.mode == Mode::heterospec && gen.params.spec.cost_aware; }
 
     // --- The speculative step, verification, commit and calibration (spec_step.cpp)

@@ -13,13 +13,14 @@ enum class Mode {
     heterospec,  // the tree allocated per step (entropy bins; cost-aware or the paper's gamma)
 };
 
-// What the target's memory lets a step verify: a tree (attention only: a sequence per path), a
-// chain (recurrent state rolled back through llama.cpp's snapshot planes, n_rs_seq), a chain
-// over a host checkpoint of a recurrent state the pin cannot roll back (checkpoint.h), or
-// nothing but plain decoding.
-enum class Verification { trees, chains, checkpoints, none };
+// What the target's memory lets a step verify: a tree over an attention cache (a coupled
+// sequence per path), a tree over a recurrent state llama.cpp rolls back through its snapshot
+// planes (n_rs_seq), each path a sequence of its own (path_batch.h), a chain over a host
+// checkpoint of a recurrent state the pin cannot roll back (checkpoint.h), or nothing but plain
+// decoding.
+enum class Verification { trees, paths, checkpoints, none };
 
-inline bool one_path(Verification v) { return v == Verification::chains || v == Verification::checkpoints; }
+inline bool one_path(Verification v) { return v == Verification::checkpoints; }
 
 // "auto" is heterospec, or plain decoding for a target that cannot verify drafts.
 inline Mode resolve_mode(const std::string & name, Verification v) {
@@ -35,8 +36,9 @@ inline Mode resolve_mode(const std::string & name, Verification v) {
                                     "rolled back by llama.cpp at this pin, so rejected drafts could not be undone "
                                     "(use mode 'ar')");
     if (m == Mode::tree && one_path(v))
-        throw std::invalid_argument("mode 'tree' needs a target with attention-only memory: this target's recurrent "
-                                    "state verifies chains (use 'chain', or 'heterospec', which allocates chains)");
+        throw std::invalid_argument("mode 'tree' needs a target whose memory holds a tree: this target's recurrent "
+                                    "state is checkpointed and verifies chains (use 'chain', or 'heterospec', which "
+                                    "allocates chains)");
     return m;
 }
 

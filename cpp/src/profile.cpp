@@ -14,7 +14,9 @@ void Engine::Impl::measure_profile(Speculator & s, int32_t width, const ProfileP
     if (!s.cost.profile.empty()) return;
     forget_caches();
     static constexpr int32_t kLadder[] = {1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256};
-    const int32_t most = std::min<int32_t>(max_verify + 1, int32_t(llama_n_batch(target_ctx.get())));
+    // over recurrent state, paths x (depth + 1) tokens (path_batch.h)
+    const int32_t biggest = verification == Verification::paths ? n_seqs * (max_depth + 1) : max_verify + 1;
+    const int32_t most = std::min<int32_t>(biggest, int32_t(llama_n_batch(target_ctx.get())));
     const int32_t steps = int32_t(std::count_if(std::begin(kLadder), std::end(kLadder),
                                                 [&](int32_t n) { return n <= most; })) + 1;
     if (target_profile.empty()) {

@@ -18,13 +18,15 @@ Engine::Impl::StepLimits Engine::Impl::plan(llama_pos P) const {
     L.shape.p_min = chain ? sp.p_min : 0.0f;
     const int32_t room = int32_t(n_ctx) - 1 - P;
     const int32_t batch_room = int32_t(llama_n_batch(target_ctx.get())) - 1;
-    auto fit_depth = [&](int32_t d) { return drafter->fit_depth(std::min(d, room), L.shape.width, P); };
+    // over recurrent state, no deeper than the rollback planes reach
+    const int32_t deepest = verification == Verification::paths ? std::min(room, max_depth) : room;
+    auto fit_depth = [&](int32_t d) { return drafter->fit_depth(std::min(d, deepest), L.shape.width, P); };
     const int32_t depth = chain ? sp.n_max : sp.depth;
     const int32_t extra = gen.mode == Mode::heterospec ? Policy::alpha(depth) : 0;
     L.depth = fit_depth(depth);
     L.max_depth = fit_depth(depth + extra);
     // model-free branches cost nothing to draft: the cost-aware allocation may look deeper
-    L.shape.free_depth = std::min(room, cost_aware() ? std::max(depth + extra, kFreeDepth) : depth + extra);
+    L.shape.free_depth = std::min(deepest, cost_aware() ? std::max(depth + extra, kFreeDepth) : depth + extra);
     L.budget = std::min<int32_t>({chain ? sp.n_max : sp.budget, room, batch_room, max_verify});
     L.max_budget = std::min<int32_t>({cost_aware() ? max_verify : L.budget + extra, room, batch_room, max_verify});
     if (L.budget < 1) L.depth = L.max_depth = 0;
@@ -115,6 +117,15 @@ bool Engine::Impl::draft_tree(const StepLimits & L, llama_pos P, double t0) {
     return true;
 }
 
+// Over recurrent state: the batch sizes of verifying the first n of `selected` path by path
+// (path_batch.h), within the sequences, the rollback planes, the batch and the free cells;
+// returns how many fit.
+int32_t Engine::Impl::fit_paths(std::vector<int32_t> & tokens) const {
+    const int32_t cells = int32_t(n_ctx) - gen.n_past;
+    const int32_t most = std::min(int32_t(llama_n_batch(target_ctx.get())), cells);
+    return path_batch_tokens(tree, selected, n_seqs, max_depth, most, tokens);
+}
+
 // Chooses the nodes to verify, best first, into `selected`.
 void Engine::Impl::allocate(const StepLimits & L, double t0, int32_t calls0, StepTrace & tr) {
     int32_t budget = L.budget;
@@ -123,8 +134,15 @@ void Engine::Impl::allocate(const StepLimits & L, double t0, int32_t calls0, Ste
         tr.bin = policy.bin(tr.entropy);
         if (cost_aware()) {
             estimates(accept_est, child_est);
-            const BudgetChoice c = cost->choose(accept_est, L.max_budget,
-                                               cost->spent_ms(drafter->calls() - calls0, now_ms() - t0));
+            // over recurrent state, every path runs apart: a budget's price is its batch's
+            const std::vector<int32_t> * tokens = nullptr;
+            int32_t max_budget = L.max_budget;
+            if (verification == Verification::paths) {
+                max_budget = std::min(max_budget, fit_paths(path_tokens));
+                tokens = &path_tokens;
+            }
+            const BudgetChoice c = cost->choose(accept_est, max_budget,
+                                               cost->spent_ms(drafter->calls() - calls0, now_ms() - t0), tokens);
             if (c.budget > 0) tr.predicted = float(c.expected_tokens);
             selected.resize(size_t(c.budget));   // ids in selection order, from estimates()
             return;

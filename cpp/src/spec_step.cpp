@@ -18,15 +18,19 @@ bool Engine::Impl::step_spec() {
     const double t0 = now_ms();
     const double llama0 = verifier->llama_ms() + drafter->llama_ms();
     const int32_t calls0 = drafter->calls();
-    StepTrace tr{0, 0, 0, 0, 0.0f, -1, 0.0f, 0};
+    StepTrace tr{0, 0, 0, 0, 0.0f, -1, 0.0f, 0, 0, 0};
 
     const StepLimits L = plan(P);
     tree.reset(g.root);
     const bool drafted = draft_tree(L, P, t0);
     if (drafted) allocate(L, t0, calls0, tr);
     else selected.clear();   // a plain step: the root alone
-    // a recurrent state, and an MTP head's, follow one path
-    if (one_path(verification) || drafter->wants_target_hidden()) keep_one_path(tree, selected);
+    // a checkpointed recurrent state follows one path; so does an MTP head over an attention
+    // cache (the paths layout hands it the accepted path's rows; no attention-only MTP model to
+    // test a tree against yet); over recurrent state, what fits the paths layout
+    if (one_path(verification) || (verification == Verification::trees && drafter->wants_target_hidden()))
+        keep_one_path(tree, selected);
+    if (verification == Verification::paths) selected.resize(size_t(fit_paths(path_tokens)));
     tb.build(tree, selected);
     const double t1 = now_ms();
 
@@ -72,6 +76,8 @@ bool Engine::Impl::step_spec() {
         tr.accepted = w.emitted;
         tr.rank = tb.rank[size_t(w.last)];
         tr.levels = drafter->calls() - calls0;
+        tr.paths = tb.n_paths;
+        tr.batch = batch_tokens();
         g.trace.push_back(tr);
     }
     return !w.stopped;
@@ -99,7 +105,7 @@ void Engine::Impl::observe(const WalkResult & w, bool drafted, int32_t draft_pas
     r.emitted = w.emitted;
     r.draft_passes = draft_passes;
     r.draft_ms = draft_ms;
-    r.verified_tokens = tb.size();
+    r.verified_tokens = batch_tokens();
     r.verify_ms = verify_ms;
     r.checkpoint_ms = checkpoint_ms;
     if (tree.size() > 1) {

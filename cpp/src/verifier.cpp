@@ -25,9 +25,9 @@ WalkResult walk_tree(const TreeBatch & tb, const std::function<int32_t(int32_t)>
     }
 }
 
-Verifier::Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached, bool checkpoints)
-    : ckpt_(checkpoints ? new StateCheckpoint(ctx) : nullptr), ctx_(ctx), batch_(llama_batch_ext_init(ctx)),
-      kv_(ctx, n_seq_max), cached_(cached) {}
+Verifier::Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached, Layout layout)
+    : layout_(layout), ckpt_(layout == Layout::checkpoints ? new StateCheckpoint(ctx) : nullptr), ctx_(ctx),
+      batch_(llama_batch_ext_init(ctx)), kv_(ctx, n_seq_max), cached_(cached) {}
 
 void Verifier::run() { llama_ms_ += decode_timed(ctx_, batch_.get(), "target"); }
 
@@ -49,12 +49,13 @@ size_t Verifier::begin(const std::vector<int32_t> & prefix, bool reuse) {
 }
 
 void Verifier::decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs) {
+    if (layout_ == Layout::paths) return decode_paths(tb, root_pos);
     n_seqs = std::min(std::max(n_seqs, tb.n_paths), kv_.n_seq_max());
     kv_.ensure_live(n_seqs);
     llama_batch_ext_clear(batch_.get());
     offset_ = 0;
     if (ckpt_) {
-        if (tb.n_paths > 1 || listener_) throw std::logic_error("checkpoint verification takes chains alone");
+        if (tb.n_paths > 1) throw std::logic_error("checkpoint verification takes chains alone");
         // a batch too long with its replay: the replay runs first, on its own
         if (replay_.size() + size_t(tb.size()) > llama_n_batch(ctx_)) run_replay();
         // what a rejection returns to: the state before this batch (before its replay, if any)
@@ -75,11 +76,25 @@ void Verifier::decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs) 
         llama_batch_ext_set_pos(batch_.get(), idx, &pos);
         llama_batch_ext_set_output_logits(batch_.get(), idx, true);
     }
+    batch_tokens_ = offset_ + tb.size();
     run();
-    if (listener_) {
-        if (tb.n_paths > 1) throw std::logic_error("a listener to the target's passes needs one path per batch");
-        listener_->target_decoded(tb.token.data(), size_t(tb.size()), root_pos);
+}
+
+void Verifier::decode_paths(const TreeBatch & tb, llama_pos root_pos) {
+    pb_.build(tb);
+    if (tb.n_paths > kv_.n_seq_max()) throw std::logic_error("verification batch has more paths than sequences");
+    kv_.ensure_live(tb.n_paths);
+    llama_batch_ext_clear(batch_.get());
+    offset_ = 0;
+    for (int32_t r = 0; r < pb_.rows(); ++r) {
+        const int32_t idx = llama_batch_ext_add_token(batch_.get(), r / pb_.len, pb_.token[size_t(r)]);
+        if (idx != r) throw std::logic_error("verification batch does not fit the context's batch size");
+        const llama_pos pos = root_pos + r % pb_.len;
+        llama_batch_ext_set_pos(batch_.get(), idx, &pos);
+        llama_batch_ext_set_output_logits(batch_.get(), idx, pb_.outputs(r));
     }
+    batch_tokens_ = pb_.rows();
+    run();
 }
 
 void Verifier::run_replay() {
@@ -100,29 +115,38 @@ void Verifier::add_replay() {
 }
 
 const float * Verifier::logits(int32_t entry) const {
-    const float * l = llama_get_logits_ith(ctx_, offset_ + entry);
+    const float * l = llama_get_logits_ith(ctx_, row(entry));
     if (!l) throw std::runtime_error("no target logits for tree entry " + std::to_string(entry));
     return l;
 }
 
 void Verifier::accepted_path(const TreeBatch & tb, int32_t last_entry) {
     path_tokens_.clear();
-    for (int32_t e = last_entry; e > 0; e = tb.parent[size_t(e)]) path_tokens_.push_back(tb.token[size_t(e)]);
-    path_tokens_.push_back(tb.token[0]);
+    path_rows_.clear();
+    // over recurrent state, the rows of the kept path's own sequence (its state is the one kept)
+    const int32_t base = layout_ == Layout::paths ? tb.path[size_t(last_entry)] * pb_.len : 0;
+    for (int32_t e = last_entry; e >= 0; e = tb.parent[size_t(e)]) {
+        path_tokens_.push_back(tb.token[size_t(e)]);
+        path_rows_.push_back(layout_ == Layout::paths ? base + tb.depth[size_t(e)] : offset_ + e);
+    }
     std::reverse(path_tokens_.begin(), path_tokens_.end());
+    std::reverse(path_rows_.begin(), path_rows_.end());
 }
 
 void Verifier::commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos) {
+    accepted_path(tb, last_entry);   // at positions root_pos..
+    // the hidden states of the accepted path, before the next pass replaces them
+    if (listener_) listener_->target_decoded(path_tokens_.data(), path_tokens_.size(), root_pos, path_rows_.data());
     if (ckpt_) return commit_over_checkpoint(tb, last_entry, root_pos);
-    kv_.commit(tb.path[size_t(last_entry)], root_pos, root_pos + tb.depth[size_t(last_entry)] + 1);
-    accepted_path(tb, last_entry);   // now at positions root_pos..
+    const llama_pos end = root_pos + tb.depth[size_t(last_entry)] + 1;
+    if (layout_ == Layout::paths) kv_.commit_paths(tb.path[size_t(last_entry)], end);
+    else kv_.commit(tb.path[size_t(last_entry)], root_pos, end);
     cached_.keep(size_t(root_pos));
     cached_.append(path_tokens_.data(), path_tokens_.size());
 }
 
 void Verifier::commit_over_checkpoint(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos) {
     static constexpr size_t kMaxReplay = 64;   // beyond it, replay now: the batches stay small
-    accepted_path(tb, last_entry);   // at positions root_pos..
     const llama_pos start = replay_.empty() ? root_pos : replay_pos_;   // the memory's end before this batch
     if (tb.depth[size_t(last_entry)] == tb.max_depth()) {
         // the whole chain accepted (or a plain step): the state is right as it is

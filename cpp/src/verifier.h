@@ -13,6 +13,7 @@
 #include "kv_paths.h"
 #include "llama.h"
 #include "model.h"
+#include "path_batch.h"
 #include "prompt_cache.h"
 
 namespace heterospec {
@@ -35,20 +36,26 @@ WalkResult walk_tree(const TreeBatch & tb, const std::function<int32_t(int32_t e
 
 class Verifier {
 public:
+    // How the target's memory holds a tree (mode.h): coupled sequences over an attention cache,
+    // a sequence per path over a recurrent state (path_batch.h), or chains over host checkpoints
+    // of a recurrent state llama.cpp cannot roll back (checkpoint.h).
+    enum class Layout { tree, paths, checkpoints };
     // `cached`: the record of what the target's cache holds (shared with the plain loop).
-    // `checkpoints`: a recurrent state llama.cpp cannot roll back; chains are verified over host
-    // checkpoints of it (see checkpoint.h).
-    Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached, bool checkpoints = false);
+    Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached, Layout layout = Layout::tree);
 
     // New generation: the prompt without its last token, in sequence 0, no logits. With
     // `reuse`, the prefix the cache holds already is kept and only the rest is run. Returns the
     // tokens reused.
     size_t begin(const std::vector<int32_t> & prefix, bool reuse);
     // Runs the batch: entry i at position root_pos + depth, in the sequences of its paths; the
-    // root also runs in sequences n_paths..n_seqs-1 (padding for graph reuse).
+    // root also runs in sequences n_paths..n_seqs-1 (padding for graph reuse). Over recurrent
+    // state, each path in a sequence of its own (PathBatch).
     void decode(const TreeBatch & tb, llama_pos root_pos, int32_t n_seqs = 0);
     const float * logits(int32_t entry) const;
-    // Keeps the root and the accepted path ending at `last_entry` in every live sequence.
+    // Tokens the last batch ran (its replay and padding included).
+    int32_t batch_tokens() const { return batch_tokens_; }
+    // Keeps the root and the accepted path ending at `last_entry` in every live sequence, and
+    // hands the listener the target's hidden states along it.
     void commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos);
 
     double llama_ms() const { return llama_ms_; }
@@ -64,10 +71,18 @@ private:
     void add_replay();
     // Runs the replayed tokens now, on their own (the checkpoint is then spent).
     void run_replay();
-    // path_tokens_ = the root and the accepted path ending at `last_entry`.
+    void decode_paths(const TreeBatch & tb, llama_pos root_pos);
+    // The batch row of an entry's logits.
+    int32_t row(int32_t entry) const {
+        return layout_ == Layout::paths ? pb_.row[size_t(entry)] : offset_ + entry;
+    }
+    // path_tokens_ = the root and the accepted path ending at `last_entry`; path_rows_ their rows.
     void accepted_path(const TreeBatch & tb, int32_t last_entry);
     void commit_over_checkpoint(const TreeBatch & tb, int32_t last_entry, llama_pos root_pos);
 
+    Layout layout_;
+    PathBatch pb_;
+    int32_t batch_tokens_ = 0;
     std::unique_ptr<StateCheckpoint> ckpt_;
     std::vector<int32_t> replay_;    // committed tokens the restored state has not seen yet
     llama_pos replay_pos_ = 0;       // their first position (the checkpoint's state ends before it)
@@ -77,7 +92,7 @@ private:
     BatchPtr batch_;
     KvPaths kv_;
     CachedTokens & cached_;
-    std::vector<int32_t> path_tokens_;
+    std::vector<int32_t> path_tokens_, path_rows_;
     Drafter * listener_ = nullptr;
     double llama_ms_ = 0;
 };

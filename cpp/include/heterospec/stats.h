@@ -77,6 +77,8 @@ struct StepTrace {
     int32_t bin;        // heterospec: entropy bin, -1 otherwise
     float predicted;    // cost-aware: tokens the allocation expected the step to emit, 0 otherwise
     int32_t levels;     // draft passes in the step (the first also runs tokens the draft missed)
+    int32_t paths;      // root-to-leaf paths verified
+    int32_t batch;      // tokens the target ran: nodes + 1, or paths x (depth + 1) over recurrent state
 };
 
 }  // namespace heterospec

@@ -100,7 +100,9 @@ public:
     // Whether it reads the target's hidden states (MTP heads); then target_decoded() follows
     // every target pass of a generation: `n` tokens at positions pos0.. of one sequence.
     virtual bool wants_target_hidden() const { return false; }
-    virtual void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0) {}
+    // `tokens` at positions pos0.. ran in the target's last pass, at batch rows `rows` (null:
+    // rows 0..n-1).
+    virtual void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0, const int32_t * rows = nullptr) {}
 
 protected:
     virtual void do_begin(const std::vector<int32_t> & prefix, bool reuse) = 0;

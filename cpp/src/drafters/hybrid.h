@@ -33,8 +33,8 @@ public:
     }
     llama_context * context() const override { return paid_->context(); }
     bool wants_target_hidden() const override { return paid_->wants_target_hidden(); }
-    void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0) override {
-        paid_->target_decoded(tokens, n, pos0);
+    void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0, const int32_t * rows) override {
+        paid_->target_decoded(tokens, n, pos0, rows);
     }
 
 protected:

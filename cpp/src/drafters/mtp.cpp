@@ -61,11 +61,18 @@ void MtpDrafter::queue(int32_t token, llama_pos pos, const float * h) {
     pend_h_.insert(pend_h_.end(), h, h + n_embd_);
 }
 
-void MtpDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos pos0) {
+void MtpDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos pos0, const int32_t * rows) {
     if (n == 0) return;
     const float * h = llama_get_embeddings_nextn(target_);
     if (!h) throw std::runtime_error("the target gave no hidden states for its MTP head");
-    rows_.assign(h, h + n * size_t(n_embd_));
+    if (rows) {
+        rows_.resize(n * size_t(n_embd_));
+        for (size_t k = 0; k < n; ++k)
+            std::memcpy(rows_.data() + k * size_t(n_embd_), h + size_t(rows[k]) * size_t(n_embd_),
+                        sizeof(float) * size_t(n_embd_));
+    } else {
+        rows_.assign(h, h + n * size_t(n_embd_));
+    }
     rows_pos0_ = pos0;
     n_rows_ = n;
     // x_p pairs with h_{p-1}: the first token with the state kept from before. Where that is

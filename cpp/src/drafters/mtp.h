@@ -41,7 +41,7 @@ public:
     double time_level(int32_t width) override;
     llama_context * context() const override { return mtp_; }
     bool wants_target_hidden() const override { return true; }
-    void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0) override;
+    void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0, const int32_t * rows) override;
 
 protected:
     void do_begin(const std::vector<int32_t> &, bool) override { calls_ = 0; llama_ms_ = 0; }

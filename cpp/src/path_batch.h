@@ -1,0 +1,47 @@
+// A tree verified over recurrent state (algorithm section 5, hybrid targets). Pure logic.
+//
+// A recurrent state (Gated DeltaNet, Mamba, short convolutions) follows one text: it cannot
+// hold a tree the way an attention cache holds one through coupled sequences. So every
+// root-to-leaf path runs as a sequence of its own, with a copy of the state, its shared prefix
+// repeated, and padded to the deepest path: llama.cpp splits a recurrent batch into equal
+// per-sequence lengths, and its rollback planes stay valid only within one ubatch. A padding
+// row repeats the path's leaf and is always rolled back. One path is the chain it always was.
+// The price is paths x (depth + 1) tokens instead of nodes + 1: the allocation pays it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "draft_tree.h"
+
+namespace heterospec {
+
+// The batch sizes of verifying the first n nodes of `selected` (best first, closed under
+// ancestors) path by path, n = 0..: `tokens[n]` = paths x (deepest + 1). Stops at the first
+// node that would break a limit (more paths, a deeper path, more tokens than allowed, or a
+// node whose parent is not selected before it); returns how many nodes fit.
+int32_t path_batch_tokens(const DraftTree & tree, const std::vector<int32_t> & selected, int32_t max_paths,
+                          int32_t max_depth, int32_t max_tokens, std::vector<int32_t> & tokens);
+
+// How many paths a recurrent target verifies: each holds a copy of the state and `planes`
+// snapshots of it, and the copies stay within `budget` bytes (one path, the chain, whatever it
+// weighs), at most `most`.
+int32_t paths_within(size_t state_bytes, int32_t planes, size_t budget, int32_t most);
+
+// A TreeBatch laid out path by path: path p's rows are [p * len, (p + 1) * len), the root
+// first, in sequence p.
+struct PathBatch {
+    int32_t n_paths = 0;
+    int32_t len = 0;                 // rows per path: the deepest path + 1
+    std::vector<int32_t> token;      // each row's token
+    std::vector<int32_t> entry;      // each row's TreeBatch entry (-1: padding)
+    std::vector<int32_t> row;        // each entry's row: in the section of its path (TreeBatch::path)
+
+    int32_t rows() const { return int32_t(token.size()); }
+    // Whether row r gives its entry's logits (the other copies of a shared prefix do not).
+    bool outputs(int32_t r) const { return entry[size_t(r)] >= 0 && row[size_t(entry[size_t(r)])] == r; }
+    void build(const TreeBatch & tb);
+};
+
+}  // namespace heterospec
