@@ -488,7 +488,7 @@ def train_trunk(work: Path, a):
     model.train()
 
     def loss_fn(x):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not a.fp32):
             H = model.trunk(x[:, :-1])
             lg = model.logits(H)
         return F.cross_entropy(lg.float().reshape(-1, CFG["n_vocab"]), x[:, 1:].reshape(-1))
@@ -531,7 +531,7 @@ def train_mtp(work: Path, a):
     model.eval()   # no dropout anywhere; eval for the frozen trunk
 
     def loss_fn(x):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not a.fp32):
             return mtp_loss(model, x, a.mtp_distill)
 
     a_ctx = a.ctx
@@ -852,6 +852,9 @@ def main():
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--n-logit-windows", type=int, default=3)
     ap.add_argument("--no-engine", action="store_true", help="skip the llama.cpp checks")
+    ap.add_argument("--fp32", action="store_true",
+                    help="train in float32, for CPUs without native bf16 (AVX2 only: bf16 autocast there ran "
+                         "about 50x slower)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     out = Path(a.out).resolve()
