@@ -44,7 +44,14 @@ public:
     void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0, const int32_t * rows) override;
 
 protected:
-    void do_begin(const std::vector<int32_t> &, bool) override { calls_ = 0; llama_ms_ = 0; }
+    // The prompt's rows run now, in the prompt's time: a draft level's pass must not carry them,
+    // or the allocation, which prices a level by what its passes cost, would price the head at
+    // a pass over the prompt and never pay for it again.
+    void do_begin(const std::vector<int32_t> &, bool) override {
+        if (!pend_tok_.empty()) run_pending(nullptr, 0);
+        calls_ = 0;
+        llama_ms_ = 0;
+    }
     void do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) override;
     void do_start_paid(DraftTree & tree, const DraftShape & shape, llama_pos root_pos) override {
         do_start(tree, shape, root_pos, 1);
