@@ -220,6 +220,21 @@ def test_bad_input_on_hybrid_targets(tmp_path, tiny):
         Engine(gguf_arch.write_lfm2(tmp_path / "l.gguf"), drafter="mtp")
 
 
+def test_a_small_batch_size_gets_fewer_rollback_planes(tmp_path):
+    """llama.cpp asserts that a ubatch holds more than a sequence's n_rs_seq + 1 tokens: with
+    n_batch 8 the engine asks for 6 planes, not 16, and speculates exactly instead of aborting."""
+    path = gguf_arch.write_qwen35(tmp_path / "small-batch.gguf")
+    with Engine(path, n_threads=2, n_ctx=256, n_batch=8) as e:
+        e._engine.set_cost_profile(*FLAT, projected=True)
+        e._profile_ready = True
+        ids = e.tokenize(PROMPTS[0], parse_special=True)
+        ref = e.generate(ids, max_tokens=24, temperature=0, mode="ar")
+        for mode in ("chain", "tree"):
+            got = e.generate(ids, max_tokens=24, temperature=0, mode=mode, drafter="ngram", n_max=8)
+            check_greedy(e, path, ids, got, ref, f"n_batch 8 {mode}")
+            assert got.stats.nodes_verified > 0
+
+
 def test_plain_decoding_of_hybrid_targets_equals_llama_cpp_greedy(hybrid):
     """The engine's plain loop (one sequence with rollback planes, nextn outputs on) against
     llama.cpp's own greedy loop on a default context."""

@@ -57,7 +57,10 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
         // recurrent state: a snapshot per token of a path to roll back to (the pin clamps the
         // planes to 0 where it cannot: then one sequence over host checkpoints), and a sequence
         // per path, as many as the state's size allows
-        target_spec.n_rs_seq = uint32_t(std::min(options.max_nodes, kMaxChain));
+        // (llama.cpp keeps a sequence's last n_rs_seq + 1 tokens in one ubatch and asserts that a
+        // ubatch holds more: a small n_batch gets fewer planes; below 3, none, and checkpoints)
+        const int32_t planes = std::min({options.max_nodes, kMaxChain, int32_t(spec.n_batch) - 2});
+        target_spec.n_rs_seq = uint32_t(std::max(planes, 0));
         m.target_ctx = make_context(m.target.get(), target_spec);
         m.max_depth = int32_t(llama_n_rs_seq(m.target_ctx.get()));
         m.verification = m.max_depth > 0 ? Verification::paths : Verification::checkpoints;
