@@ -48,8 +48,9 @@ Stages (each skipped when its output exists, in --work, default benchmarks/.cach
            acceptance in PyTorch (a simulation of chain speculation, n_max 1) and through the
            engine (drafter="mtp"), step by step; saved as <gguf>.checks.json
 
-Defaults: trunk 27 min, head 9 min of a 2-core CPU (bf16 autocast), batch 8 x 512; about 6.6M
-trunk tokens there. Re-running skips finished stages and redoes only export and checks.
+Defaults: trunk 27 min, head 9 min of a 2-core CPU (bf16 autocast on AVX-512; float32 elsewhere,
+where bf16 is emulated, --fp32 to force it), batch 8 x 512; about 6.6M trunk tokens there (2.6M in
+20 minutes of float32 on an AVX2 CPU). Re-running skips finished stages and redoes only export and checks.
 
 Usage: make_qwen35_mtp.py [OUT.gguf] [--steps N] [--mtp-steps N] [--threads 2] [--minutes M]
        [--mtp-minutes M] [--no-engine]
@@ -853,9 +854,13 @@ def main():
     ap.add_argument("--n-logit-windows", type=int, default=3)
     ap.add_argument("--no-engine", action="store_true", help="skip the llama.cpp checks")
     ap.add_argument("--fp32", action="store_true",
-                    help="train in float32, for CPUs without native bf16 (AVX2 only: bf16 autocast there ran "
-                         "about 50x slower)")
+                    help="train in float32 (the default where the CPU lacks AVX-512: bf16 autocast on an "
+                         "AVX2-only CPU ran about 50x slower)")
     a = ap.parse_args()
+    if not a.fp32 and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}: training in float32 (bf16 autocast "
+              "is emulated there, about 50x slower)", flush=True)
+        a.fp32 = True
     torch.set_num_threads(a.threads)
     out = Path(a.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
