@@ -323,11 +323,11 @@ NB_MODULE(_core, m) {
         .def_ro("entry", &PathBatch::entry)
         .def_ro("row", &PathBatch::row)
         .def("outputs", &PathBatch::outputs, "row"_a);
-    t.def("path_batch_tokens", [](const DraftTree & tree, const std::vector<int32_t> & selected, int32_t max_paths,
-                                  int32_t max_depth, int32_t max_tokens) {
-        std::vector<int32_t> tokens;
-        const int32_t fit = path_batch_tokens(tree, selected, max_paths, max_depth, max_tokens, tokens);
-        return nb::make_tuple(fit, tokens);
+    t.def("fit_path_batch", [](const DraftTree & tree, const std::vector<int32_t> & selected, int32_t max_paths,
+                               int32_t max_depth, int32_t max_tokens) {
+        std::vector<int32_t> kept, tokens;
+        fit_path_batch(tree, selected, max_paths, max_depth, max_tokens, kept, tokens);
+        return nb::make_tuple(kept, tokens);
     }, "tree"_a, "selected"_a, "max_paths"_a, "max_depth"_a, "max_tokens"_a);
     t.def("paths_within", &paths_within, "state_bytes"_a, "planes"_a, "budget"_a, "most"_a);
 

@@ -98,18 +98,24 @@ def test_batch_layout_paths_and_children():
 
 def test_path_batches_cost_paths_times_depth():
     """Over recurrent state every root-to-leaf path runs apart, padded to the deepest: verifying
-    the first n selected nodes costs paths x (deepest + 1) tokens, within the limits."""
+    the first n selected nodes costs paths x (deepest + 1) tokens. A node that would open a path
+    too many or reach too deep is left out with its subtree, and the rest still count; the first
+    node that would make the batch too long ends it."""
     t = build(SPEC)
     sel = t.select(8)   # [1, 4, 7, 2, 6, 8, 3, 5]
-    fit, tokens = T.path_batch_tokens(t, sel, 8, 8, 1000)
-    assert fit == 8
+    kept, tokens = T.fit_path_batch(t, sel, 8, 8, 1000)
+    assert kept == list(range(8))
     # 1: one path, depth 1; 4, 7: deeper; 2: a second path; 6: deeper, still 2; 8: 3 paths ...
     assert tokens == [1, 2, 3, 4, 8, 8, 12, 16, 20]
-    assert T.path_batch_tokens(t, sel, 2, 8, 1000) == (5, tokens[:6])      # a third path would not fit
-    assert T.path_batch_tokens(t, sel, 8, 2, 1000) == (2, tokens[:3])      # node 7 is too deep
-    assert T.path_batch_tokens(t, sel, 8, 8, 11) == (5, tokens[:6])        # 12 tokens would not fit
-    assert T.path_batch_tokens(t, [4, 1], 8, 8, 100) == (0, [1])           # a parent after its child: stop
-    assert T.path_batch_tokens(t, [], 8, 8, 100) == (0, [1])
+    # two paths: 8, 3 and 5 would each open a third
+    assert T.fit_path_batch(t, sel, 2, 8, 1000) == ([0, 1, 2, 3, 4], tokens[:6])
+    # depth 2: 7 and 8 are too deep; 2, 6, 3 and 5 still fit
+    assert T.fit_path_batch(t, sel, 8, 2, 1000) == ([0, 1, 3, 4, 6, 7], [1, 2, 3, 6, 6, 9, 12])
+    assert T.fit_path_batch(t, sel, 8, 8, 11) == ([0, 1, 2, 3, 4], tokens[:6])   # 12 tokens: the end
+    assert T.fit_path_batch(t, [4, 1], 8, 8, 100) == ([1], [1, 2])                # 4 before its parent: out
+    assert T.fit_path_batch(t, [], 8, 8, 100) == ([], [1])
+    # a node left out takes its subtree with it: 1 too deep for depth 0 leaves nothing below it
+    assert T.fit_path_batch(t, sel, 8, 0, 1000) == ([], [1])
 
 
 def test_paths_are_as_many_as_the_state_copies_allow():

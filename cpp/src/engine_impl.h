@@ -95,7 +95,7 @@ struct Engine::Impl {
     std::vector<float> est;
     std::vector<int32_t> order;
     std::vector<int32_t> selected, accepted;
-    std::vector<int32_t> path_tokens;   // recurrent targets: batch sizes by budget (fit_paths)
+    std::vector<int32_t> path_kept, path_tokens;   // recurrent targets: see fit_paths
     // the step's paid levels beside free sources (draft_cost_aware), judged apart in observe()
     bool step_paid = false;
     double step_paid_ms = 0;
@@ -139,7 +139,7 @@ struct Engine::Impl {
     template <typename Spent>
     void extend_paid(const StepLimits & L, const Spent & spent);
     void allocate(const StepLimits & L, double t0, int32_t calls0, StepTrace & tr);   // into `selected`
-    int32_t fit_paths(std::vector<int32_t> & tokens) const;
+    int32_t fit_paths(std::vector<float> * accept = nullptr);
     // Tokens the step's verification ran: the root and the nodes, or the padded paths.
     int32_t batch_tokens() const {
         return verification == Verification::paths ? verifier->batch_tokens() : tb.size();

@@ -4,26 +4,28 @@
 
 namespace heterospec {
 
-int32_t path_batch_tokens(const DraftTree & tree, const std::vector<int32_t> & selected, int32_t max_paths,
-                          int32_t max_depth, int32_t max_tokens, std::vector<int32_t> & tokens) {
-    // paths = the selected nodes without a selected child (the root alone: one path)
+void fit_path_batch(const DraftTree & tree, const std::vector<int32_t> & selected, int32_t max_paths,
+                    int32_t max_depth, int32_t max_tokens, std::vector<int32_t> & kept, std::vector<int32_t> & tokens) {
+    // paths = the kept nodes without a kept child (the root alone: one path)
     std::vector<uint8_t> in(size_t(tree.size()), 0), has_child(size_t(tree.size()), 0);
     in[0] = 1;
     int32_t paths = 1, deepest = 0;
+    kept.clear();
     tokens.assign(1, 1);
-    for (int32_t n : selected) {
-        const DraftNode & d = tree[n];
-        if (!in[size_t(d.parent)]) break;
+    for (size_t i = 0; i < selected.size(); ++i) {
+        const DraftNode & d = tree[selected[i]];
+        if (!in[size_t(d.parent)]) continue;   // below a node left out
         const int32_t p = paths + (has_child[size_t(d.parent)] ? 1 : 0);
         const int32_t depth = std::max(deepest, d.depth);
-        if (p > max_paths || depth > max_depth || p * (depth + 1) > max_tokens) break;
-        in[size_t(n)] = 1;
+        if (p > max_paths || d.depth > max_depth) continue;
+        if (p * (depth + 1) > max_tokens) break;
+        in[size_t(selected[i])] = 1;
         has_child[size_t(d.parent)] = 1;
         paths = p;
         deepest = depth;
+        kept.push_back(int32_t(i));
         tokens.push_back(paths * (deepest + 1));
     }
-    return int32_t(tokens.size()) - 1;
 }
 
 int32_t paths_within(size_t state_bytes, int32_t planes, size_t budget, int32_t most) {

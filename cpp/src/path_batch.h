@@ -17,12 +17,13 @@
 
 namespace heterospec {
 
-// The batch sizes of verifying the first n nodes of `selected` (best first, closed under
-// ancestors) path by path, n = 0..: `tokens[n]` = paths x (deepest + 1). Stops at the first
-// node that would break a limit (more paths, a deeper path, more tokens than allowed, or a
-// node whose parent is not selected before it); returns how many nodes fit.
-int32_t path_batch_tokens(const DraftTree & tree, const std::vector<int32_t> & selected, int32_t max_paths,
-                          int32_t max_depth, int32_t max_tokens, std::vector<int32_t> & tokens);
+// Which of `selected` (best first, closed under ancestors) a batch of paths can hold: a node
+// that would open a path beyond max_paths or reach beyond max_depth is left out, and so are its
+// descendants; the first node that would make the batch longer than max_tokens ends it. Writes
+// the kept nodes' indices in `selected` to `kept`, and to `tokens[n]` the batch of verifying the
+// first n kept nodes path by path: paths x (deepest + 1), n = 0..kept.size().
+void fit_path_batch(const DraftTree & tree, const std::vector<int32_t> & selected, int32_t max_paths,
+                    int32_t max_depth, int32_t max_tokens, std::vector<int32_t> & kept, std::vector<int32_t> & tokens);
 
 // How many paths a recurrent target verifies: each holds a copy of the state and `planes`
 // snapshots of it, and the copies stay within `budget` bytes (one path, the chain, whatever it

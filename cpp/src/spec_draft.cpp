@@ -117,13 +117,21 @@ bool Engine::Impl::draft_tree(const StepLimits & L, llama_pos P, double t0) {
     return true;
 }
 
-// Over recurrent state: the batch sizes of verifying the first n of `selected` path by path
-// (path_batch.h), within the sequences, the rollback planes, the batch and the free cells;
-// returns how many fit.
-int32_t Engine::Impl::fit_paths(std::vector<int32_t> & tokens) const {
+// Over recurrent state: keeps of `selected` (and of `accept`, its estimates, when given) what a
+// batch of paths holds (path_batch.h) within the sequences, the rollback planes, the batch and
+// the free cells, and the batch sizes of verifying the first n in `path_tokens`; returns how
+// many are kept.
+int32_t Engine::Impl::fit_paths(std::vector<float> * accept) {
     const int32_t cells = int32_t(n_ctx) - gen.n_past;
     const int32_t most = std::min(int32_t(llama_n_batch(target_ctx.get())), cells);
-    return path_batch_tokens(tree, selected, n_seqs, max_depth, most, tokens);
+    fit_path_batch(tree, selected, n_seqs, max_depth, most, path_kept, path_tokens);
+    for (size_t j = 0; j < path_kept.size(); ++j) {
+        selected[j] = selected[size_t(path_kept[j])];
+        if (accept) (*accept)[j] = (*accept)[size_t(path_kept[j])];
+    }
+    selected.resize(path_kept.size());
+    if (accept) accept->resize(path_kept.size());
+    return int32_t(path_kept.size());
 }
 
 // Chooses the nodes to verify, best first, into `selected`.
@@ -138,7 +146,7 @@ void Engine::Impl::allocate(const StepLimits & L, double t0, int32_t calls0, Ste
             const std::vector<int32_t> * tokens = nullptr;
             int32_t max_budget = L.max_budget;
             if (verification == Verification::paths) {
-                max_budget = std::min(max_budget, fit_paths(path_tokens));
+                max_budget = std::min(max_budget, fit_paths(&accept_est));
                 tokens = &path_tokens;
             }
             const BudgetChoice c = cost->choose(accept_est, max_budget,

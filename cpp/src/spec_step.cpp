@@ -30,7 +30,7 @@ bool Engine::Impl::step_spec() {
     // test a tree against yet); over recurrent state, what fits the paths layout
     if (one_path(verification) || (verification == Verification::trees && drafter->wants_target_hidden()))
         keep_one_path(tree, selected);
-    if (verification == Verification::paths) selected.resize(size_t(fit_paths(path_tokens)));
+    if (verification == Verification::paths) fit_paths();
     tb.build(tree, selected);
     const double t1 = now_ms();
 
