@@ -326,7 +326,8 @@ NB_MODULE(_core, m) {
     t.def("fit_path_batch", [](const DraftTree & tree, const std::vector<int32_t> & selected, int32_t max_paths,
                                int32_t max_depth, int32_t max_tokens) {
         std::vector<int32_t> kept, tokens;
-        fit_path_batch(tree, selected, max_paths, max_depth, max_tokens, kept, tokens);
+        std::vector<uint8_t> scratch;
+        fit_path_batch(tree, selected, max_paths, max_depth, max_tokens, kept, tokens, scratch);
         return nb::make_tuple(kept, tokens);
     }, "tree"_a, "selected"_a, "max_paths"_a, "max_depth"_a, "max_tokens"_a);
     t.def("paths_within", &paths_within, "state_bytes"_a, "planes"_a, "budget"_a, "most"_a);

@@ -96,6 +96,7 @@ struct Engine::Impl {
     std::vector<int32_t> order;
     std::vector<int32_t> selected, accepted;
     std::vector<int32_t> path_kept, path_tokens;   // recurrent targets: see fit_paths
+    std::vector<uint8_t> path_scratch;
     // the step's paid levels beside free sources (draft_cost_aware), judged apart in observe()
     bool step_paid = false;
     double step_paid_ms = 0;

@@ -45,19 +45,4 @@ void KvPaths::commit(llama_seq_id keep, llama_pos p0, llama_pos p_end) {
     }
 }
 
-void KvPaths::commit_paths(llama_seq_id keep, llama_pos p_end) {
-    if (keep < 0 || keep >= live_) throw std::logic_error("kv_paths: kept sequence is not live");
-    llama_memory_t mem = llama_get_memory(ctx_);
-    if (!llama_memory_seq_rm(mem, keep, p_end, -1))
-        throw std::runtime_error("llama.cpp could not roll the target's memory back to position " +
-                                 std::to_string(p_end));
-    // a recurrent state cannot be cut to the prefix and extended: each other sequence is
-    // dropped whole and becomes a copy (its attention cells: metadata only, one unified cache)
-    for (llama_seq_id s = 0; s < live_; ++s) {
-        if (s == keep) continue;
-        llama_memory_seq_rm(mem, s, -1, -1);
-        llama_memory_seq_cp(mem, keep, s, -1, -1);
-    }
-}
-
 }  // namespace heterospec

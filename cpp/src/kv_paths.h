@@ -28,11 +28,6 @@ public:
     // Keeps positions [p0, p_end) of sequence `keep`, drops everything from p0 on elsewhere, and
     // copies the kept cells to every other live sequence.
     void commit(llama_seq_id keep, llama_pos p0, llama_pos p_end);
-    // The same over recurrent state, where each path ran in a sequence of its own: rolls
-    // sequence `keep` back to end at p_end (through llama.cpp's snapshot planes) and makes
-    // every other live sequence a copy of it (sharing its state cell, and its pending rollback:
-    // patch 0003).
-    void commit_paths(llama_seq_id keep, llama_pos p_end);
 
     int32_t live() const { return live_; }
     int32_t n_seq_max() const { return n_seq_max_; }

@@ -5,22 +5,26 @@
 namespace heterospec {
 
 void fit_path_batch(const DraftTree & tree, const std::vector<int32_t> & selected, int32_t max_paths,
-                    int32_t max_depth, int32_t max_tokens, std::vector<int32_t> & kept, std::vector<int32_t> & tokens) {
+                    int32_t max_depth, int32_t max_tokens, std::vector<int32_t> & kept, std::vector<int32_t> & tokens,
+                    std::vector<uint8_t> & scratch) {
     // paths = the kept nodes without a kept child (the root alone: one path)
-    std::vector<uint8_t> in(size_t(tree.size()), 0), has_child(size_t(tree.size()), 0);
-    in[0] = 1;
+    enum : uint8_t { kIn = 1, kHasChild = 2 };
+    std::vector<uint8_t> & flags = scratch;
+    flags.assign(size_t(tree.size()), 0);
+    flags[0] = kIn;
     int32_t paths = 1, deepest = 0;
     kept.clear();
     tokens.assign(1, 1);
     for (size_t i = 0; i < selected.size(); ++i) {
         const DraftNode & d = tree[selected[i]];
-        if (!in[size_t(d.parent)]) continue;   // below a node left out
-        const int32_t p = paths + (has_child[size_t(d.parent)] ? 1 : 0);
+        uint8_t & parent = flags[size_t(d.parent)];
+        if (!(parent & kIn)) continue;   // below a node left out
+        const int32_t p = paths + ((parent & kHasChild) ? 1 : 0);
         const int32_t depth = std::max(deepest, d.depth);
         if (p > max_paths || d.depth > max_depth) continue;
         if (p * (depth + 1) > max_tokens) break;
-        in[size_t(selected[i])] = 1;
-        has_child[size_t(d.parent)] = 1;
+        flags[size_t(selected[i])] |= kIn;
+        parent |= kHasChild;
         paths = p;
         deepest = depth;
         kept.push_back(int32_t(i));

@@ -21,9 +21,11 @@ namespace heterospec {
 // that would open a path beyond max_paths or reach beyond max_depth is left out, and so are its
 // descendants; the first node that would make the batch longer than max_tokens ends it. Writes
 // the kept nodes' indices in `selected` to `kept`, and to `tokens[n]` the batch of verifying the
-// first n kept nodes path by path: paths x (deepest + 1), n = 0..kept.size().
+// first n kept nodes path by path: paths x (deepest + 1), n = 0..kept.size(). `scratch` is
+// working space, reused between calls.
 void fit_path_batch(const DraftTree & tree, const std::vector<int32_t> & selected, int32_t max_paths,
-                    int32_t max_depth, int32_t max_tokens, std::vector<int32_t> & kept, std::vector<int32_t> & tokens);
+                    int32_t max_depth, int32_t max_tokens, std::vector<int32_t> & kept, std::vector<int32_t> & tokens,
+                    std::vector<uint8_t> & scratch);
 
 // How many paths a recurrent target verifies: each holds a copy of the state and `planes`
 // snapshots of it, and the copies stay within `budget` bytes (one path, the chain, whatever it

@@ -124,7 +124,7 @@ bool Engine::Impl::draft_tree(const StepLimits & L, llama_pos P, double t0) {
 int32_t Engine::Impl::fit_paths(std::vector<float> * accept) {
     const int32_t cells = int32_t(n_ctx) - gen.n_past;
     const int32_t most = std::min(int32_t(llama_n_batch(target_ctx.get())), cells);
-    fit_path_batch(tree, selected, n_seqs, max_depth, most, path_kept, path_tokens);
+    fit_path_batch(tree, selected, n_seqs, max_depth, most, path_kept, path_tokens, path_scratch);
     for (size_t j = 0; j < path_kept.size(); ++j) {
         selected[j] = selected[size_t(path_kept[j])];
         if (accept) (*accept)[j] = (*accept)[size_t(path_kept[j])];

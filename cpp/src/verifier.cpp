@@ -138,9 +138,11 @@ void Verifier::commit(const TreeBatch & tb, int32_t last_entry, llama_pos root_p
     // the hidden states of the accepted path, before the next pass replaces them
     if (listener_) listener_->target_decoded(path_tokens_.data(), path_tokens_.size(), root_pos, path_rows_.data());
     if (ckpt_) return commit_over_checkpoint(tb, last_entry, root_pos);
-    const llama_pos end = root_pos + tb.depth[size_t(last_entry)] + 1;
-    if (layout_ == Layout::paths) kv_.commit_paths(tb.path[size_t(last_entry)], end);
-    else kv_.commit(tb.path[size_t(last_entry)], root_pos, end);
+    // A recurrent state cannot be cut to the prefix and extended: over it each other sequence is
+    // dropped whole and becomes a copy of the kept one from position 0 (its state cell shared,
+    // with its pending rollback: patch 0003; its attention cells: metadata only).
+    const llama_pos from = layout_ == Layout::paths ? 0 : root_pos;
+    kv_.commit(tb.path[size_t(last_entry)], from, root_pos + tb.depth[size_t(last_entry)] + 1);
     cached_.keep(size_t(root_pos));
     cached_.append(path_tokens_.data(), path_tokens_.size());
 }
