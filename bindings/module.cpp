@@ -147,6 +147,7 @@ NB_MODULE(_core, m) {
         .def_ro("accepted_model", &Stats::accepted_model)
         .def_ro("accepted_ngram", &Stats::accepted_ngram)
         .def_ro("accepted_mtp", &Stats::accepted_mtp)
+        .def_ro("accepted_eagle3", &Stats::accepted_eagle3)
         .def_ro("profile_scale", &Stats::profile_scale)
         .def_ro("accepted_draft", &Stats::accepted_draft)
         .def_ro("steps", &Stats::steps)
@@ -245,6 +246,8 @@ NB_MODULE(_core, m) {
         .def("debug_n_past", &Engine::debug_n_past)
         .def("clear_ngram_memory", &Engine::clear_ngram_memory)
         .def("debug_wrong_rule", &Engine::debug_wrong_rule, "on"_a)
+        .def("debug_record_states", &Engine::debug_record_states, "on"_a)
+        .def("debug_states", &Engine::debug_states, "name"_a)
         .def("cost_profile", &Engine::cost_profile, "width"_a = 4, "fresh"_a = false, "progress"_a = nb::none(),
              release_gil())
         .def("set_cost_profile", &Engine::set_cost_profile, "sizes"_a, "verify_ms"_a, "draft_level_ms"_a,

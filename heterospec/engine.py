@@ -325,7 +325,7 @@ def _check_timeout(value) -> None:
 
 
 MODES = ("auto", "ar", "chain", "tree", "heterospec")
-DRAFTERS = ("auto", "model", "mtp", "ngram", "hybrid")
+DRAFTERS = ("auto", "model", "mtp", "eagle3", "ngram", "hybrid")
 
 
 class Engine:
@@ -346,9 +346,11 @@ class Engine:
     `drafter` says what drafts the trees: "ngram" (continuations of earlier text: the prompt,
     the output so far and earlier requests to this engine; no model needed), "model" (the draft
     model), "mtp" (the target's own MTP/nextn layers, as Qwen3.5-class models ship them),
-    "hybrid" (n-gram branches merged into the draft model's trees, or the MTP head's; the
-    cost-aware allocation drafts the n-grams always and pays for model or head levels only where
-    they pay). Default: "hybrid" with a draft model or MTP layers, else "ngram".
+    "eagle3" (an EAGLE-3 head given as `draft`: a GGUF of architecture eagle3, as llama.cpp's
+    converter writes it; it reads three of the target's layers), "hybrid" (n-gram branches merged
+    into the draft model's trees, else the EAGLE-3 head's, else the MTP head's; the cost-aware
+    allocation drafts the n-grams always and pays for model or head levels only where they pay).
+    Default: "hybrid" with a draft model, an EAGLE-3 head or MTP layers, else "ngram".
 
     Hybrid targets (Qwen3.5/3.6, LFM2, Nemotron-H: recurrent state beside attention) verify trees
     path by path: each path in a sequence of its own with a copy of the state (up to

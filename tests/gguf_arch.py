@@ -50,7 +50,7 @@ try:  # ditto: its anti-repetition term (see gguf_factory._random_weights)
 except ImportError:  # pragma: no cover
     ANTI_REPEAT = 1.5
 
-__all__ = ["write_mamba", "write_gemma2", "write_mamba2", "write_qwen35", "write_lfm2"]
+__all__ = ["write_mamba", "write_gemma2", "write_mamba2", "write_qwen35", "write_lfm2", "write_eagle3"]
 
 # Gemma-2 weight scales (fresh models). The head is tied to token_embd and the
 # residual stream starts at token_embd[tok] * sqrt(n_embd), so with ordinary
@@ -561,3 +561,77 @@ def write_lfm2(path, vocab: Vocab | None = None, *, n_embd=64, n_layer=4, n_head
         w.add_shortconv_l_cache(l_cache)
 
     return _write(Path(path), "lfm2", name, kv, vocab, W)
+
+
+# -------------------------------------------------------------------------- eagle3
+
+def write_eagle3(path, target, *, layers=None, n_embd=None, n_head=4, n_head_kv=None, n_ff=128,
+                 own_embedding=False, own_output=False, target_hidden=None, seed=0,
+                 name="test-eagle3") -> Path:
+    """Write a random-weight EAGLE-3 head (architecture "eagle3") for the GGUF `target`.
+
+    One decoder layer whose attention reads concat(attn_norm(embedding), attn_norm_2(g)) (2 *
+    n_embd wide) and whose residual starts at g; an encoder `fc` maps the inputs of the target's
+    layers `layers` (eagle3.target_layers; default: the first, middle and last, as EAGLE-3
+    picks low, mid and high features), concatenated, to g. Without own_embedding/own_output it
+    borrows the target's token_embd/output (llama.cpp's ctx_other): then n_embd must be the
+    target's (the default). target_hidden (default: the target's width) is written as
+    eagle3.target_hidden_size, so a mismatched head can be made on purpose. The vocabulary is
+    the target's.
+    """
+    f = _target_fields(target)
+    a = f["general.architecture"]
+    d_tgt, n_layer_tgt = int(f[f"{a}.embedding_length"]), int(f[f"{a}.block_count"])
+    layers = list(layers) if layers is not None else [0, n_layer_tgt // 2, n_layer_tgt - 1]
+    n_embd = n_embd or d_tgt
+    n_head_kv = n_head_kv or n_head
+    hd = n_embd // n_head
+    vocab = read_vocab(target)
+    V = vocab.n_vocab
+    rng = np.random.default_rng(seed)
+    d_in = len(layers) * int(target_hidden or d_tgt)   # a head made for another target's width
+    W = {"fc.weight": _dense(rng, (n_embd, d_in), 1.0 / np.sqrt(d_in)),
+         "output_norm.weight": _norm_gain(rng, (n_embd,))}
+    if own_embedding:
+        W["token_embd.weight"] = _dense(rng, (V, n_embd), 1.0)
+    if own_output:
+        W["output.weight"] = _dense(rng, (V, n_embd), 3.0 / np.sqrt(n_embd))
+    b = "blk.0."
+    W.update({
+        b + "attn_norm.weight": _norm_gain(rng, (n_embd,)),
+        b + "attn_norm_2.weight": _norm_gain(rng, (n_embd,)),
+        b + "attn_q.weight": _dense(rng, (n_head * hd, 2 * n_embd), 1.0 / np.sqrt(2 * n_embd)),
+        b + "attn_k.weight": _dense(rng, (n_head_kv * hd, 2 * n_embd), 1.0 / np.sqrt(2 * n_embd)),
+        b + "attn_v.weight": _dense(rng, (n_head_kv * hd, 2 * n_embd), 1.0 / np.sqrt(2 * n_embd)),
+        b + "attn_output.weight": _dense(rng, (n_embd, n_head * hd), 1.0 / np.sqrt(n_head * hd)),
+        b + "ffn_norm.weight": _norm_gain(rng, (n_embd,)),
+        b + "ffn_gate.weight": _dense(rng, (n_ff, n_embd), 1.0 / np.sqrt(n_embd)),
+        b + "ffn_up.weight": _dense(rng, (n_ff, n_embd), 1.0 / np.sqrt(n_embd)),
+        b + "ffn_down.weight": _dense(rng, (n_embd, n_ff), 1.0 / np.sqrt(n_ff)),
+    })
+
+    def kv(w: gguf.GGUFWriter):
+        w.add_context_length(int(f[f"{a}.context_length"]))
+        w.add_embedding_length(n_embd)
+        w.add_block_count(1)
+        w.add_feed_forward_length(n_ff)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_head_kv)
+        w.add_rope_dimension_count(hd)
+        w.add_rope_freq_base(10000.0)
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_array("eagle3.target_layers", [int(x) for x in layers])
+        w.add_uint32("eagle3.target_hidden_size", int(target_hidden or d_tgt))
+
+    return _write(Path(path), "eagle3", name, kv, vocab, W)
+
+
+def _target_fields(path) -> dict:
+    r = gguf.GGUFReader(str(path))
+    out = {}
+    for k, field in r.fields.items():
+        if k.startswith("tokenizer.") or not field.data:
+            continue
+        v = field.parts[field.data[0]]
+        out[k] = bytes(v).decode() if field.types and field.types[0] == gguf.GGUFValueType.STRING else v[0]
+    return out

@@ -18,7 +18,7 @@ namespace {
 
 void check_drafter(const std::string & name, const char * what) {
     if (name != "auto" && !drafter_known(name))
-        bad(std::string(what) + " must be 'model', 'mtp', 'ngram', 'hybrid' or 'auto', not '" + name + "'");
+        bad(std::string(what) + " must be 'model', 'mtp', 'eagle3', 'ngram', 'hybrid' or 'auto', not '" + name + "'");
 }
 
 // More threads than this only oversubscribe the machine, and ggml's thread pool holds at most
@@ -56,7 +56,7 @@ void validate(const EngineOptions & o) {
     if (sp.dense_tail < 0) bad("sparse_dense_tail must be >= 0");
     if (sp.on() && o.flash_attn == "off") bad("sparse_prefill needs flash attention (flash_attn 'auto' or 'on')");
     if (drafter_needs_model(o.drafter) && o.draft.path.empty())
-        bad("drafter '" + o.drafter + "' needs a draft model (-md / draft=)");
+        bad(drafter_unavailable(o.drafter));
 }
 
 void validate(const GenerateParams & p) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "eagle3_head.h"
 #include "engine_impl.h"
 #include "sparse_prefill.h"
 
@@ -28,10 +29,16 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
 
     m.target = load_target(options.target, m.mtp_error);
     if (!options.draft.path.empty()) {
-        m.draft = load_model(options.draft);
-        check_same_vocab(m.target.get(), m.draft.get());
-        // the draft's tree: one sequence per path, in one unified cache
-        check_tree_capable(m.draft.get(), options.draft.path);
+        ModelPtr draft = load_model(options.draft, false, /*head_ok=*/true);
+        check_same_vocab(m.target.get(), draft.get());
+        if (gguf_architecture(options.draft.path) == "eagle3") {
+            m.eagle3 = read_eagle3_head(options.draft.path);   // checked against the target below
+            m.head = std::move(draft);
+        } else {
+            // the draft's tree: one sequence per path, in one unified cache
+            check_tree_capable(draft.get(), options.draft.path);
+            m.draft = std::move(draft);
+        }
     }
     m.vocab = llama_model_get_vocab(m.target.get());
     m.n_vocab = llama_vocab_n_tokens(m.vocab);
@@ -94,6 +101,11 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
                       "target's hidden states row by row: MTP drafting needs rollback";
     if (m.verification != Verification::none && m.mtp_error.empty() && n_nextn == 1)
         m.mtp_ctx = make_mtp_context(m.target.get(), spec, m.mtp_error);
+    if (m.head) {
+        check_eagle3_head(m.eagle3, Impl::eagle3_target(m.target.get(), m.verification), options.draft.path,
+                          options.target.path);
+        m.head_ctx = make_head_context(m.head.get(), m.target_ctx.get(), spec);
+    }
     if (m.verification != Verification::none) {
         const bool checkpoints = m.verification == Verification::checkpoints;
         const Verifier::Layout layout = checkpoints ? Verifier::Layout::checkpoints
@@ -107,6 +119,8 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
         in.draft_cached = &m.draft_cached;
         in.target_ctx = m.target_ctx.get();
         in.mtp_ctx = m.mtp_ctx.get();
+        in.eagle3_ctx = m.head_ctx.get();
+        in.eagle3_layers = m.eagle3.layers;
         in.index = &m.index;
         in.n_seq_max = m.n_seqs;
         for (NamedDrafter & d : make_drafters(in))
@@ -115,12 +129,28 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     // hybrid measured best with a draft model (benchmarks/README.md: 1.19x the draft model's
     // trees alone on the memory-bound pair)
     if (options.drafter != "auto" && !m.speculators.empty() && !m.find_speculator(options.drafter))
-        throw std::invalid_argument(drafter_unavailable(options.drafter) +
-                                    (options.drafter == "mtp" && !m.mtp_error.empty() ? ": " + m.mtp_error : ""));
-    // hybrid with a target's MTP head too: n-grams always, the head's levels where they pay
-    m.default_drafter = options.drafter != "auto" ? options.drafter : m.draft || m.mtp_ctx ? "hybrid" : "ngram";
+        throw std::invalid_argument(m.unavailable(options.drafter));
+    // hybrid with a head too: n-grams always, the head's levels where they pay
+    m.default_drafter = options.drafter != "auto" ? options.drafter
+                      : m.draft || m.head_ctx || m.mtp_ctx ? "hybrid" : "ngram";
     // llama.cpp rounds a small context up (to 256 cells): the engine keeps to the size asked for
     m.n_ctx = std::min(spec.n_ctx, llama_n_ctx(m.target_ctx.get()));
+}
+
+// What the EAGLE-3 head check needs of the target.
+Eagle3Target Engine::Impl::eagle3_target(const llama_model * target, Verification v) {
+    char arch[64] = {0};
+    llama_model_meta_val_str(target, "general.architecture", arch, sizeof(arch));
+    return {arch, llama_model_n_layer(target), llama_model_n_embd(target), v != Verification::checkpoints};
+}
+
+std::string Engine::Impl::unavailable(const std::string & name) const {
+    if (name == "model" && head)
+        return "'" + opts.draft.path + "' is an EAGLE-3 head, not a draft model: use drafter 'eagle3' (or 'hybrid')";
+    if (name == "eagle3" && draft)
+        return "drafter 'eagle3' needs an EAGLE-3 head as the draft; '" + opts.draft.path +
+               "' is a draft model (use drafter 'model' or 'hybrid')";
+    return drafter_unavailable(name) + (name == "mtp" && !mtp_error.empty() ? ": " + mtp_error : "");
 }
 
 Engine::Impl::Speculator * Engine::Impl::find_speculator(const std::string & name) {
@@ -216,6 +246,17 @@ std::string Engine::format_chat(const std::vector<ChatMessage> & messages, bool 
         throw std::invalid_argument("the chat template is not one llama.cpp can apply; pass chat_template= "
                                     "with a built-in name such as 'chatml', 'llama3' or 'mistral-v7'");
     return std::string(buf.data(), size_t(n));
+}
+
+void Engine::debug_record_states(bool on) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    for (Impl::Speculator & s : impl_->speculators) s.drafter->debug_record_states(on);
+}
+
+std::vector<std::pair<int32_t, std::vector<float>>> Engine::debug_states(const std::string & name) const {
+    for (const Impl::Speculator & s : impl_->speculators)
+        if (s.name == name) return s.drafter->debug_states();
+    throw std::invalid_argument("no drafter '" + name + "' here");
 }
 
 std::vector<std::vector<std::pair<int32_t, int32_t>>> Engine::debug_kv_state() const {

@@ -15,6 +15,7 @@
 #include "cost_model.h"
 #include "draft_tree.h"
 #include "drafters/drafter.h"
+#include "eagle3_head.h"
 #include "mode.h"
 #include "model.h"
 #include "policy.h"
@@ -56,6 +57,9 @@ struct Engine::Impl {
     ContextPtr draft_ctx;
     ContextPtr mtp_ctx;           // the target's MTP (nextn) head, when it has one llama.cpp runs
     std::string mtp_error;        // why a target with nextn layers has none
+    ModelPtr head;                // an EAGLE-3 head given as the draft, and its context
+    ContextPtr head_ctx;
+    Eagle3Head eagle3;
     BatchPtr batch;
     const llama_vocab * vocab = nullptr;
     int32_t n_vocab = 0;
@@ -165,6 +169,9 @@ struct Engine::Impl {
         return sp.drafter.empty() || sp.drafter == "auto" ? default_drafter : sp.drafter;
     }
     Speculator * find_speculator(const std::string & name);
+    // Why drafter `name` is not on offer here, and what to use instead.
+    std::string unavailable(const std::string & name) const;
+    static Eagle3Target eagle3_target(const llama_model * target, Verification v);
 };
 
 }  // namespace heterospec

@@ -14,6 +14,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "eagle3_head.h"
 #include "gguf.h"
 #include "heterospec/errors.h"
 
@@ -139,6 +140,9 @@ void check_model_shape(const gguf_context * g, const std::string & path) {
         const int64_t * ne = gguf_get_tensor_ne(g, i);
         const bool one_d = ne[1] == 1 && ne[2] == 1 && ne[3] == 1;
         const bool is_int = t == GGML_TYPE_I8 || t == GGML_TYPE_I16 || t == GGML_TYPE_I32 || t == GGML_TYPE_I64;
+        // an EAGLE-3 head's vocabulary map is integers by design (llama.cpp asserts I64)
+        const bool d2t = arch == "eagle3" && std::string(gguf_get_tensor_name(g, i)) == "d2t" && t == GGML_TYPE_I64;
+        if (d2t) continue;
         if (is_int || (one_d && t != GGML_TYPE_F32))
             throw bad(std::string("tensor '") + gguf_get_tensor_name(g, i) + "' is stored as " + ggml_type_name(t) +
                       (one_d ? " (1-D tensors must be F32)" : " (weights must be float or quantized)"));
@@ -186,9 +190,13 @@ void check_gguf(const std::string & path) {
 
 }  // namespace
 
-ModelPtr load_model(const ModelOptions & opts, bool load_mtp) {
+ModelPtr load_model(const ModelOptions & opts, bool load_mtp, bool head_ok) {
     ensure_backend();
     check_gguf(opts.path);
+    const bool head = gguf_architecture(opts.path) == "eagle3";
+    if (head && !head_ok)
+        throw std::invalid_argument("'" + opts.path + "' is an EAGLE-3 head (architecture eagle3), not a model that "
+                                    "generates alone: give it as the draft (draft= / -md) of the target it was trained for");
     clear_log();
 
     llama_model_params mp = llama_model_default_params();
@@ -198,7 +206,7 @@ ModelPtr load_model(const ModelOptions & opts, bool load_mtp) {
     if (!model) throw std::invalid_argument(quote_log("failed to load model '" + opts.path + "'"));
 
     const llama_vocab * vocab = llama_model_get_vocab(model.get());
-    if (!llama_model_has_decoder(model.get()) || llama_model_has_encoder(model.get()))
+    if (!llama_model_has_decoder(model.get()) || (llama_model_has_encoder(model.get()) && !head))
         throw std::invalid_argument("'" + opts.path + "' is not a decoder-only language model; "
                                     "encoder and encoder-decoder models are not supported");
     if (llama_vocab_type(vocab) == LLAMA_VOCAB_TYPE_NONE || llama_vocab_n_tokens(vocab) <= 0)
@@ -257,6 +265,7 @@ ContextPtr make_context(llama_model * model, const ContextSpec & spec) {
     if (ggml_is_quantized(cp.type_v) && cp.flash_attn_type == LLAMA_FLASH_ATTN_TYPE_DISABLED)
         throw std::invalid_argument("a quantized V cache (cache_type_v=" + spec.cache_type_v +
                                     ") needs flash attention: use flash_attn='on' or 'auto'");
+    cp.ctx_other = spec.other;
     cp.no_perf = true;
     clear_log();
     ContextPtr ctx(llama_init_from_model(model, cp));
@@ -276,6 +285,15 @@ ContextPtr make_mtp_context(llama_model * model, const ContextSpec & spec, std::
         error = std::string("llama.cpp could not run its MTP head (") + e.what() + ")";
         return nullptr;
     }
+}
+
+ContextPtr make_head_context(llama_model * head, llama_context * target, const ContextSpec & spec) {
+    ContextSpec s = spec;
+    s.n_seq_max = 1;
+    s.kv_unified = false;
+    s.n_rs_seq = 0;
+    s.other = target;
+    return make_context(head, s);
 }
 
 bool has_recurrent_state(const llama_model * model) {

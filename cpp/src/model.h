@@ -25,8 +25,9 @@ std::string recent_log_errors();   // the error/warning lines since the last cle
 void clear_log();
 
 // Checks that `path` is a readable GGUF file (throws FileNotFound / std::invalid_argument),
-// then loads it. Errors name the file and quote llama.cpp's reason.
-ModelPtr load_model(const ModelOptions & opts, bool load_mtp = false);
+// then loads it. Errors name the file and quote llama.cpp's reason. An EAGLE-3 head (which has
+// an encoder) loads only where `head_ok` (as a draft).
+ModelPtr load_model(const ModelOptions & opts, bool load_mtp = false, bool head_ok = false);
 // The target: with its MTP (nextn) layers where llama.cpp can load them; where it cannot, without
 // them, and `mtp_error` says why.
 ModelPtr load_target(const ModelOptions & opts, std::string & mtp_error);
@@ -43,10 +44,13 @@ struct ContextSpec {
     std::string cache_type_v;
     uint32_t n_rs_seq = 0;      // recurrent-state rollback planes per sequence (0: none)
     bool mtp = false;           // a context of the model's MTP head (LLAMA_CONTEXT_TYPE_MTP)
+    llama_context * other = nullptr;   // the target's, for a head that borrows its tensors (ctx_other)
 };
 ContextPtr make_context(llama_model * model, const ContextSpec & spec);
 // The MTP head's context on `model` (one sequence), or null with `error` saying why not.
 ContextPtr make_mtp_context(llama_model * model, const ContextSpec & spec, std::string & error);
+// An EAGLE-3 head's context (one sequence), borrowing from the target's context what it lacks.
+ContextPtr make_head_context(llama_model * head, llama_context * target, const ContextSpec & spec);
 
 // Tree verification branches the KV cache by sequence: recurrent and hybrid memories cannot.
 bool tree_capable(const llama_model * model);

@@ -35,12 +35,14 @@ void Engine::Impl::measure_profile(Speculator & s, int32_t width, const ProfileP
     if (progress) progress(steps, steps);
 }
 
-// The paid source whose level cost a stored profile carries: the draft model's, else the
-// target's MTP head's, else none.
+// The paid source whose level cost a stored profile carries: the draft model's, else an EAGLE-3
+// head's, else the target's MTP head's, else none.
 uint8_t Engine::Impl::profiled_source() const {
     uint8_t sources = 0;
     for (const Speculator & s : speculators) sources |= s.drafter->paid_source();
-    return sources & kFromModel ? kFromModel : sources & kFromMtp;
+    for (uint8_t source : {kFromModel, kFromEagle3, kFromMtp})
+        if (sources & source) return source;
+    return 0;
 }
 
 void Engine::set_cost_profile(const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
@@ -71,7 +73,8 @@ std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profi
     // the draft model's pass (else the MTP head's) is measured whenever there is one, whatever
     // the default drafter: the profile is cached per model pair and serves every drafter
     const uint8_t priced = m.profiled_source();
-    Impl::Speculator * s = m.find_speculator(priced == kFromModel ? "model" : priced == kFromMtp ? "mtp" : "ngram");
+    Impl::Speculator * s = m.find_speculator(priced == kFromModel ? "model" : priced == kFromEagle3 ? "eagle3"
+                                             : priced == kFromMtp ? "mtp" : "ngram");
     if (!s) throw std::invalid_argument("this target cannot speculate (its memory cannot hold a draft tree)");
     std::lock_guard<std::mutex> lock(m.mu);
     m.gen.done = true;   // measuring clears the caches: any generation in progress ends

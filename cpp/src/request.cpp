@@ -24,8 +24,7 @@ void Engine::check(const std::vector<int32_t> & prompt, const GenerateParams & p
     bool known = false;
     for (const Impl::Speculator & s : m.speculators) known |= s.name == drafter_name;
     if (mode != Mode::ar && !known)
-        throw std::invalid_argument(drafter_unavailable(drafter_name) + (drafter_name == "mtp" && !m.mtp_error.empty()
-                                                                          ? ": " + m.mtp_error : ""));
+        throw std::invalid_argument(m.unavailable(drafter_name));
     const int32_t most_nodes = sp.budget + (mode == Mode::heterospec ? Policy::alpha(sp.depth) : 0);
     if ((mode == Mode::tree || mode == Mode::heterospec) && (most_nodes > m.opts.max_nodes || sp.width > m.opts.max_nodes))
         throw std::invalid_argument("tree budget and width must be at most max_nodes (" +

@@ -25,11 +25,10 @@ bool Engine::Impl::step_spec() {
     const bool drafted = draft_tree(L, P, t0);
     if (drafted) allocate(L, t0, calls0, tr);
     else selected.clear();   // a plain step: the root alone
-    // a checkpointed recurrent state follows one path; so does an MTP head over an attention
-    // cache (the paths layout hands it the accepted path's rows; no attention-only MTP model to
-    // test a tree against yet); over recurrent state, what fits the paths layout
-    if (one_path(verification) || (verification == Verification::trees && drafter->wants_target_hidden()))
-        keep_one_path(tree, selected);
+    // a checkpointed recurrent state follows one path; over recurrent state, what fits the
+    // paths layout (a head reading the target's states gets the accepted path's rows at commit,
+    // in every layout)
+    if (one_path(verification)) keep_one_path(tree, selected);
     if (verification == Verification::paths) fit_paths();
     tb.build(tree, selected);
     const double t1 = now_ms();
@@ -51,6 +50,7 @@ bool Engine::Impl::step_spec() {
         g.stats.accepted_model += (source & kFromModel) != 0;
         g.stats.accepted_ngram += (source & kFromNgram) != 0;
         g.stats.accepted_mtp += (source & kFromMtp) != 0;
+        g.stats.accepted_eagle3 += (source & kFromEagle3) != 0;
     }
     if (!w.stopped) commit(w, P);
     // generation ends inside the path: the target keeps what was accepted, so that the next

@@ -127,6 +127,10 @@ public:
     // with probability min(1, p/q), else sample from p instead of the residual), so that the
     // statistical test can show that it catches one.
     void debug_wrong_rule(bool on);
+    // Tests: every target state handed to drafter `name`'s head (an MTP or EAGLE-3 head), by
+    // position, recorded from the call to debug_record_states(true) on.
+    void debug_record_states(bool on);
+    std::vector<std::pair<int32_t, std::vector<float>>> debug_states(const std::string & name) const;
 
     // Measured once per engine: batch sizes n, t_verify(n) in ms, and one draft level in ms (the
     // draft model's, else the MTP head's). `fresh`: measure again, forgetting what was measured

@@ -16,7 +16,7 @@
 // selection, the entropy policy and the cost-aware budget work the same on every drafter.
 //
 // Adding a drafter is one file and a line in registry.cpp. A drafter that reads the target's
-// hidden states (an MTP head; later EAGLE-3) says so with wants_target_hidden(): the verifier
+// hidden states (an MTP or EAGLE-3 head) says so with wants_target_hidden(): the verifier
 // then calls target_decoded() after every target pass, while those states are still there.
 #pragma once
 
@@ -25,6 +25,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "draft_tree.h"
@@ -103,6 +104,10 @@ public:
     // `tokens` at positions pos0.. ran in the target's last pass, at batch rows `rows` (null:
     // rows 0..n-1).
     virtual void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0, const int32_t * rows = nullptr) {}
+    // Tests: keep every target state handed to a head, by position (the latest for each), to
+    // compare the states of a tree step's accepted path with a plain pass's.
+    virtual void debug_record_states(bool on) {}
+    virtual std::vector<std::pair<int32_t, std::vector<float>>> debug_states() const { return {}; }
 
 protected:
     virtual void do_begin(const std::vector<int32_t> & prefix, bool reuse) = 0;
@@ -135,13 +140,16 @@ struct DrafterInputs {
     llama_context * draft_ctx = nullptr;
     llama_context * target_ctx = nullptr;
     llama_context * mtp_ctx = nullptr;       // the target's MTP (nextn) layers, LLAMA_CONTEXT_TYPE_MTP
+    llama_context * eagle3_ctx = nullptr;    // an EAGLE-3 head given as the draft
+    std::vector<int32_t> eagle3_layers;      // the target layers it reads
     CachedTokens * draft_cached = nullptr;   // what the draft's cache holds (the prompt cache)
     const SuffixIndex * index = nullptr;
     int32_t n_seq_max = 1;
 };
 
-// The drafters an engine offers, by name ("model", "mtp", "ngram", "hybrid"): those its inputs
-// allow. "hybrid" is n-gram branches merged into the draft model's trees, or the MTP head's
+// The drafters an engine offers, by name ("model", "mtp", "eagle3", "ngram", "hybrid"): those its
+// inputs allow. "hybrid" is n-gram branches merged into the draft model's trees, else the EAGLE-3
+// head's, else the MTP head's
 // without a draft model.
 struct NamedDrafter {
     std::string name;

@@ -14,8 +14,8 @@ namespace heterospec {
 
 class HybridDrafter : public Drafter {
 public:
-    // `paid`: the draft model's drafter, or the MTP head's
-    HybridDrafter(std::unique_ptr<Drafter> paid, const SuffixIndex & index) : paid_(std::move(paid)), ngram_(index) {}
+    // `paid`: the draft model's drafter, or a head's (not owned: the engine's drafter of that name)
+    HybridDrafter(Drafter & paid, const SuffixIndex & index) : paid_(&paid), ngram_(index) {}
     const char * name() const override { return "hybrid"; }
     bool has_free_source() const override { return true; }
     bool has_paid_levels() const override { return true; }
@@ -36,6 +36,8 @@ public:
     void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0, const int32_t * rows) override {
         paid_->target_decoded(tokens, n, pos0, rows);
     }
+    void debug_record_states(bool on) override { paid_->debug_record_states(on); }
+    std::vector<std::pair<int32_t, std::vector<float>>> debug_states() const override { return paid_->debug_states(); }
 
 protected:
     void do_begin(const std::vector<int32_t> & prefix, bool reuse) override { paid_->begin(prefix, reuse); }
@@ -58,7 +60,7 @@ protected:
     }
 
 private:
-    std::unique_ptr<Drafter> paid_;
+    Drafter * paid_;
     NgramDrafter ngram_;
 };
 

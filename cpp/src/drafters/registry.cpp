@@ -2,6 +2,7 @@
 #include <stdexcept>
 
 #include "drafters/draft_model.h"
+#include "drafters/eagle3.h"
 #include "drafters/drafter.h"
 #include "drafters/hybrid.h"
 #include "drafters/mtp.h"
@@ -11,36 +12,46 @@ namespace heterospec {
 
 namespace {
 
-// The paid drafter a hybrid tree merges n-grams into: the draft model's, else the MTP head's.
-std::unique_ptr<Drafter> paid_drafter(const DrafterInputs & in) {
-    if (in.draft_ctx) return std::make_unique<DraftModelDrafter>(in.draft_ctx, in.n_seq_max, *in.draft_cached);
-    return std::make_unique<MtpDrafter>(in.target_ctx, in.mtp_ctx);
+// The paid drafter a hybrid tree merges n-grams into: the draft model's, else the EAGLE-3 head's
+// (given as the draft: the user's choice over the target's own MTP layers), else the MTP head's.
+// The same object as that drafter's own entry: a model's context has one drafter keeping track of
+// what its cache holds.
+Drafter & paid_drafter(const std::vector<NamedDrafter> & made) {
+    for (const char * name : {"model", "eagle3", "mtp"})
+        for (const NamedDrafter & d : made)
+            if (d.name == name) return *d.drafter;
+    throw std::logic_error("a hybrid drafter without a paid drafter");
 }
 
 struct Entry {
     const char * name;
     bool (*available)(const DrafterInputs &);
-    std::unique_ptr<Drafter> (*make)(const DrafterInputs &);
+    std::unique_ptr<Drafter> (*make)(const DrafterInputs &, const std::vector<NamedDrafter> & made);
     const char * unavailable;   // what to do instead
 };
 
 const Entry kDrafters[] = {
     {"model", [](const DrafterInputs & in) { return in.draft_ctx != nullptr; },
-     [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
+     [](const DrafterInputs & in, const std::vector<NamedDrafter> &) -> std::unique_ptr<Drafter> {
          return std::make_unique<DraftModelDrafter>(in.draft_ctx, in.n_seq_max, *in.draft_cached); },
      "drafter 'model' needs a draft model (-md / draft=)"},
     {"mtp", [](const DrafterInputs & in) { return in.mtp_ctx != nullptr; },
-     [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
+     [](const DrafterInputs & in, const std::vector<NamedDrafter> &) -> std::unique_ptr<Drafter> {
          return std::make_unique<MtpDrafter>(in.target_ctx, in.mtp_ctx); },
      "drafter 'mtp' needs a target with MTP (nextn) layers that llama.cpp can run; this one has none "
      "(use drafter 'ngram', or a draft model with 'model')"},
+    {"eagle3", [](const DrafterInputs & in) { return in.eagle3_ctx != nullptr; },
+     [](const DrafterInputs & in, const std::vector<NamedDrafter> &) -> std::unique_ptr<Drafter> {
+         return std::make_unique<Eagle3Drafter>(in.target_ctx, in.eagle3_ctx, in.eagle3_layers); },
+     "drafter 'eagle3' needs an EAGLE-3 head (a GGUF of architecture eagle3) as the draft (-md / draft=)"},
     {"ngram", [](const DrafterInputs &) { return true; },
-     [](const DrafterInputs & in) -> std::unique_ptr<Drafter> { return std::make_unique<NgramDrafter>(*in.index); },
+     [](const DrafterInputs & in, const std::vector<NamedDrafter> &) -> std::unique_ptr<Drafter> { return std::make_unique<NgramDrafter>(*in.index); },
      ""},
-    {"hybrid", [](const DrafterInputs & in) { return in.draft_ctx != nullptr || in.mtp_ctx != nullptr; },
-     [](const DrafterInputs & in) -> std::unique_ptr<Drafter> {
-         return std::make_unique<HybridDrafter>(paid_drafter(in), *in.index); },
-     "drafter 'hybrid' needs a draft model (-md / draft=) or a target with MTP (nextn) layers (use 'ngram')"},
+    {"hybrid", [](const DrafterInputs & in) { return in.draft_ctx || in.eagle3_ctx || in.mtp_ctx; },
+     [](const DrafterInputs & in, const std::vector<NamedDrafter> & made) -> std::unique_ptr<Drafter> {
+         return std::make_unique<HybridDrafter>(paid_drafter(made), *in.index); },
+     "drafter 'hybrid' needs a draft model or an EAGLE-3 head (-md / draft=), or a target with MTP (nextn) "
+     "layers (use 'ngram')"},
 };
 
 const Entry * find(const std::string & name) {
@@ -54,14 +65,15 @@ const Entry * find(const std::string & name) {
 std::vector<NamedDrafter> make_drafters(const DrafterInputs & in) {
     std::vector<NamedDrafter> out;
     for (const Entry & e : kDrafters)
-        if (e.available(in)) out.push_back({e.name, e.make(in)});
+        if (e.available(in)) out.push_back({e.name, e.make(in, out)});
     return out;
 }
 
 bool drafter_known(const std::string & name) { return find(name) != nullptr; }
 
-// Only 'model' is known to be unavailable before the target is loaded (MTP layers live in it).
-bool drafter_needs_model(const std::string & name) { return name == "model"; }
+// Only 'model' and 'eagle3' are known to be unavailable before the target is loaded (MTP layers
+// live in it).
+bool drafter_needs_model(const std::string & name) { return name == "model" || name == "eagle3"; }
 
 std::string drafter_unavailable(const std::string & name) {
     const Entry * e = find(name);
