@@ -92,13 +92,21 @@ def _progress(done: int, total: int, t0: float) -> None:
               end="", file=sys.stderr, flush=True)
 
 
-def _peer_modes(draft, mtp: bool = False) -> list[tuple[str, Optional[list], dict]]:
+def _is_eagle3(path) -> bool:
+    from .padding import gguf_architecture
+    return gguf_architecture(path) == "eagle3"
+
+
+def _peer_modes(draft, mtp: bool = False, eagle3: bool = False) -> list[tuple[str, Optional[list], dict]]:
     """(name, llama-speculative-simple arguments or None for plain decoding, settings): with a
-    draft model, draft-simple over n_max / p_min; with the target's MTP head, draft-mtp, ngram-mod
-    and both; otherwise the draftless n-gram types."""
-    from .peer import MTP_GRID, NGRAM_GRID, PEER_GRID, draft_spec_args
+    draft model, draft-simple over n_max / p_min; with an EAGLE-3 head, draft-eagle3 over n_max /
+    p_min and chained with ngram-mod; with the target's MTP head, draft-mtp, ngram-mod and both;
+    otherwise the draftless n-gram types."""
+    from .peer import MTP_GRID, NGRAM_GRID, PEER_GRID, draft_spec_args, eagle3_grid
     modes = [("llama.cpp", None, {})]
-    if draft:
+    if draft and eagle3:
+        modes += [(f"llama.cpp-spec {label}", args, {"args": " ".join(args)}) for label, args in eagle3_grid(draft)]
+    elif draft:
         modes += [(f"llama.cpp-spec n_max={n} p_min={p:g}", draft_spec_args(draft, n, p), {"n_max": n, "p_min": p})
                   for n, p in PEER_GRID]
     elif mtp:
@@ -137,14 +145,21 @@ def run(args) -> int:
         from .projection import load_profile
         device_profile = load_profile(args.cost_profile)   # a bad file fails before any run
     args.pad = {}
+    head = bool(args.model_draft) and _is_eagle3(args.model_draft)
     for role, attr in (("target", "model"), ("draft", "model_draft")):
         shape = getattr(args, f"pad_{role}", None)
+        target = None
+        if role == "draft" and head and "target" in args.pad:
+            # an EAGLE-3 head reads the target's features: it grows with the target, to its shape
+            if shape and shape != args.pad["target"]["shape"]:
+                raise ValueError("an EAGLE-3 head is padded with its target: give --pad-draft the target's shape")
+            shape, target = args.pad["target"]["shape"], args.pad["target"]["source"]
         if shape:
             from .padding import padded_model
             src = getattr(args, attr)
             if not src:
                 raise ValueError(f"--pad-{role} needs a {role} model")
-            setattr(args, attr, str(padded_model(src, shape, args.pad_type, bench_cache(args))))
+            setattr(args, attr, str(padded_model(src, shape, args.pad_type, bench_cache(args), target=target)))
             args.pad[role] = {"source": src, "shape": shape, "type": args.pad_type}
     peer_exe, peer_error = None, None
     if getattr(args, "peer", False):
@@ -158,7 +173,7 @@ def run(args) -> int:
     engine_kw = {k: getattr(args, k) for k in ("n_threads", "n_ctx", "n_gpu_layers") if getattr(args, k) is not None}
     with Engine(args.model, draft=args.model_draft, **engine_kw) as engine:
         if getattr(args, "peer", False):
-            peer_modes = _peer_modes(args.model_draft, engine.has_mtp)
+            peer_modes = _peer_modes(args.model_draft, engine.has_mtp, head)
         prompts = load_prompts(args.prompts, engine, args.limit, args.skip, getattr(args, "per_category", None))
         room = engine.n_ctx - args.max_tokens - 1
         token_prompts = [(cat, engine.tokenize(p, parse_special=True)[-room:]) for cat, p in prompts]

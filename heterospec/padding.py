@@ -377,6 +377,107 @@ def pad_llama(src, dst, dim: int, layers: int, ffn: int, qtype: str = "f16", hea
     return summary
 
 
+# eagle3 tensors (see src/models/eagle3.cpp in the pinned llama.cpp)
+_EAGLE3_NORMS = ("output_norm.weight", "blk.0.attn_norm.weight", "blk.0.attn_norm_2.weight", "blk.0.ffn_norm.weight")
+_EAGLE3_KNOWN = set(_EAGLE3_NORMS) | {"fc.weight", "token_embd.weight", "output.weight", "d2t", "rope_freqs.weight"} | {
+    f"blk.0.{n}.weight" for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
+
+
+def pad_eagle3(src, dst, target_src, dim: int, layers: int, ffn: int, qtype: str = "f16", log=None) -> dict:
+    """Writes the EAGLE-3 head `src` grown with its llama target `target_src` padded by
+    pad_llama(target_src, ..., dim, layers, ffn): the padded head computes the same function on
+    the padded target's features. Why:
+
+    - the padded target's layer inputs are the source's, zero-padded, at the layers where
+      pad_llama puts the source's (layer i at round(i * layers / L)): eagle3.target_layers are
+      remapped so, and fc's columns of each layer's block go to that block's first d columns;
+    - a head of the target's width (one that borrows its token embedding or output matrix, as
+      heads for Llama 3.1 8B do) grows to the padded width, as pad_llama grows a llama block:
+      fc's rows and the writers (attn_output, ffn_down) get zero rows, the readers zero columns
+      (the attention reads concat(embedding, g), 2 x the width: the source's columns [0, d) go to
+      [0, d) and [d, 2d) to [D, D + d)), the heads and feed-forward units beyond the source's are
+      zero, and every RMS norm (all are over the head's width) gets its weight times sqrt(d/D)
+      and the one eps key times d/D, so each outputs the source's vector zero-padded;
+    - a head of another width (its own embedding and output) keeps its width: only fc grows.
+    """
+    import numpy as np
+    gguf, r, value, (dh, H, K, F) = _source(src, "eagle3", qtype, (
+        "embedding_length", "attention.head_count", "attention.head_count_kv", "feed_forward_length"))
+    tr = gguf.GGUFReader(str(target_src))
+    tf = lambda k: _contents(tr.fields[k]) if k in tr.fields else None   # noqa: E731
+    if tf("general.architecture") != "llama":
+        raise ValueError(f"{target_src}: an EAGLE-3 head grows with a llama target (got {tf('general.architecture')!r})")
+    d, L = int(tf("llama.embedding_length")), int(tf("llama.block_count"))
+    src_layers = [int(x) for x in value("eagle3.target_layers")]
+    if int(value("eagle3.target_hidden_size")) != d:
+        raise ValueError(f"{src}: made for a target of width {value('eagle3.target_hidden_size')}, not {d}")
+    eps = float(value("eagle3.attention.layer_norm_rms_epsilon"))
+    D, L2 = int(dim), int(layers)
+    grow = dh == d                      # the head has the target's width: it grows with it
+    Dh, hd = (D if grow else dh), dh // H
+    H2 = Dh // hd
+    g = H // K
+    K2, F2 = H2 // g, (int(ffn) if grow else F)
+    tensors = {t.name: t for t in r.tensors}
+    unknown = sorted(set(tensors) - _EAGLE3_KNOWN)
+    if unknown:
+        raise ValueError(f"{src}: do not know how to pad tensor {unknown[0]}")
+    w = lambda name: _as_f32(gguf, tensors[name])   # noqa: E731
+    s = math.sqrt(dh / Dh)
+    n3 = len(src_layers)
+
+    def padded():
+        fc = w("fc.weight")
+        out = np.zeros((Dh, n3 * D), np.float32)
+        for k in range(n3):
+            out[:dh, k * D:k * D + d] = fc[:, k * d:(k + 1) * d]
+        yield "fc.weight", out
+        for name in _EAGLE3_NORMS:
+            yield name, _zero_padded(w(name), Dh, scale=s)
+        for name in ("token_embd.weight", "output.weight"):
+            if name in tensors:
+                yield name, _zero_padded(w(name), cols=Dh)
+        for name, n_pad in (("attn_q", H2), ("attn_k", K2), ("attn_v", K2)):
+            m = w(f"blk.0.{name}.weight")
+            out = np.zeros((n_pad * hd, 2 * Dh), np.float32)
+            out[:m.shape[0], :dh] = m[:, :dh]
+            out[:m.shape[0], Dh:Dh + dh] = m[:, dh:]
+            yield f"blk.0.{name}.weight", out
+        yield "blk.0.attn_output.weight", _zero_padded(w("blk.0.attn_output.weight"), Dh, H2 * hd)
+        yield "blk.0.ffn_gate.weight", _zero_padded(w("blk.0.ffn_gate.weight"), F2, Dh)
+        yield "blk.0.ffn_up.weight", _zero_padded(w("blk.0.ffn_up.weight"), F2, Dh)
+        yield "blk.0.ffn_down.weight", _zero_padded(w("blk.0.ffn_down.weight"), Dh, F2)
+        if "rope_freqs.weight" in tensors:
+            yield "rope_freqs.weight", w("rope_freqs.weight")
+
+    new_layers = [round(i * L2 / L) for i in src_layers]
+    out = _writer(gguf, r, dst, "eagle3", {
+        "eagle3.embedding_length", "eagle3.attention.head_count", "eagle3.attention.head_count_kv",
+        "eagle3.feed_forward_length", "eagle3.attention.layer_norm_rms_epsilon", "eagle3.target_layers",
+        "eagle3.target_hidden_size", "general.architecture", "general.file_type", "GGUF.version",
+        "GGUF.tensor_count", "GGUF.kv_count"})
+    out.add_embedding_length(Dh)
+    out.add_head_count(H2)
+    out.add_head_count_kv(K2)
+    out.add_feed_forward_length(F2)
+    out.add_layer_norm_rms_eps(eps * dh / Dh)
+    out.add_array("eagle3.target_layers", new_layers)
+    out.add_uint32("eagle3.target_hidden_size", D)
+    n_par = 0
+    for name, a in padded():
+        n_par += a.size
+        _add_tensor(gguf, out, name, a, qtype)
+    if "d2t" in tensors:   # the vocabulary map: integers, as they are
+        out.add_tensor("d2t", np.asarray(tensors["d2t"].data, dtype=np.int64))
+    _finish(out)
+    summary = {"source_width": dh, "width": Dh, "target_layers": new_layers, "heads": H2, "kv_heads": K2,
+               "ffn": F2, "type": qtype, "parameters": n_par}
+    if log is not None:
+        print(f"padded {Path(src).name}: {n_par / 1e6:.1f}M parameters, D={Dh} H={H2} K={K2} F={F2}, "
+              f"target layers {new_layers} ({qtype})", file=log)
+    return summary
+
+
 # qwen35 tensors by role (names after "blk.N."; see src/models/qwen35.cpp in the pinned llama.cpp)
 _READERS = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_qkv.weight", "attn_gate.weight",
             "ssm_alpha.weight", "ssm_beta.weight", "ffn_gate.weight", "ffn_up.weight"}
@@ -489,9 +590,10 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
     return summary
 
 
-def padded_model(src: str, shape: str, qtype: str, cache: Path, log=sys.stderr) -> Path:
-    """Path of `src` padded to `shape` and quantized to `qtype`, made on first use (by pad_llama()
-    or pad_qwen35(), after the source's architecture) and kept in `cache`."""
+def padded_model(src: str, shape: str, qtype: str, cache: Path, log=sys.stderr, target: Optional[str] = None) -> Path:
+    """Path of `src` padded to `shape` and quantized to `qtype`, made on first use (by pad_llama(),
+    pad_qwen35() or, for an EAGLE-3 head of the llama model `target`, pad_eagle3(), after the
+    source's architecture) and kept in `cache`."""
     if shape not in SHAPES:
         raise ValueError(f"unknown pad shape {shape!r} ({', '.join(SHAPES)})")
     if qtype not in TYPES:
@@ -501,6 +603,10 @@ def padded_model(src: str, shape: str, qtype: str, cache: Path, log=sys.stderr) 
     # the former external tool dropped a llama model's rope_freqs.weight (another function where
     # RoPE is scaled); pad_llama keeps it, under another name so that such files are not reused
     tag = "-rope" if arch == "llama" and "rope_freqs.weight" in names else ""
+    if arch == "eagle3":   # the head grows with its target: both name the file
+        if not target:
+            raise ValueError(f"{src}: an EAGLE-3 head is padded with its target (give the target)")
+        tag = "-for-" + model_fingerprint(target)["sha256_head_tail"][:8]
     out = cache / f"{Path(src).stem}-{shape}-{qtype}{tag}-{fp['sha256_head_tail'][:12]}.gguf"
     if out.exists():
         return out
@@ -508,8 +614,11 @@ def padded_model(src: str, shape: str, qtype: str, cache: Path, log=sys.stderr) 
         pad = lambda dst: pad_llama(src, dst, *LLAMA_SHAPES[shape], qtype, log=log)   # noqa: E731
     elif arch == "qwen35":
         pad = lambda dst: pad_qwen35(src, dst, *QWEN35_SHAPES[shape], qtype, log=log)   # noqa: E731
+    elif arch == "eagle3":
+        pad = lambda dst: pad_eagle3(src, dst, target, *LLAMA_SHAPES[shape], qtype, log=log)   # noqa: E731
     else:
-        raise ValueError(f"{src}: cannot pad a model of architecture {arch!r} (llama and qwen35 can be padded)")
+        raise ValueError(f"{src}: cannot pad a model of architecture {arch!r} (llama, qwen35 and eagle3 heads "
+                         "can be padded)")
     cache.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     print(f"heterospec bench: padding {src} ({arch}) to {shape} ({qtype}) once, into {out}", file=log)

@@ -180,3 +180,32 @@ def test_bad_eagle3_heads_are_refused_naming_both_files(models, tmp_path, tiny):
         head = gguf_arch.write_eagle3(tmp_path / f"{name}-head.gguf", t)
         with pytest.raises(ValueError, match=f"cannot give the layer features .* for architecture '{name}'"):
             Engine(t, draft=head)
+
+
+def test_a_padded_head_drafts_as_its_source_on_the_padded_target(models, tmp_path):
+    """The benchmark grows a head with its target (padding.pad_eagle3): on the padded target the
+    padded head computes the same function, so the same trees are drafted, verified and accepted
+    step for step (width x4 and twice the layers: exact in F32)."""
+    padding = pytest.importorskip("heterospec.padding")
+    pytest.importorskip("gguf", reason='padding needs gguf-py: pip install "heterospec[bench]"')
+    target, head = models["target"], models["head"]
+    pt, ph = tmp_path / "t.gguf", tmp_path / "h.gguf"
+    padding.pad_llama(target, pt, 256, 8, 512, "f32")
+    info = padding.pad_eagle3(head, ph, target, 256, 8, 512, "f32")
+    assert info["width"] == 256 and info["target_layers"] == [0, 4, 6]
+    traces, entropies = [], []
+    for t, h in ((target, head), (pt, ph)):
+        with Engine(t, draft=h, n_threads=2, n_ctx=512) as e:
+            flat(e)
+            runs, ent = [], []
+            for prompt in PROMPTS[:3]:
+                ids = e.tokenize(prompt, parse_special=True)
+                r = e.generate(ids, max_tokens=24, temperature=0, mode="tree", drafter="eagle3", trace=True)
+                # the trees' shapes, and the entropy of the head's distributions over them
+                runs.append((r.tokens, [(s[0], s[1], s[2], s[3], s[8]) for s in r.trace]))
+                ent += [s[4] for s in r.trace]
+            traces.append(runs)
+            entropies.append(ent)
+    assert traces[0] == traces[1]
+    np.testing.assert_allclose(entropies[0], entropies[1], rtol=1e-4, atol=1e-5)
+    assert len(entropies[0]) > 30 and len(set(np.round(entropies[0], 3))) > 10
