@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval_prefill)
 
     c = sub.add_parser("calibrate", help="fit the entropy partition (policy JSON) for a model pair")
-    _model_source(c, "draft model (GGUF)", draft_required=True)
+    _model_source(c, "draft model or EAGLE-3 head (GGUF)", draft_required=True)
     c.add_argument("--prompts", required=True, help="JSONL file with a 'prompt' or 'turns' field per line")
     c.add_argument("--limit", type=int, help="use the first N prompts")
     c.add_argument("--skip", type=int, default=0, help="skip the first N lines")
@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tree-branching", type=int, default=4, dest="branching")
     c.add_argument("--tree-width", type=int, default=4, dest="width")
     c.add_argument("--tree-budget", type=int, default=7, dest="budget")
+    c.add_argument("--drafter", choices=["model", "eagle3", "hybrid"],
+                   help="what drafts the base trees (default: hybrid: the draft model's or the head's with n-grams)")
     c.add_argument("-t", "--threads", type=int, dest="n_threads")
     c.add_argument("-c", "--ctx-size", type=int, dest="n_ctx")
     c.add_argument("-o", "--output", default="policy.json", help="policy file to write (policy.json)")

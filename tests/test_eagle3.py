@@ -209,3 +209,27 @@ def test_a_padded_head_drafts_as_its_source_on_the_padded_target(models, tmp_pat
     assert traces[0] == traces[1]
     np.testing.assert_allclose(entropies[0], entropies[1], rtol=1e-4, atol=1e-5)
     assert len(entropies[0]) > 30 and len(set(np.round(entropies[0], 3))) > 10
+
+
+def test_calibrate_fits_a_policy_for_a_head(models, tmp_path):
+    """Issue #20 item 4: the entropy partition is fitted on the head's own distributions
+    (`heterospec calibrate --drafter eagle3`), and heterospec decodes exactly with it."""
+    import json
+    import subprocess
+    import sys
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    out = tmp_path / "policy.json"
+    p = subprocess.run([sys.executable, "-m", "heterospec", "calibrate", "-m", str(models["target"]), "-md",
+                        str(models["head"]), "--drafter", "eagle3", "--prompts", str(prompts), "-n", "32", "-t", "2",
+                        "-o", str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["drafter"] == "eagle3" and doc["settings"]["steps"] > 100
+    assert len(set(doc["thresholds"])) > 1   # the head's entropies spread: a partition was found
+    with Engine(models["target"], draft=models["head"], n_threads=2, n_ctx=512) as e:
+        flat(e)
+        ids = e.tokenize(PROMPTS[1], parse_special=True)
+        r = e.generate(ids, max_tokens=24, temperature=0, mode="heterospec", drafter="eagle3", policy=out)
+        check_greedy(e, models["target"], ids, r, e.generate(ids, max_tokens=24, temperature=0, mode="ar"), "policy")
+        assert r.stats.nodes_verified > 0
