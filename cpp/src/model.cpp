@@ -288,9 +288,8 @@ ContextPtr make_mtp_context(llama_model * model, const ContextSpec & spec, std::
 }
 
 ContextPtr make_head_context(llama_model * head, llama_context * target, const ContextSpec & spec) {
-    ContextSpec s = spec;
-    s.n_seq_max = 1;
-    s.kv_unified = false;
+    ContextSpec s = spec;   // a sequence per frontier node, in one unified cache (spec's n_seq_max)
+    s.kv_unified = true;
     s.n_rs_seq = 0;
     s.other = target;
     return make_context(head, s);

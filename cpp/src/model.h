@@ -49,7 +49,8 @@ struct ContextSpec {
 ContextPtr make_context(llama_model * model, const ContextSpec & spec);
 // The MTP head's context on `model` (one sequence), or null with `error` saying why not.
 ContextPtr make_mtp_context(llama_model * model, const ContextSpec & spec, std::string & error);
-// An EAGLE-3 head's context (one sequence), borrowing from the target's context what it lacks.
+// An EAGLE-3 head's context (a sequence per path of its trees, spec.n_seq_max), borrowing from the
+// target's context what it lacks.
 ContextPtr make_head_context(llama_model * head, llama_context * target, const ContextSpec & spec);
 
 // Tree verification branches the KV cache by sequence: recurrent and hybrid memories cannot.

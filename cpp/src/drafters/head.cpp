@@ -18,8 +18,8 @@ HeadDrafter::HeadDrafter(llama_context * target_ctx, llama_context * head_ctx, i
       n_embd_(llama_model_n_embd_out(llama_get_model(head_ctx))),
       n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(head_ctx)))),
       state_width_(state_width), source_(source), zero_state_(zero_state),
-      batch_cap_(int32_t(llama_n_batch(head_ctx))) {
-    batch_ = llama_batch_init(batch_cap_, 0, 1);
+      batch_cap_(int32_t(llama_n_batch(head_ctx))), n_seq_(int32_t(llama_n_seq_max(head_ctx))) {
+    batch_ = llama_batch_init(batch_cap_, 0, n_seq_);
     embd_.resize(size_t(batch_cap_) * size_t(n_embd_));
     h_last_.assign(size_t(state_width_), 0.0f);
     // the head's own state at its outputs: the input of the next level's row
@@ -31,19 +31,18 @@ HeadDrafter::~HeadDrafter() {
     llama_batch_free(batch_);
 }
 
-void HeadDrafter::add_row(int32_t token, llama_pos pos, const float * h) {
+void HeadDrafter::add_row(int32_t token, llama_pos pos, const float * h, int32_t seq, bool out) {
     const int32_t i = batch_.n_tokens++;
     batch_.token[i] = token;
     batch_.pos[i] = pos;
     batch_.n_seq_id[i] = 1;
-    batch_.seq_id[i][0] = 0;
-    batch_.logits[i] = false;
+    batch_.seq_id[i][0] = seq;
+    batch_.logits[i] = out;
     std::memcpy(embd_.data() + size_t(i) * size_t(n_embd_), h, sizeof(float) * size_t(n_embd_));
 }
 
-void HeadDrafter::decode(size_t n_rows, bool logits_last) {
-    if (logits_last && n_rows) batch_.logits[n_rows - 1] = true;
-    last_row_ = int32_t(n_rows) - 1;
+void HeadDrafter::decode() {
+    last_row_ = batch_.n_tokens - 1;
     batch_.embd = embd_.data();   // each row carries a token and a hidden state
     const double t0 = now_ms();
     const int32_t rc = llama_decode(head_, batch_);
@@ -101,8 +100,9 @@ void HeadDrafter::run_pending(const int32_t * root, llama_pos root_pos) {
     for (size_t i = 0; i < rows; i += size_t(batch_cap_)) {
         const size_t m = std::min(size_t(batch_cap_), rows - i);
         for (size_t k = i; k < i + m; ++k)
-            add_row(k < n ? pend_tok_[k] : *root, k < n ? pend_pos_[k] : root_pos, in + k * size_t(n_embd_));
-        decode(m, root && i + m == rows);
+            add_row(k < n ? pend_tok_[k] : *root, k < n ? pend_pos_[k] : root_pos, in + k * size_t(n_embd_), 0,
+                    root && k == rows - 1);
+        decode();
     }
     pend_tok_.clear(); pend_pos_.clear(); pend_h_.clear();
 }
@@ -116,25 +116,30 @@ void HeadDrafter::keep(size_t n_accepted) {
         pend_tok_.pop_back();
         pend_h_.resize(pend_h_.size() - size_t(state_width_));
     }
-    llama_memory_seq_rm(llama_get_memory(head_), 0, cut, -1);   // rows the head ran already
+    llama_memory_t mem = llama_get_memory(head_);
+    llama_memory_seq_rm(mem, 0, cut, -1);   // rows the head ran already
+    for (int32_t s = 1; s < n_seq_; ++s) llama_memory_seq_rm(mem, s, -1, -1);   // the step's other paths
     std::memcpy(h_last_.data(), rows_.data() + last * size_t(state_width_), sizeof(float) * size_t(state_width_));
     h_last_pos_ = cut - 1;
     frontier_.clear();
 }
 
-void HeadDrafter::expand(DraftTree & tree, int32_t node, const float * logits) {
-    softmax_top_k(logits, n_vocab_, shape_.branching, top_);
+void HeadDrafter::expand(DraftTree & tree, int32_t node, int32_t row) {
+    softmax_top_k(llama_get_logits_ith(head_, row), n_vocab_, shape_.branching, top_);
     tree.set_entropy(node, topk_entropy(top_.data(), top_.size()));
-    cand_.clear();
     for (const auto & tp : top_) {
         if (tp.p < shape_.p_min) break;   // sorted: the rest are lower still
         cand_.push_back(tree.add_or_merge(node, tp.id, tp.p, source_));
     }
-    frontier_.assign(cand_.begin(), cand_.begin() + std::min<size_t>(cand_.size(), 1));
-    // the head's own state after this row: the input of its child's row
-    const float * h = llama_get_embeddings_nextn_ith(head_, last_row_);
+    // the head's own state after this row: the input of its children's rows
+    const float * h = llama_get_embeddings_nextn_ith(head_, row);
     if (!h) throw std::runtime_error(std::string("the ") + name() + " head gave no hidden state");
-    h_frontier_.assign(h, h + n_embd_);
+    node_h_.resize(size_t(tree.size()) * size_t(n_embd_));
+    std::memcpy(node_h_.data() + size_t(node) * size_t(n_embd_), h, sizeof(float) * size_t(n_embd_));
+}
+
+void HeadDrafter::next_frontier(const DraftTree & tree) {
+    tree.top(cand_, size_t(std::max(1, std::min(shape_.width, n_seq_))), frontier_);
 }
 
 void HeadDrafter::do_start(DraftTree & tree, const DraftShape & shape, llama_pos root_pos, int32_t levels) {
@@ -144,25 +149,73 @@ void HeadDrafter::do_start(DraftTree & tree, const DraftShape & shape, llama_pos
         std::fill(h_last_.begin(), h_last_.end(), 0.0f);
         pend_tok_.clear(); pend_pos_.clear(); pend_h_.clear();
     }
-    // the rows the head has not run yet, and the root, in one pass
+    // the rows the head has not run yet, and the root, in one pass (sequence 0)
     const int32_t root = tree[0].token;
     run_pending(&root, root_pos);
     calls_++;
-    expand(tree, 0, llama_get_logits_ith(head_, -1));
+    seq_of_.assign(size_t(tree.size()), -1);
+    seq_of_[0] = 0;
+    cand_.clear();
+    expand(tree, 0, last_row_);
     first_choice_ = cand_.empty() ? -1 : cand_[0];
+    next_frontier(tree);
     extend(tree, levels - 1);
 }
 
 int32_t HeadDrafter::extend(DraftTree & tree, int32_t levels) {
     int32_t done = 0;
-    for (; done < levels && !frontier_.empty(); ++done) {
-        const int32_t f = frontier_[0];
-        add_row(tree[f].token, root_pos_ + tree[f].depth, h_frontier_.data());
-        decode(1, true);
-        calls_++;
-        expand(tree, f, llama_get_logits_ith(head_, -1));
-    }
+    for (; done < levels && !frontier_.empty(); ++done) expand_frontier(tree);
     return done;
+}
+
+void HeadDrafter::expand_frontier(DraftTree & tree) {
+    llama_memory_t mem = llama_get_memory(head_);
+    const int32_t depth = tree[frontier_[0]].depth;
+    const llama_pos step0 = root_pos_ + 1;   // the step's first draft position
+    seq_of_.resize(size_t(tree.size()), -1);
+    // a node's first frontier child inherits its sequence; the others take free ones, holding
+    // the committed text and the parent's path
+    taken_.assign(size_t(n_seq_), 0);
+    seq_for_.assign(frontier_.size(), -1);
+    for (size_t i = 0; i < frontier_.size(); ++i) {
+        const int32_t s = seq_of_[size_t(tree[frontier_[i]].parent)];
+        if (s >= 0 && !taken_[size_t(s)]) {
+            taken_[size_t(s)] = 1;
+            seq_for_[i] = s;
+        }
+    }
+    size_t free_s = 0;
+    for (size_t i = 0; i < frontier_.size(); ++i) {
+        if (seq_for_[i] >= 0) continue;
+        while (taken_[free_s]) ++free_s;
+        const int32_t s = int32_t(free_s);
+        taken_[free_s] = 1;
+        seq_for_[i] = s;
+        const int32_t parent = tree[frontier_[i]].parent;
+        llama_memory_seq_rm(mem, s, -1, -1);
+        llama_memory_seq_cp(mem, 0, s, -1, step0);
+        if (parent != 0) llama_memory_seq_cp(mem, seq_of_[size_t(parent)], s, step0, root_pos_ + depth);
+    }
+    for (size_t i = 0; i < frontier_.size(); ++i) {
+        const int32_t f = frontier_[i];
+        seq_of_[size_t(f)] = seq_for_[i];
+        add_row(tree[f].token, root_pos_ + depth, node_h_.data() + size_t(tree[f].parent) * size_t(n_embd_),
+                seq_for_[i], true);
+    }
+    decode();
+    calls_++;
+    cand_.clear();
+    for (size_t i = 0; i < frontier_.size(); ++i) expand(tree, frontier_[i], int32_t(i));
+    next_frontier(tree);
+}
+
+int32_t HeadDrafter::fit_depth(int32_t depth, int32_t width, llama_pos root_pos) const {
+    // each level beyond the first holds a cell per frontier node in the head's cache
+    const int32_t room = int32_t(llama_n_ctx(head_)) - 1 - root_pos;
+    if (room < 0) return 0;
+    width = std::max(1, std::min(width, n_seq_));
+    if (depth > 1 && width * (depth - 1) > room) depth = 1 + room / width;
+    return depth;
 }
 
 void HeadDrafter::narrow_frontier(const std::vector<int32_t> & nodes) {
@@ -170,15 +223,17 @@ void HeadDrafter::narrow_frontier(const std::vector<int32_t> & nodes) {
     frontier_ = nodes;
 }
 
-double HeadDrafter::time_level(int32_t) {
+// A level as it runs: a row per frontier node (up to `width`), each in a sequence of its own.
+double HeadDrafter::time_level(int32_t width) {
     const int32_t token = std::max(0, llama_vocab_bos(llama_model_get_vocab(llama_get_model(head_))));
     const std::vector<float> zeros(size_t(n_embd_), 0.0f);
+    const int32_t rows = std::max(1, std::min(width, n_seq_));
     double best = 1e30;
     for (int rep = 0; rep < 3; ++rep) {
         llama_memory_clear(llama_get_memory(head_), false);
         const double ms0 = llama_ms_;
-        add_row(token, 0, zeros.data());
-        decode(1, true);
+        for (int32_t s = 0; s < rows; ++s) add_row(token, 0, zeros.data(), s, true);
+        decode();
         best = std::min(best, llama_ms_ - ms0);
     }
     llama_memory_clear(llama_get_memory(head_), false);

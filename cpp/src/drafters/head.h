@@ -8,9 +8,13 @@
 // (target_decoded), and keeps the accepted ones; it runs them when it next drafts, in the same
 // pass as the draft's root, so that its cache follows the target's text and a step drafted from
 // n-grams alone costs no head pass (llama.cpp runs its heads over every target batch, then once
-// more to draft). A draft level is one head pass: the frontier node's token with the hidden
-// state the head gave its parent. Each level adds the top-k children of the frontier node and
-// expands the best one (a chain with its alternatives: the head's state follows one path).
+// more to draft). A draft level is one head pass over the frontier: each frontier node's token
+// with the state the head gave its parent, in a sequence of the head's context that holds the
+// node's ancestors (tree attention through sequence ids, as the draft model drafts: the first
+// child of a node inherits its parent's sequence, the others take a free one with the parent's
+// path copied in, metadata only). Each level adds the top-k children of every frontier node and
+// keeps the `width` likeliest paths as the next frontier. A head context of one sequence (the
+// MTP head's) drafts a chain with its alternatives: its best child alone is expanded.
 #pragma once
 
 #include <cstdint>
@@ -79,11 +83,14 @@ protected:
     }
     void do_commit(const DraftTree & tree, const std::vector<int32_t> & accepted) override { keep(accepted.size()); }
     void do_defer(const DraftTree & tree, const std::vector<int32_t> & accepted) override { keep(accepted.size()); }
+    int32_t fit_depth(int32_t depth, int32_t width, llama_pos root_pos) const override;
 
 private:
-    // One head pass over rows (token, position, head input row), logits for the last row when asked.
-    void decode(size_t n_rows, bool logits_last);
-    void add_row(int32_t token, llama_pos pos, const float * h);
+    // One head pass over the batch's rows.
+    void decode();
+    // A row: token at pos in sequence seq, with head input row h; logits (and the head's state)
+    // for it when `out`.
+    void add_row(int32_t token, llama_pos pos, const float * h, int32_t seq = 0, bool out = false);
     void queue(int32_t token, llama_pos pos, const float * h);
     // Runs the queued rows (and `root` at root_pos after them, with logits, when given).
     void run_pending(const int32_t * root, llama_pos root_pos);
@@ -91,7 +98,13 @@ private:
     // path); the head's cells beyond them go, and the last kept row's hidden state seeds the next
     // draft.
     void keep(size_t n_accepted);
-    void expand(DraftTree & tree, int32_t node, const float * logits);
+    // Adds the top-k children of `node` from its output row `row` to the tree and to cand_, and
+    // keeps the head's state after that row as the node's.
+    void expand(DraftTree & tree, int32_t node, int32_t row);
+    // The next frontier: the `width` likeliest of cand_.
+    void next_frontier(const DraftTree & tree);
+    // One level: the frontier's rows in one pass, each in a sequence holding its ancestors.
+    void expand_frontier(DraftTree & tree);
 
     uint8_t source_;
     bool zero_state_;
@@ -104,7 +117,8 @@ private:
     std::vector<int32_t> pend_tok_;       // rows the head has not run yet: x_p at p with s_{p-1}
     std::vector<llama_pos> pend_pos_;
     std::vector<float> pend_h_;
-    int32_t last_row_ = 0;                // the last pass's output row
+    int32_t last_row_ = 0;                // the last pass's last row
+    int32_t n_seq_;                       // sequences of the head's context: the widest frontier
     std::vector<float> rows_;             // the last target batch's states
     llama_pos rows_pos0_ = 0;
     size_t n_rows_ = 0;
@@ -114,7 +128,10 @@ private:
     llama_pos root_pos_ = 0;
     int32_t first_choice_ = -1;
     std::vector<int32_t> frontier_;
-    std::vector<float> h_frontier_;       // the head's hidden state at the frontier's parent
+    std::vector<float> node_h_;           // per tree node that ran: the head's state after its row
+    std::vector<int32_t> seq_of_;         // per tree node: the head sequence it ran in (-1: none)
+    std::vector<int32_t> seq_for_;
+    std::vector<uint8_t> taken_;
     std::vector<TokenProb> top_;
     std::vector<int32_t> cand_;
     std::vector<float> inputs_;           // run_pending: the states of its rows
