@@ -15,6 +15,7 @@
 #include "heterospec/engine.h"
 #include "heterospec/errors.h"
 #include "draft_tree.h"
+#include "eagle3_head.h"
 #include "cost_model.h"
 #include "entropy.h"
 #include "path_batch.h"
@@ -262,6 +263,19 @@ NB_MODULE(_core, m) {
 
     t.def("llama_cpp_greedy", &llama_cpp_greedy, "path"_a, "prompt"_a, "n_predict"_a, "n_ctx"_a, "n_threads"_a,
           release_gil(), "llama.cpp's own greedy loop (examples/simple): tokens and top-2 logit gaps");
+
+    t.def("check_eagle3_head", [](const std::vector<int32_t> & layers, int64_t target_hidden, int64_t n_embd,
+                                  bool own_embedding, bool own_output, const std::string & arch, int64_t n_layer,
+                                  int64_t target_n_embd, bool rollback) {
+        Eagle3Head h;
+        h.layers = layers;
+        h.target_hidden = target_hidden;
+        h.n_embd = n_embd;
+        h.own_embedding = own_embedding;
+        h.own_output = own_output;
+        check_eagle3_head(h, {arch, n_layer, target_n_embd, rollback}, "head.gguf", "target.gguf");
+    }, "layers"_a, "target_hidden"_a, "n_embd"_a, "own_embedding"_a, "own_output"_a, "arch"_a, "n_layer"_a,
+       "target_n_embd"_a, "rollback"_a, "whether an EAGLE-3 head fits a target (raises ValueError if not)");
 
     t.def("tree_vs_paths", &tree_vs_paths, "path"_a, "prompt"_a, "parents"_a, "tokens"_a, "n_threads"_a,
           release_gil(), "logits of one tree pass, and of each path decoded alone (node order)");

@@ -233,3 +233,23 @@ def test_calibrate_fits_a_policy_for_a_head(models, tmp_path):
         r = e.generate(ids, max_tokens=24, temperature=0, mode="heterospec", drafter="eagle3", policy=out)
         check_greedy(e, models["target"], ids, r, e.generate(ids, max_tokens=24, temperature=0, mode="ar"), "policy")
         assert r.stats.nodes_verified > 0
+
+
+def test_the_head_check_names_what_differs():
+    """check_eagle3_head (pure logic): every way a head can fail its target, with the reason."""
+    from heterospec import _core
+    check = _core.testing.check_eagle3_head
+    ok = dict(layers=[1, 3, 5], target_hidden=320, n_embd=320, own_embedding=False, own_output=False, arch="llama",
+              n_layer=6, target_n_embd=320, rollback=True)
+    check(**ok)
+    check(**{**ok, "n_embd": 256, "own_embedding": True, "own_output": True})   # its own width, its own tensors
+    for change, why in ((dict(layers=[1, 3]), "names 2 target layers"),
+                        (dict(layers=[1, 3, 6]), r"\[1, 3, 6\].*6 layers \(0\.\.5\)"),
+                        (dict(layers=[-1, 3, 5]), "6 layers"),
+                        (dict(target_hidden=4096), "width 4096"),
+                        (dict(n_embd=256), "borrows the target's token embedding"),
+                        (dict(n_embd=256, own_embedding=True), "borrows the target's output matrix"),
+                        (dict(arch="gemma2"), "architecture 'gemma2'"),
+                        (dict(arch="qwen35", rollback=False), "rolled back")):
+        with pytest.raises(ValueError, match=why):
+            check(**{**ok, **change})
