@@ -253,3 +253,27 @@ def test_the_head_check_names_what_differs():
                         (dict(arch="qwen35", rollback=False), "rolled back")):
         with pytest.raises(ValueError, match=why):
             check(**{**ok, **change})
+
+
+def test_the_prompt_cache_keeps_what_the_head_saw(models):
+    """A head needs the target's states for every token before its root: text the target holds
+    but the head never saw (a plain generation's output) runs through the target again, and the
+    head receives it; text both saw is reused."""
+    with Engine(models["target"], draft=models["head"], n_threads=2, n_ctx=512) as e:
+        flat(e)
+        ids = e.tokenize(PROMPTS[2], parse_special=True)
+        plain = e.generate(ids, max_tokens=16, temperature=0, mode="ar")     # the head sees none of it
+        e._engine.debug_record_states(True)
+        text = ids + plain.tokens
+        first = e.generate(text, max_tokens=8, temperature=0, mode="chain", drafter="eagle3", p_min=0.0)
+        assert first.stats.cached_tokens == 0                                 # it had seen nothing
+        seen = dict(e._engine.debug_states("eagle3"))
+        assert all(p in seen for p in range(1, len(text) - 1))                # ... and now has it all
+        assert first.stats.nodes_verified > 0
+        # a continuation of what it saw: reused
+        more = text + first.tokens + e.tokenize(" return None", add_special=False)
+        again = e.generate(more, max_tokens=8, temperature=0, mode="chain", drafter="eagle3", p_min=0.0)
+        assert again.stats.cached_tokens >= len(text) + len(first.tokens) - 2
+        check_greedy(e, models["target"], more, again, e.generate(more, max_tokens=8, temperature=0, mode="ar"),
+                     "continued")
+        e._engine.debug_record_states(False)

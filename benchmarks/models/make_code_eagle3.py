@@ -243,19 +243,23 @@ def checks(head, target, held, gguf_path, a):
     from heterospec import Engine
     with Engine(str(a.target), draft=str(gguf_path), n_threads=a.threads) as e:
         # the head's logits through llama.cpp (its first level) against PyTorch's, and acceptance
-        acc, calls, verified, eq = 0, 0, 0, 0
+        acc, verified, eq, full = 0, 0, 0, []
         for pr in prompts:
             ref = e.generate(pr, max_tokens=a.gen_tokens, temperature=0, mode="ar")
             got = e.generate(pr, max_tokens=a.gen_tokens, temperature=0, mode="chain", drafter="eagle3",
-                             n_max=a.depth, p_min=0.0)
+                             n_max=a.depth, p_min=0.0, trace=True)
             eq += got.tokens == ref.tokens
             acc += got.stats.accepted_eagle3
             verified += got.stats.nodes_verified
-            calls += got.stats.steps
+            # steps that verified a whole chain: accepted drafts = tokens emitted - 1
+            full += [t[2] - 1 for t in got.trace if t[1] == a.depth]
             e.clear_ngram_memory()
+        full = np.array(full)
         res["engine_chain"] = {"n_max": a.depth, "greedy_equal": f"{eq}/{len(prompts)}",
-                               "accepted_per_step": round(acc / max(calls, 1), 3),
-                               "acceptance_rate": round(acc / max(verified, 1), 4)}
+                               "acceptance_rate": round(acc / max(verified, 1), 4),
+                               "acceptance_by_depth": {str(k): round(float((full >= k).mean()), 4)
+                                                       for k in range(1, a.depth + 1)},
+                               "accepted_per_chain": round(float(full.mean()), 3)}
     return res
 
 

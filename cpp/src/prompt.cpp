@@ -47,16 +47,19 @@ void Engine::Impl::process_prompt(const std::vector<int32_t> & prompt, bool reus
     const size_t cut = sparse_end(prompt.size());
     if (g.mode != Mode::ar) {
         const std::vector<int32_t> prefix(prompt.begin(), prompt.end() - 1);
-        const size_t cached = reuse ? reusable(prefix) : 0;
+        // a head reading the target's states gets them for every token the target runs: the
+        // target keeps no more than the head saw
+        const size_t known = drafter->known_prefix(prefix);
+        const size_t cached = reuse ? std::min(reusable(prefix), known) : 0;
         if (cut > cached) {   // the sparse part, then the dense tail on top of it
             {
                 SparsePrefillScope sparse(target_ctx.get(), g.sparse);
-                g.stats.cached_tokens = int32_t(verifier->begin({prefix.begin(), prefix.begin() + cut}, reuse));
+                g.stats.cached_tokens = int32_t(verifier->begin({prefix.begin(), prefix.begin() + cut}, reuse, known));
                 g.stats.sparse_kept_fraction = sparse.kept_fraction(&g.stats.sparse_columns);
             }
             verifier->begin(prefix, true);
         } else {
-            g.stats.cached_tokens = int32_t(verifier->begin(prefix, reuse));
+            g.stats.cached_tokens = int32_t(verifier->begin(prefix, reuse, known));
         }
         {
             SparsePrefillScope sparse(drafter->context(), g.sparse);

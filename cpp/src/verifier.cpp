@@ -31,8 +31,8 @@ Verifier::Verifier(llama_context * ctx, int32_t n_seq_max, CachedTokens & cached
 
 void Verifier::run() { llama_ms_ += decode_timed(ctx_, batch_.get(), "target"); }
 
-size_t Verifier::begin(const std::vector<int32_t> & prefix, bool reuse) {
-    const size_t keep = size_t(kv_.reset(llama_pos(reuse ? cached_.common_prefix(prefix) : 0)));
+size_t Verifier::begin(const std::vector<int32_t> & prefix, bool reuse, size_t max_keep) {
+    const size_t keep = size_t(kv_.reset(llama_pos(reuse ? std::min(cached_.common_prefix(prefix), max_keep) : 0)));
     cached_.keep(keep);
     llama_ms_ = 0;
     replay_.clear();

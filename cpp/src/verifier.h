@@ -3,6 +3,7 @@
 // pruning to the accepted path.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -46,7 +47,8 @@ public:
     // New generation: the prompt without its last token, in sequence 0, no logits. With
     // `reuse`, the prefix the cache holds already is kept and only the rest is run. Returns the
     // tokens reused.
-    size_t begin(const std::vector<int32_t> & prefix, bool reuse);
+    // `max_keep`: keep no more than that (what the listener holds states for).
+    size_t begin(const std::vector<int32_t> & prefix, bool reuse, size_t max_keep = SIZE_MAX);
     // Runs the batch: entry i at position root_pos + depth, in the sequences of its paths; the
     // root also runs in sequences n_paths..n_seqs-1 (padding for graph reuse). Over recurrent
     // state, each path in a sequence of its own (PathBatch).

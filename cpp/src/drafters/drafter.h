@@ -104,6 +104,10 @@ public:
     // `tokens` at positions pos0.. ran in the target's last pass, at batch rows `rows` (null:
     // rows 0..n-1).
     virtual void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0, const int32_t * rows = nullptr) {}
+    // How much of `tokens` (a new generation's prefix) the drafter holds the target's states for:
+    // the target's prompt cache keeps no more, so that the tokens after it run through the
+    // target again and reach the drafter (a head reading the target's states; others: all).
+    virtual size_t known_prefix(const std::vector<int32_t> & tokens) const { return tokens.size(); }
     // Tests: keep every target state handed to a head, by position (the latest for each), to
     // compare the states of a tree step's accepted path with a plain pass's.
     virtual void debug_record_states(bool on) {}

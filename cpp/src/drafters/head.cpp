@@ -76,7 +76,10 @@ void HeadDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos pos
     if (restart) {
         std::fill(h_last_.begin(), h_last_.end(), 0.0f);
         pend_tok_.clear(); pend_pos_.clear(); pend_h_.clear();
+        llama_memory_seq_rm(llama_get_memory(head_), 0, pos0, -1);   // another text's rows
     }
+    text_.resize(size_t(pos0), -1);   // -1: a position whose state it never had
+    text_.insert(text_.end(), tokens, tokens + n);
     // The head runs these rows only when it next drafts (with its root, in one pass): a step
     // that drafts from n-grams alone costs it a copy, not a pass.
     for (size_t k = (restart && !zero_state_) ? 1 : 0; k < n; ++k)
@@ -84,6 +87,14 @@ void HeadDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos pos
     std::memcpy(h_last_.data(), rows_.data() + (n - 1) * w, sizeof(float) * w);
     h_last_pos_ = pos0 + llama_pos(n) - 1;   // until the walk says otherwise: everything
     if (pend_tok_.size() > kMaxPending) run_pending(nullptr, 0);   // bounded memory (prompts)
+}
+
+// The head continues a text where its last state is: a prompt that extends what it saw keeps it
+// all; one that parts from it inside keeps the common part (the head restarts there).
+size_t HeadDrafter::known_prefix(const std::vector<int32_t> & tokens) const {
+    size_t k = 0;
+    while (k < tokens.size() && k < text_.size() && tokens[k] == text_[k]) ++k;
+    return k;
 }
 
 void HeadDrafter::run_pending(const int32_t * root, llama_pos root_pos) {
@@ -121,6 +132,7 @@ void HeadDrafter::keep(size_t n_accepted) {
     for (int32_t s = 1; s < n_seq_; ++s) llama_memory_seq_rm(mem, s, -1, -1);   // the step's other paths
     std::memcpy(h_last_.data(), rows_.data() + last * size_t(state_width_), sizeof(float) * size_t(state_width_));
     h_last_pos_ = cut - 1;
+    if (text_.size() > size_t(cut)) text_.resize(size_t(cut));
     frontier_.clear();
 }
 
@@ -239,6 +251,7 @@ double HeadDrafter::time_level(int32_t width) {
     llama_memory_clear(llama_get_memory(head_), false);
     std::fill(h_last_.begin(), h_last_.end(), 0.0f);
     h_last_pos_ = -1;
+    text_.clear();
     n_rows_ = 0;
     pend_tok_.clear(); pend_pos_.clear(); pend_h_.clear();
     llama_ms_ = 0;

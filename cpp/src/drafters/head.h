@@ -50,6 +50,7 @@ public:
     llama_context * context() const override { return head_; }
     bool wants_target_hidden() const override { return true; }
     void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0, const int32_t * rows) override;
+    size_t known_prefix(const std::vector<int32_t> & tokens) const override;
     void debug_record_states(bool on) override { record_ = on; recorded_.clear(); }
     std::vector<std::pair<int32_t, std::vector<float>>> debug_states() const override {
         return {recorded_.begin(), recorded_.end()};
@@ -118,6 +119,7 @@ private:
     std::vector<llama_pos> pend_pos_;
     std::vector<float> pend_h_;
     int32_t last_row_ = 0;                // the last pass's last row
+    std::vector<int32_t> text_;           // the committed tokens whose target states it was handed, from 0
     int32_t n_seq_;                       // sequences of the head's context: the widest frontier
     std::vector<float> rows_;             // the last target batch's states
     llama_pos rows_pos0_ = 0;

@@ -36,6 +36,7 @@ public:
     void target_decoded(const int32_t * tokens, size_t n, llama_pos pos0, const int32_t * rows) override {
         paid_->target_decoded(tokens, n, pos0, rows);
     }
+    size_t known_prefix(const std::vector<int32_t> & tokens) const override { return paid_->known_prefix(tokens); }
     void debug_record_states(bool on) override { paid_->debug_record_states(on); }
     std::vector<std::pair<int32_t, std::vector<float>>> debug_states() const override { return paid_->debug_states(); }
 
