@@ -576,8 +576,12 @@ def project(engine: Engine, prof: dict, modes, runs, failed, token_prompts, args
         if kw["mode"] == "heterospec" and kw.get("cost_aware", True):
             # decides by the device's costs: run it again with that profile installed
             engine.clear_ngram_memory()
-            results = [engine.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True,
-                                       trace=True, **kw) for _, ids in token_prompts]
+            try:
+                results = [engine.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True,
+                                           trace=True, **kw) for _, ids in token_prompts]
+            except (ValueError, RuntimeError, OSError) as e:   # the measured figures stand
+                out["modes"][name] = {"error": f"{type(e).__name__}: {e}"}
+                continue
         else:
             results = [r for _, r in runs[name][-1]]
         steps = sum(r.stats.steps for r in results)
@@ -586,7 +590,8 @@ def project(engine: Engine, prof: dict, modes, runs, failed, token_prompts, args
                               "nodes_per_step": sum(r.stats.nodes_verified for r in results) / steps if steps else 0.0}
     base = out["modes"].get("ar", {}).get("tokens_per_second")
     for v in out["modes"].values():
-        v["speedup"] = v["tokens_per_second"] / base if base else None
+        if "error" not in v:
+            v["speedup"] = v["tokens_per_second"] / base if base else None
     engine._profile_ready = False   # the engine's own profile is back on the next cost-aware call
     return out
 
@@ -597,5 +602,8 @@ def print_projection(p: dict) -> None:
           f"({p['profile_file']}): this run's steps priced at that device's t_verify(n) and draft pass")
     print(f"{'mode':<44} {'tok/s':>8} {'speedup':>7} {'tau':>5} {'nodes':>6}")
     for name, v in p["modes"].items():
+        if "error" in v:
+            print(f"{name:<44} failed: {v['error']}")
+            continue
         sp = f"{v['speedup']:.2f}x" if v["speedup"] else "-"
         print(f"{name:<44} {v['tokens_per_second']:8.1f} {sp:>7} {v['tau']:5.2f} {v['nodes_per_step']:6.1f}")

@@ -277,3 +277,19 @@ def test_the_prompt_cache_keeps_what_the_head_saw(models):
         check_greedy(e, models["target"], more, again, e.generate(more, max_tokens=8, temperature=0, mode="ar"),
                      "continued")
         e._engine.debug_record_states(False)
+
+
+def test_generations_that_end_inside_a_step_leave_the_head_room(models):
+    """A generation that stops inside a step (max_tokens) commits nothing to the head: the step's
+    other paths, which share the old text's cells, must not stay and fill its cache for the next
+    text (found in a benchmark: 'eagle3 head llama_decode failed (code 1)')."""
+    with Engine(models["target"], draft=models["head"], n_threads=2, n_ctx=256) as e:
+        flat(e)
+        verified = 0
+        for i in range(6):   # texts of 200 tokens: two of them do not fit the head's 256 cells
+            words = ["the value is None", "def print(self):", "for name in value", "import my class"]
+            ids = e.tokenize(" ".join(words[(i + k) % 4] for k in range(60)), parse_special=True)[:200]
+            r = e.generate(ids, max_tokens=7, temperature=0, mode="tree", drafter="eagle3", width=4, depth=6,
+                           budget=20)
+            verified += r.stats.nodes_verified
+        assert verified > 40

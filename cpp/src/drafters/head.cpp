@@ -48,7 +48,15 @@ void HeadDrafter::decode() {
     const int32_t rc = llama_decode(head_, batch_);
     batch_.embd = nullptr;
     batch_.n_tokens = 0;
-    if (rc != 0) throw std::runtime_error(std::string(name()) + " head llama_decode failed (code " + std::to_string(rc) + ")");
+    if (rc != 0) {
+        std::string d;
+        llama_memory_t mem = llama_get_memory(head_);
+        for (int32_t s = 0; s < n_seq_; ++s)
+            if (llama_memory_seq_pos_max(mem, s) >= 0)
+                d += " seq" + std::to_string(s) + "[" + std::to_string(llama_memory_seq_pos_min(mem, s)) + "," + std::to_string(llama_memory_seq_pos_max(mem, s)) + "]";
+        d += " batch " + std::to_string(last_row_ + 1) + " rows from pos " + std::to_string(batch_.pos[0]) + " n_ctx " + std::to_string(llama_n_ctx(head_));
+        throw std::runtime_error(std::string(name()) + " head llama_decode failed (code " + std::to_string(rc) + ")" + d);
+    }
     llama_synchronize(head_);
     llama_ms_ += now_ms() - t0;
 }
@@ -77,6 +85,7 @@ void HeadDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos pos
         std::fill(h_last_.begin(), h_last_.end(), 0.0f);
         pend_tok_.clear(); pend_pos_.clear(); pend_h_.clear();
         llama_memory_seq_rm(llama_get_memory(head_), 0, pos0, -1);   // another text's rows
+        drop_paths();
     }
     text_.resize(size_t(pos0), -1);   // -1: a position whose state it never had
     text_.insert(text_.end(), tokens, tokens + n);
@@ -87,6 +96,14 @@ void HeadDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos pos
     std::memcpy(h_last_.data(), rows_.data() + (n - 1) * w, sizeof(float) * w);
     h_last_pos_ = pos0 + llama_pos(n) - 1;   // until the walk says otherwise: everything
     if (pend_tok_.size() > kMaxPending) run_pending(nullptr, 0);   // bounded memory (prompts)
+}
+
+// Sequences 1.. hold a step's other paths, the committed text copied in (cells shared with
+// sequence 0): they go after each step, and before the next text's rows (a generation that ended
+// inside a step committed nothing here, and its paths would keep the old text's cells).
+void HeadDrafter::drop_paths() {
+    llama_memory_t mem = llama_get_memory(head_);
+    for (int32_t s = 1; s < n_seq_; ++s) llama_memory_seq_rm(mem, s, -1, -1);
 }
 
 // The head continues a text where its last state is: a prompt that extends what it saw keeps it
@@ -101,6 +118,7 @@ void HeadDrafter::run_pending(const int32_t * root, llama_pos root_pos) {
     const size_t n = pend_tok_.size();
     // the rows continue the head's cache; where it lacks the text just before them (a prompt
     // cache hit on text the head never saw), it restarts from them: worse drafts, never wrong
+    drop_paths();
     llama_memory_t mem = llama_get_memory(head_);
     const llama_pos first = n ? pend_pos_[0] : root_pos;
     llama_memory_seq_rm(mem, 0, llama_memory_seq_pos_max(mem, 0) < first - 1 ? -1 : first, -1);
@@ -127,9 +145,8 @@ void HeadDrafter::keep(size_t n_accepted) {
         pend_tok_.pop_back();
         pend_h_.resize(pend_h_.size() - size_t(state_width_));
     }
-    llama_memory_t mem = llama_get_memory(head_);
-    llama_memory_seq_rm(mem, 0, cut, -1);   // rows the head ran already
-    for (int32_t s = 1; s < n_seq_; ++s) llama_memory_seq_rm(mem, s, -1, -1);   // the step's other paths
+    llama_memory_seq_rm(llama_get_memory(head_), 0, cut, -1);   // rows the head ran already
+    drop_paths();
     std::memcpy(h_last_.data(), rows_.data() + last * size_t(state_width_), sizeof(float) * size_t(state_width_));
     h_last_pos_ = cut - 1;
     if (text_.size() > size_t(cut)) text_.resize(size_t(cut));

@@ -99,6 +99,7 @@ private:
     // path); the head's cells beyond them go, and the last kept row's hidden state seeds the next
     // draft.
     void keep(size_t n_accepted);
+    void drop_paths();
     // Adds the top-k children of `node` from its output row `row` to the tree and to cand_, and
     // keeps the head's state after that row as the node's.
     void expand(DraftTree & tree, int32_t node, int32_t row);
