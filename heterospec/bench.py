@@ -404,7 +404,7 @@ def _accepted_by_source(results) -> dict:
     """Accepted draft tokens per generated token, by the drafter that proposed them."""
     tokens = sum(r.stats.generated_tokens for r in results)
     return {f"accepted_{src}": sum(getattr(r.stats, f"accepted_{src}") for r in results) / tokens if tokens else 0.0
-            for src in ("model", "ngram")}
+            for src in ("model", "ngram", "mtp", "eagle3")}
 
 
 def _peer_acceptance(runs) -> Optional[float]:
@@ -496,7 +496,7 @@ def _print_categories(ok: dict, cats: list) -> None:
     """Per category and mode: tok/s, tau, accepted tokens per generated token by source, and the
     paired ratios against plain decoding and llama.cpp's best configuration in the category."""
     from .paired import describe
-    print("\nper category: tok/s, tau, accepted draft tokens per generated token (n-gram / model), "
+    print("\nper category: tok/s, tau, accepted draft tokens per generated token (by source), "
           "paired ratios")
     for c in cats:
         print(f"  {c}")
@@ -505,7 +505,9 @@ def _print_categories(ok: dict, cats: list) -> None:
             if not f:
                 continue
             tau = f"tau {f['tau']:.2f}" if f.get("tau") else ""
-            acc = (f"accepted ngram {f['accepted_ngram']:.2f} model {f['accepted_model']:.2f}"
+            heads = "".join(f" {src} {f['accepted_' + src]:.2f}" for src in ("mtp", "eagle3")
+                            if f.get(f"accepted_{src}"))
+            acc = (f"accepted ngram {f['accepted_ngram']:.2f} model {f['accepted_model']:.2f}{heads}"
                    if "accepted_ngram" in f else
                    f"acceptance {f['acceptance']:.0%}" if f.get("acceptance") is not None else "")
             print(f"    {name:<44} {f['tokens_per_second']:7.1f} tok/s {tau:>9} {acc}")
