@@ -282,14 +282,8 @@ def export(head, target_path: Path, out: Path, ctx: int):
     w.add_layer_norm_rms_eps(EPS)
     w.add_array("eagle3.target_layers", list(LAYERS))
     w.add_uint32("eagle3.target_hidden_size", head.fc.weight.shape[1] // len(LAYERS))
-    r = gguf.GGUFReader(str(target_path))   # the target's tokenizer, as llama.cpp's converter copies it
-    for name, f in r.fields.items():
-        if not name.startswith("tokenizer."):
-            continue
-        if f.types[0] == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(name, f.contents(), gguf.GGUFValueType.ARRAY, sub_type=f.types[-1])
-        else:
-            w.add_key_value(name, f.contents(), f.types[0])
+    from make_qwen35_mtp import copy_tokenizer
+    copy_tokenizer(w, target_path)   # the target's tokenizer, as llama.cpp's converter copies it
     names = {"fc.weight": "fc.weight", "attn_norm": "blk.0.attn_norm.weight", "hidden_norm": "blk.0.attn_norm_2.weight",
              "q.weight": "blk.0.attn_q.weight", "k.weight": "blk.0.attn_k.weight", "v.weight": "blk.0.attn_v.weight",
              "o.weight": "blk.0.attn_output.weight", "ffn_norm": "blk.0.ffn_norm.weight",

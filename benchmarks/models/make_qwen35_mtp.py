@@ -553,6 +553,19 @@ def load_model(work: Path):
 
 # ---------------------------------------------------------------------------- export
 
+def copy_tokenizer(w, src: Path):
+    """Every tokenizer.* key of the GGUF `src` into GGUFWriter `w`."""
+    import gguf
+    r = gguf.GGUFReader(str(src))
+    for name, f in r.fields.items():
+        if not name.startswith("tokenizer."):
+            continue
+        if f.types[0] == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(name, f.contents(), gguf.GGUFValueType.ARRAY, sub_type=f.types[-1])
+        else:
+            w.add_key_value(name, f.contents(), f.types[0])
+
+
 def export(model, out: Path):
     import gguf
     cfg = model.cfg
@@ -581,15 +594,7 @@ def export(model, out: Path):
     w.add_ssm_time_step_rank(cfg["ssm_dt_rank"])
     w.add_ssm_inner_size(cfg["ssm_d_state"] * cfg["ssm_dt_rank"])
     w.add_vocab_size(cfg["n_vocab"])
-    # the code tokenizer, exactly as code-target.gguf carries it
-    r = gguf.GGUFReader(str(TOKENIZER_GGUF))
-    for name, f in r.fields.items():
-        if not name.startswith("tokenizer."):
-            continue
-        if f.types[0] == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(name, f.contents(), gguf.GGUFValueType.ARRAY, sub_type=f.types[-1])
-        else:
-            w.add_key_value(name, f.contents(), f.types[0])
+    copy_tokenizer(w, TOKENIZER_GGUF)   # the code tokenizer, exactly as code-target.gguf carries it
 
     T = {"token_embd.weight": sd["emb.weight"], "output_norm.weight": sd["output_norm.weight"]}
 

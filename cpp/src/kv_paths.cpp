@@ -7,6 +7,30 @@
 
 namespace heterospec {
 
+void assign_frontier_sequences(const DraftTree & tree, const std::vector<int32_t> & frontier,
+                               const std::vector<int32_t> & seq_of, int32_t n_seq, std::vector<uint8_t> & taken,
+                               std::vector<int32_t> & seq_for,
+                               const std::function<void(int32_t seq, int32_t parent)> & fresh) {
+    taken.assign(size_t(n_seq), 0);
+    seq_for.assign(frontier.size(), -1);
+    for (size_t i = 0; i < frontier.size(); ++i) {
+        const int32_t s = seq_of[size_t(tree[frontier[i]].parent)];
+        if (s >= 0 && !taken[size_t(s)]) {
+            taken[size_t(s)] = 1;
+            seq_for[i] = s;
+        }
+    }
+    size_t free_s = 0;
+    for (size_t i = 0; i < frontier.size(); ++i) {
+        if (seq_for[i] >= 0) continue;
+        while (free_s < taken.size() && taken[free_s]) ++free_s;
+        if (free_s == taken.size()) throw std::logic_error("a draft frontier wider than the sequences");
+        taken[free_s] = 1;
+        seq_for[i] = int32_t(free_s);
+        fresh(seq_for[i], tree[frontier[i]].parent);
+    }
+}
+
 llama_pos keep_prefix(llama_context * ctx, llama_pos keep) {
     llama_memory_t mem = llama_get_memory(ctx);
     // Recurrent state holds the end of the text only: it is kept when nothing is dropped. (Its

@@ -7,9 +7,23 @@
 // only (metadata-only in a unified cache).
 #pragma once
 
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "draft_tree.h"
 #include "llama.h"
 
 namespace heterospec {
+
+// Tree attention while drafting (a draft model's or a head's): the sequence each node of
+// `frontier` runs in, into `seq_for`. A node's first frontier child inherits its parent's
+// sequence (`seq_of[parent]`); the others take free ones among n_seq, and `fresh(s, parent)` fills
+// such a sequence with the parent's path before the level runs. `taken`: scratch.
+void assign_frontier_sequences(const DraftTree & tree, const std::vector<int32_t> & frontier,
+                               const std::vector<int32_t> & seq_of, int32_t n_seq, std::vector<uint8_t> & taken,
+                               std::vector<int32_t> & seq_for,
+                               const std::function<void(int32_t seq, int32_t parent)> & fresh);
 
 // Keeps positions [0, keep) of sequence 0 in `ctx`'s memory and drops everything else; returns
 // the positions kept (0, with the memory cleared, where a suffix cannot be dropped).

@@ -81,27 +81,12 @@ void DraftModelDrafter::expand_frontier(DraftTree & tree) {
     seq_of_.resize(size_t(tree.size()), -1);
 
     // Sequences: a node's first frontier child inherits its sequence; the others take free ones.
-    inherited_.assign(seq_node_.size(), 0);
     std::vector<int32_t> & seq_for = next_;
-    seq_for.assign(frontier_.size(), -1);
-    for (size_t i = 0; i < frontier_.size(); ++i) {
-        const int32_t s = seq_of_[size_t(tree[frontier_[i]].parent)];
-        if (s >= 0 && !inherited_[size_t(s)]) {
-            inherited_[size_t(s)] = 1;
-            seq_for[i] = s;
-        }
-    }
-    size_t free_s = 0;
-    for (size_t i = 0; i < frontier_.size(); ++i) {
-        if (seq_for[i] >= 0) continue;
-        while (inherited_[free_s]) ++free_s;
-        const int32_t s = int32_t(free_s);
-        inherited_[free_s] = 1;
-        seq_for[i] = s;
-        const int32_t parent = tree[frontier_[i]].parent;
+    assign_frontier_sequences(tree, frontier_, seq_of_, int32_t(seq_node_.size()), inherited_, seq_for,
+                              [&](int32_t s, int32_t parent) {
         llama_memory_seq_rm(mem, s, step0, -1);
         if (parent != 0) llama_memory_seq_cp(mem, seq_of_[size_t(parent)], s, step0, root_pos_ + depth);
-    }
+    });
 
     llama_batch_ext_clear(batch_.get());
     for (size_t i = 0; i < frontier_.size(); ++i) {

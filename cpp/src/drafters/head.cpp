@@ -6,6 +6,7 @@
 #include <string>
 
 #include "entropy.h"
+#include "kv_paths.h"
 #include "llama-ext.h"
 #include "model.h"
 #include "topk.h"
@@ -202,29 +203,12 @@ void HeadDrafter::expand_frontier(DraftTree & tree) {
     const int32_t depth = tree[frontier_[0]].depth;
     const llama_pos step0 = root_pos_ + 1;   // the step's first draft position
     seq_of_.resize(size_t(tree.size()), -1);
-    // a node's first frontier child inherits its sequence; the others take free ones, holding
-    // the committed text and the parent's path
-    taken_.assign(size_t(n_seq_), 0);
-    seq_for_.assign(frontier_.size(), -1);
-    for (size_t i = 0; i < frontier_.size(); ++i) {
-        const int32_t s = seq_of_[size_t(tree[frontier_[i]].parent)];
-        if (s >= 0 && !taken_[size_t(s)]) {
-            taken_[size_t(s)] = 1;
-            seq_for_[i] = s;
-        }
-    }
-    size_t free_s = 0;
-    for (size_t i = 0; i < frontier_.size(); ++i) {
-        if (seq_for_[i] >= 0) continue;
-        while (taken_[free_s]) ++free_s;
-        const int32_t s = int32_t(free_s);
-        taken_[free_s] = 1;
-        seq_for_[i] = s;
-        const int32_t parent = tree[frontier_[i]].parent;
+    // free sequences get the committed text and the parent's path
+    assign_frontier_sequences(tree, frontier_, seq_of_, n_seq_, taken_, seq_for_, [&](int32_t s, int32_t parent) {
         llama_memory_seq_rm(mem, s, -1, -1);
         llama_memory_seq_cp(mem, 0, s, -1, step0);
         if (parent != 0) llama_memory_seq_cp(mem, seq_of_[size_t(parent)], s, step0, root_pos_ + depth);
-    }
+    });
     for (size_t i = 0; i < frontier_.size(); ++i) {
         const int32_t f = frontier_[i];
         seq_of_[size_t(f)] = seq_for_[i];
