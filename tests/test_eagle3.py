@@ -293,3 +293,21 @@ def test_generations_that_end_inside_a_step_leave_the_head_room(models):
                            budget=20)
             verified += r.stats.nodes_verified
         assert verified > 40
+
+
+def test_a_prompt_that_parts_from_the_last_text_keeps_the_common_part_in_the_head(models):
+    """The head keeps its last state only: where a new prompt parts from the text it saw, the
+    target runs one common token again to give it the state there, and the head keeps its rows of
+    the common part (it drafted over an empty cache before: found in review)."""
+    with Engine(models["target"], draft=models["head"], n_threads=2, n_ctx=512) as e:
+        flat(e)
+        a = e.tokenize(PROMPTS[0] * 4, parse_special=True)[:90]
+        assert len(a) > 70
+        e.generate(a, max_tokens=8, temperature=0, mode="chain", drafter="eagle3", p_min=0.0)
+        b = a[:60] + e.tokenize(" while True: return None", add_special=False)
+        r = e.generate(b, max_tokens=8, temperature=0, mode="chain", drafter="eagle3", p_min=0.0)
+        assert r.stats.cached_tokens == 59                  # the common 60 tokens but one
+        head = e._engine.debug_kv_state()[1]                 # the head's cache, sequence 0
+        assert head[0][0] == 1 and head[0][1] >= len(b) - 1  # its rows from the text's start (x_1 on)
+        check_greedy(e, models["target"], b, r, e.generate(b, max_tokens=8, temperature=0, mode="ar"), "parted")
+        assert r.stats.nodes_verified > 0

@@ -261,7 +261,7 @@ std::vector<std::pair<int32_t, std::vector<float>>> Engine::debug_states(const s
 
 std::vector<std::vector<std::pair<int32_t, int32_t>>> Engine::debug_kv_state() const {
     std::vector<std::vector<std::pair<int32_t, int32_t>>> out;
-    for (llama_context * ctx : {impl_->target_ctx.get(), impl_->draft_ctx.get()}) {
+    for (llama_context * ctx : {impl_->target_ctx.get(), impl_->draft_ctx.get(), impl_->head_ctx.get()}) {
         if (!ctx) continue;
         llama_memory_t mem = llama_get_memory(ctx);
         std::vector<std::pair<int32_t, int32_t>> seqs;

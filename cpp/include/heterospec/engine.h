@@ -119,8 +119,8 @@ public:
     // pass over their prompts from an empty memory, so that no mode copies another's output).
     void clear_ngram_memory();
 
-    // Tests: (pos_min, pos_max) of every sequence of the target's and the draft's cache, and the
-    // number of committed tokens in the target's cache.
+    // Tests: (pos_min, pos_max) of every sequence of the target's cache, then the draft model's or
+    // the EAGLE-3 head's (when there is one), and the number of committed tokens in the target's cache.
     std::vector<std::vector<std::pair<int32_t, int32_t>>> debug_kv_state() const;
     int32_t debug_n_past() const;
     // Tests only: replaces the exact walk with a plausible but wrong rule (accept the best child

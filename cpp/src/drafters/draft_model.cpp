@@ -27,6 +27,7 @@ void DraftModelDrafter::decode_committed(const std::vector<int32_t> & tokens, bo
 }
 
 void DraftModelDrafter::do_begin(const std::vector<int32_t> & prefix, bool reuse) {
+    frontier_.clear();   // a generation that ended inside a step left its tree's nodes here
     n_past_ = kv_.reset(llama_pos(reuse ? cached_.common_prefix(prefix) : 0));
     cached_.keep(size_t(n_past_));
     pending_.assign(prefix.begin() + n_past_, prefix.end());

@@ -78,21 +78,31 @@ void HeadDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos pos
     if (record_)
         for (size_t k = 0; k < n; ++k)
             recorded_[int32_t(pos0) + int32_t(k)].assign(rows_.data() + k * w, rows_.data() + (k + 1) * w);
-    // x_p pairs with s_{p-1}: the first token with the state kept from before. Where that is
-    // lost (the text's start, a cold prompt cache, a generation that ended inside a step) the
-    // head restarts here: its drafts are worse, never wrong.
-    const bool restart = h_last_pos_ != pos0 - 1;
-    if (restart) {
-        std::fill(h_last_.begin(), h_last_.end(), 0.0f);
-        pend_tok_.clear(); pend_pos_.clear(); pend_h_.clear();
-        llama_memory_seq_rm(llama_get_memory(head_), 0, pos0, -1);   // another text's rows
+    // x_p pairs with s_{p-1}: the first token with the state kept from before.
+    llama_memory_t mem = llama_get_memory(head_);
+    size_t k0 = 0;
+    if (h_last_pos_ != pos0 - 1 || pos0 == 0) {   // (the text's first token has no state before it)
+        // A rewind into text it holds (a prompt that parts from the last text after pos0: the
+        // target re-runs one token the head has, known_prefix) keeps its rows up to pos0 and
+        // continues from there. Otherwise (the text's start, a state lost) it restarts here:
+        // its drafts are worse, never wrong.
+        const bool rewind = size_t(pos0) < text_.size() && text_[size_t(pos0)] == tokens[0] &&
+                            (llama_memory_seq_pos_max(mem, 0) >= pos0 || (!pend_pos_.empty() && pend_pos_[0] <= pos0));
+        while (!pend_pos_.empty() && pend_pos_.back() > (rewind ? pos0 : pos0 - 1)) {
+            pend_pos_.pop_back();
+            pend_tok_.pop_back();
+            pend_h_.resize(pend_h_.size() - w);
+        }
+        llama_memory_seq_rm(mem, 0, rewind ? pos0 + 1 : pos0, -1);   // the other text's rows
         drop_paths();
+        if (!rewind) std::fill(h_last_.begin(), h_last_.end(), 0.0f);
+        k0 = rewind ? 1 : zero_state_ ? 0 : 1;
     }
     text_.resize(size_t(pos0), -1);   // -1: a position whose state it never had
     text_.insert(text_.end(), tokens, tokens + n);
     // The head runs these rows only when it next drafts (with its root, in one pass): a step
     // that drafts from n-grams alone costs it a copy, not a pass.
-    for (size_t k = (restart && !zero_state_) ? 1 : 0; k < n; ++k)
+    for (size_t k = k0; k < n; ++k)
         queue(tokens[k], pos0 + llama_pos(k), k == 0 ? h_last_.data() : rows_.data() + (k - 1) * w);
     std::memcpy(h_last_.data(), rows_.data() + (n - 1) * w, sizeof(float) * w);
     h_last_pos_ = pos0 + llama_pos(n) - 1;   // until the walk says otherwise: everything
@@ -108,11 +118,12 @@ void HeadDrafter::drop_paths() {
 }
 
 // The head continues a text where its last state is: a prompt that extends what it saw keeps it
-// all; one that parts from it inside keeps the common part (the head restarts there).
+// all; one that parts from it inside keeps the common part but one token, which the target runs
+// again to give the head the state there (it keeps the last state only).
 size_t HeadDrafter::known_prefix(const std::vector<int32_t> & tokens) const {
     size_t k = 0;
     while (k < tokens.size() && k < text_.size() && tokens[k] == text_[k]) ++k;
-    return k;
+    return k == text_.size() ? k : (k > 0 ? k - 1 : 0);
 }
 
 void HeadDrafter::run_pending(const int32_t * root, llama_pos root_pos) {
@@ -203,10 +214,11 @@ void HeadDrafter::expand_frontier(DraftTree & tree) {
     const int32_t depth = tree[frontier_[0]].depth;
     const llama_pos step0 = root_pos_ + 1;   // the step's first draft position
     seq_of_.resize(size_t(tree.size()), -1);
-    // free sequences get the committed text and the parent's path
+    // free sequences get the committed text (sequence 0 holds it: when no frontier node descends
+    // from its path, it keeps the text and drops only its draft cells) and the parent's path
     assign_frontier_sequences(tree, frontier_, seq_of_, n_seq_, taken_, seq_for_, [&](int32_t s, int32_t parent) {
-        llama_memory_seq_rm(mem, s, -1, -1);
-        llama_memory_seq_cp(mem, 0, s, -1, step0);
+        llama_memory_seq_rm(mem, s, s == 0 ? step0 : -1, -1);
+        if (s != 0) llama_memory_seq_cp(mem, 0, s, -1, step0);
         if (parent != 0) llama_memory_seq_cp(mem, seq_of_[size_t(parent)], s, step0, root_pos_ + depth);
     });
     for (size_t i = 0; i < frontier_.size(); ++i) {

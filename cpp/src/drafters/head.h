@@ -74,6 +74,7 @@ protected:
     // or the allocation, which prices a level by what its passes cost, would price the head at
     // a pass over the prompt and never pay for it again.
     void do_begin(const std::vector<int32_t> &, bool) override {
+        frontier_.clear();   // a generation that ended inside a step left its tree's nodes here
         if (!pend_tok_.empty()) run_pending(nullptr, 0);
         calls_ = 0;
         llama_ms_ = 0;
