@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "gguf.h"
+#include "model.h"
 
 namespace heterospec {
 
@@ -17,18 +18,6 @@ GgufPtr open_header(const std::string & path) {
     GgufPtr g(gguf_init_from_file(path.c_str(), gp), gguf_free);
     if (!g) throw std::invalid_argument("'" + path + "' is a corrupt or truncated GGUF file");
     return g;
-}
-
-bool int_value(const gguf_context * g, const std::string & key, int64_t & out) {
-    const int64_t id = gguf_find_key(g, key.c_str());
-    if (id < 0) return false;
-    switch (gguf_get_kv_type(g, id)) {
-        case GGUF_TYPE_UINT32: out = gguf_get_val_u32(g, id); return true;
-        case GGUF_TYPE_INT32:  out = gguf_get_val_i32(g, id); return true;
-        case GGUF_TYPE_UINT64: out = int64_t(gguf_get_val_u64(g, id)); return true;
-        case GGUF_TYPE_INT64:  out = gguf_get_val_i64(g, id); return true;
-        default: return false;
-    }
 }
 
 std::string list(const std::vector<int32_t> & v) {
@@ -55,8 +44,8 @@ Eagle3Head read_eagle3_head(const std::string & path) {
         const auto * v = static_cast<const int32_t *>(gguf_get_arr_data(c, id));
         h.layers.assign(v, v + gguf_get_arr_n(c, id));
     }
-    int_value(c, "eagle3.target_hidden_size", h.target_hidden);
-    int_value(c, "eagle3.embedding_length", h.n_embd);
+    get_int(c, "eagle3.target_hidden_size", h.target_hidden);
+    get_int(c, "eagle3.embedding_length", h.n_embd);
     h.own_embedding = gguf_find_tensor(c, "token_embd.weight") >= 0;
     h.own_output = gguf_find_tensor(c, "output.weight") >= 0;
     h.vocab_map = gguf_find_tensor(c, "d2t") >= 0;

@@ -91,22 +91,6 @@ std::string quote_log(const std::string & prefix) {
     return log.empty() ? prefix : prefix + " (llama.cpp: " + log + ")";
 }
 
-// An integer metadata value, whatever its stored integer type; false if absent or not an integer.
-bool get_int(const gguf_context * g, const std::string & key, int64_t & out) {
-    const int64_t id = gguf_find_key(g, key.c_str());
-    if (id < 0) return false;
-    switch (gguf_get_kv_type(g, id)) {
-        case GGUF_TYPE_UINT8:  out = gguf_get_val_u8(g, id);  return true;
-        case GGUF_TYPE_INT8:   out = gguf_get_val_i8(g, id);  return true;
-        case GGUF_TYPE_UINT16: out = gguf_get_val_u16(g, id); return true;
-        case GGUF_TYPE_INT16:  out = gguf_get_val_i16(g, id); return true;
-        case GGUF_TYPE_UINT32: out = gguf_get_val_u32(g, id); return true;
-        case GGUF_TYPE_INT32:  out = gguf_get_val_i32(g, id); return true;
-        case GGUF_TYPE_UINT64: out = int64_t(gguf_get_val_u64(g, id)); return true;
-        case GGUF_TYPE_INT64:  out = gguf_get_val_i64(g, id); return true;
-        default: return false;
-    }
-}
 
 // Metadata that llama.cpp asserts on (killing the process) instead of failing the load.
 void check_model_shape(const gguf_context * g, const std::string & path) {
@@ -189,6 +173,23 @@ void check_gguf(const std::string & path) {
 }
 
 }  // namespace
+
+// An integer metadata value, whatever its stored integer type; false if absent or not an integer.
+bool get_int(const gguf_context * g, const std::string & key, int64_t & out) {
+    const int64_t id = gguf_find_key(g, key.c_str());
+    if (id < 0) return false;
+    switch (gguf_get_kv_type(g, id)) {
+        case GGUF_TYPE_UINT8:  out = gguf_get_val_u8(g, id);  return true;
+        case GGUF_TYPE_INT8:   out = gguf_get_val_i8(g, id);  return true;
+        case GGUF_TYPE_UINT16: out = gguf_get_val_u16(g, id); return true;
+        case GGUF_TYPE_INT16:  out = gguf_get_val_i16(g, id); return true;
+        case GGUF_TYPE_UINT32: out = gguf_get_val_u32(g, id); return true;
+        case GGUF_TYPE_INT32:  out = gguf_get_val_i32(g, id); return true;
+        case GGUF_TYPE_UINT64: out = int64_t(gguf_get_val_u64(g, id)); return true;
+        case GGUF_TYPE_INT64:  out = gguf_get_val_i64(g, id); return true;
+        default: return false;
+    }
+}
 
 ModelPtr load_model(const ModelOptions & opts, bool load_mtp, bool head_ok) {
     ensure_backend();

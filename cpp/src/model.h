@@ -9,6 +9,8 @@
 #include "heterospec/config.h"
 #include "llama.h"
 
+struct gguf_context;
+
 namespace heterospec {
 
 struct ModelDeleter { void operator()(llama_model * m) const { llama_model_free(m); } };
@@ -23,6 +25,10 @@ using BatchPtr = std::unique_ptr<llama_batch_ext, BatchDeleter>;
 void set_log_verbose(bool verbose);
 std::string recent_log_errors();   // the error/warning lines since the last clear
 void clear_log();
+
+// An integer metadata value of a GGUF header, whatever its stored integer type; false if absent
+// or not an integer.
+bool get_int(const gguf_context * g, const std::string & key, int64_t & out);
 
 // Checks that `path` is a readable GGUF file (throws FileNotFound / std::invalid_argument),
 // then loads it. Errors name the file and quote llama.cpp's reason. An EAGLE-3 head (which has
