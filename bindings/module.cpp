@@ -149,6 +149,7 @@ NB_MODULE(_core, m) {
         .def_ro("accepted_ngram", &Stats::accepted_ngram)
         .def_ro("accepted_mtp", &Stats::accepted_mtp)
         .def_ro("accepted_eagle3", &Stats::accepted_eagle3)
+        .def_ro("accepted_dflash", &Stats::accepted_dflash)
         .def_ro("profile_scale", &Stats::profile_scale)
         .def_ro("accepted_draft", &Stats::accepted_draft)
         .def_ro("steps", &Stats::steps)
@@ -372,11 +373,12 @@ NB_MODULE(_core, m) {
         .def("begin_generation", &AcceptanceModel::begin_generation);
     t.def("worth_extending", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
                                 const std::vector<float> & values, const std::vector<float> & child_values,
-                                int32_t max_budget, double spent_ms, double level_ms) {
-        CostProfile p{sizes, verify_ms, 0.0};
+                                int32_t max_budget, double spent_ms, double level_ms, bool block_levels) {
+        CostProfile p{sizes, verify_ms, 0.0, 0.0, block_levels};
         std::vector<float> scratch;
         return worth_extending(p, values, child_values, max_budget, spent_ms, level_ms, 0.0, scratch);
-    }, "sizes"_a, "verify_ms"_a, "values"_a, "child_values"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a);
+    }, "sizes"_a, "verify_ms"_a, "values"_a, "child_values"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a,
+       "block_levels"_a = false);
 
     // model-free drafting's memory
     nb::class_<SuffixIndex>(t, "SuffixIndex")
@@ -425,18 +427,19 @@ NB_MODULE(_core, m) {
        "batch_tokens"_a = nb::none());
     t.def("worth_drafting", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
                                float top_value, int32_t max_budget, double spent_ms, double level_ms,
-                               double checkpoint_ms) {
-        CostProfile p{sizes, verify_ms, 0.0, checkpoint_ms};
+                               double checkpoint_ms, bool block_levels) {
+        CostProfile p{sizes, verify_ms, 0.0, checkpoint_ms, block_levels};
         return worth_drafting(p, top_value, max_budget, spent_ms, level_ms);
-    }, "sizes"_a, "verify_ms"_a, "top_value"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a, "checkpoint_ms"_a = 0.0);
+    }, "sizes"_a, "verify_ms"_a, "top_value"_a, "max_budget"_a, "spent_ms"_a, "level_ms"_a, "checkpoint_ms"_a = 0.0,
+       "block_levels"_a = false);
     t.def("worth_paid_levels", [](const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
                                   const std::vector<float> & free_values, float agreement, int32_t max_budget,
-                                  int32_t max_depth, double spent_ms, double level_ms) {
-        CostProfile p{sizes, verify_ms, 0.0};
+                                  int32_t max_depth, double spent_ms, double level_ms, bool block_levels) {
+        CostProfile p{sizes, verify_ms, 0.0, 0.0, block_levels};
         std::vector<float> scratch;
         return worth_paid_levels(p, free_values, agreement, max_budget, max_depth, spent_ms, level_ms, 0.0, scratch);
     }, "sizes"_a, "verify_ms"_a, "free_values"_a, "agreement"_a, "max_budget"_a, "max_depth"_a, "spent_ms"_a,
-       "level_ms"_a);
+       "level_ms"_a, "block_levels"_a = false);
 
     t.def("softmax_top_k", [](nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu> logits, int32_t k) {
         std::vector<TokenProb> out;

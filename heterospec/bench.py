@@ -92,20 +92,24 @@ def _progress(done: int, total: int, t0: float) -> None:
               end="", file=sys.stderr, flush=True)
 
 
-def _is_eagle3(path) -> bool:
+def _head_arch(path) -> Optional[str]:
+    """"eagle3" or "dflash" for a draft that reads the target's features, else None."""
     from .padding import gguf_architecture
-    return gguf_architecture(path) == "eagle3"
+    arch = gguf_architecture(path)
+    return arch if arch in ("eagle3", "dflash") else None
 
 
-def _peer_modes(draft, mtp: bool = False, eagle3: bool = False) -> list[tuple[str, Optional[list], dict]]:
+def _peer_modes(draft, mtp: bool = False, head: Optional[str] = None) -> list[tuple[str, Optional[list], dict]]:
     """(name, llama-speculative-simple arguments or None for plain decoding, settings): with a
-    draft model, draft-simple over n_max / p_min; with an EAGLE-3 head, draft-eagle3 over n_max /
-    p_min and chained with ngram-mod; with the target's MTP head, draft-mtp, ngram-mod and both;
-    otherwise the draftless n-gram types."""
-    from .peer import MTP_GRID, NGRAM_GRID, PEER_GRID, draft_spec_args, eagle3_grid
+    draft model, draft-simple over n_max / p_min; with an EAGLE-3 head or a DFlash draft
+    (`head`: its architecture), draft-eagle3 / draft-dflash over n_max / p_min and chained with
+    ngram-mod; with the target's MTP head, draft-mtp, ngram-mod and both; otherwise the
+    draftless n-gram types."""
+    from .peer import MTP_GRID, NGRAM_GRID, PEER_GRID, draft_spec_args, head_grid
     modes = [("llama.cpp", None, {})]
-    if draft and eagle3:
-        modes += [(f"llama.cpp-spec {label}", args, {"args": " ".join(args)}) for label, args in eagle3_grid(draft)]
+    if draft and head:
+        modes += [(f"llama.cpp-spec {label}", args, {"args": " ".join(args)})
+                  for label, args in head_grid(draft, head)]
     elif draft:
         modes += [(f"llama.cpp-spec n_max={n} p_min={p:g}", draft_spec_args(draft, n, p), {"n_max": n, "p_min": p})
                   for n, p in PEER_GRID]
@@ -145,14 +149,14 @@ def run(args) -> int:
         from .projection import load_profile
         device_profile = load_profile(args.cost_profile)   # a bad file fails before any run
     args.pad = {}
-    head = bool(args.model_draft) and _is_eagle3(args.model_draft)
+    head = _head_arch(args.model_draft) if args.model_draft else None
     for role, attr in (("target", "model"), ("draft", "model_draft")):
         shape = getattr(args, f"pad_{role}", None)
         target = None
         if role == "draft" and head and "target" in args.pad:
-            # an EAGLE-3 head reads the target's features: it grows with the target, to its shape
+            # a head reads the target's features: it grows with the target, to its shape
             if shape and shape != args.pad["target"]["shape"]:
-                raise ValueError("an EAGLE-3 head is padded with its target: give --pad-draft the target's shape")
+                raise ValueError(f"an {head} head is padded with its target: give --pad-draft the target's shape")
             shape, target = args.pad["target"]["shape"], args.pad["target"]["source"]
         if shape:
             from .padding import padded_model
@@ -404,7 +408,7 @@ def _accepted_by_source(results) -> dict:
     """Accepted draft tokens per generated token, by the drafter that proposed them."""
     tokens = sum(r.stats.generated_tokens for r in results)
     return {f"accepted_{src}": sum(getattr(r.stats, f"accepted_{src}") for r in results) / tokens if tokens else 0.0
-            for src in ("model", "ngram", "mtp", "eagle3")}
+            for src in ("model", "ngram", "mtp", "eagle3", "dflash")}
 
 
 def _peer_acceptance(runs) -> Optional[float]:
@@ -505,7 +509,7 @@ def _print_categories(ok: dict, cats: list) -> None:
             if not f:
                 continue
             tau = f"tau {f['tau']:.2f}" if f.get("tau") else ""
-            heads = "".join(f" {src} {f['accepted_' + src]:.2f}" for src in ("mtp", "eagle3")
+            heads = "".join(f" {src} {f['accepted_' + src]:.2f}" for src in ("mtp", "eagle3", "dflash")
                             if f.get(f"accepted_{src}"))
             acc = (f"accepted ngram {f['accepted_ngram']:.2f} model {f['accepted_model']:.2f}{heads}"
                    if "accepted_ngram" in f else

@@ -73,7 +73,7 @@ def pad_thresholds(th: list[float], n: int = 7) -> list[float]:
 def run(args) -> int:
     shape = dict(depth=args.depth, branching=args.branching, width=args.width, budget=args.budget)
     if getattr(args, "drafter", None):
-        shape["drafter"] = args.drafter   # a head's own distributions (eagle3), or with n-grams
+        shape["drafter"] = args.drafter   # a head's own distributions (eagle3, dflash), or with n-grams
     records = []   # (H, tcr, accepted)
     interrupted = False
     with Engine(args.model, draft=args.model_draft, n_threads=args.n_threads, n_ctx=args.n_ctx) as engine:

@@ -93,15 +93,16 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                    help="ar: plain decoding; chain: llama.cpp-style draft chain; tree: draft trees; "
                         "heterospec: entropy-allocated trees with the cost-aware budget, which runs plain "
                         "steps where speculation does not pay (the default)")
-    g.add_argument("--drafter", choices=["model", "mtp", "eagle3", "ngram", "hybrid"],
+    g.add_argument("--drafter", choices=["model", "mtp", "eagle3", "dflash", "ngram", "hybrid"],
                    help="what drafts: model: the draft model (-md; llama.cpp's --spec-type draft-simple); "
                         "mtp: the target's own MTP (nextn) layers (--spec-type draft-mtp); "
                         "eagle3: an EAGLE-3 head given as -md (--spec-type draft-eagle3); "
                         "ngram: continuations of earlier text (prompt, output, earlier requests) in a tree, "
                         "no model needed (the role of llama.cpp's --spec-type ngram-simple, ngram-map-k, "
                         "ngram-map-k4v, ngram-mod and ngram-cache); hybrid: n-grams merged into the draft "
-                        "model's or EAGLE-3 head's trees, or the MTP head's (default: hybrid with -md or MTP "
-                        "layers, else ngram)")
+                        "model's, EAGLE-3 head's or DFlash draft's trees, or the MTP head's (default: hybrid with -md or MTP "
+                        "layers, else ngram); dflash: a DFlash draft given as -md, the top-k of its block "
+                        "joined into a tree (--spec-type draft-dflash drafts a chain)")
     g.add_argument("--tree-depth", type=int, dest="depth", help="tree depth d (4)")
     g.add_argument("--tree-branching", type=int, dest="branching", help="children per expanded node k (4)")
     g.add_argument("--tree-width", type=int, dest="width", help="frontier width W (4)")
@@ -247,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API (needs heterospec[server])")
     _model_args(s)
-    s.add_argument("--drafter", choices=["model", "mtp", "eagle3", "ngram", "hybrid"],
+    s.add_argument("--drafter", choices=["model", "mtp", "eagle3", "dflash", "ngram", "hybrid"],
                    help="what drafts (default: hybrid with -md or MTP layers, else ngram); requests may "
                         "override it")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
@@ -340,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tree-branching", type=int, default=4, dest="branching")
     c.add_argument("--tree-width", type=int, default=4, dest="width")
     c.add_argument("--tree-budget", type=int, default=7, dest="budget")
-    c.add_argument("--drafter", choices=["model", "eagle3", "hybrid"],
+    c.add_argument("--drafter", choices=["model", "eagle3", "dflash", "hybrid"],
                    help="what drafts the base trees (default: hybrid: the draft model's or the head's with n-grams)")
     c.add_argument("-t", "--threads", type=int, dest="n_threads")
     c.add_argument("-c", "--ctx-size", type=int, dest="n_ctx")

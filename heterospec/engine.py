@@ -325,7 +325,7 @@ def _check_timeout(value) -> None:
 
 
 MODES = ("auto", "ar", "chain", "tree", "heterospec")
-DRAFTERS = ("auto", "model", "mtp", "eagle3", "ngram", "hybrid")
+DRAFTERS = ("auto", "model", "mtp", "eagle3", "dflash", "ngram", "hybrid")
 
 
 class Engine:
@@ -347,10 +347,14 @@ class Engine:
     the output so far and earlier requests to this engine; no model needed), "model" (the draft
     model), "mtp" (the target's own MTP/nextn layers, as Qwen3.5-class models ship them),
     "eagle3" (an EAGLE-3 head given as `draft`: a GGUF of architecture eagle3, as llama.cpp's
-    converter writes it; it reads three of the target's layers), "hybrid" (n-gram branches merged
-    into the draft model's trees, else the EAGLE-3 head's, else the MTP head's; the cost-aware
-    allocation drafts the n-grams always and pays for model or head levels only where they pay).
-    Default: "hybrid" with a draft model, an EAGLE-3 head or MTP layers, else "ngram".
+    converter writes it; it reads three of the target's layers), "dflash" (a DFlash draft given
+    as `draft`, architecture dflash: one pass over a block of masked positions gives a
+    distribution per position, and the tree joins their top-k into paths ranked by probability,
+    DDTree-style), "hybrid" (n-gram branches merged into the draft model's trees, else the
+    EAGLE-3 head's or the DFlash draft's, else the MTP head's; the cost-aware allocation drafts
+    the n-grams always and pays for model or head passes only where they pay).
+    Default: "hybrid" with a draft model, an EAGLE-3 head, a DFlash draft or MTP layers, else
+    "ngram".
 
     Hybrid targets (Qwen3.5/3.6, LFM2, Nemotron-H: recurrent state beside attention) verify trees
     path by path: each path in a sequence of its own with a copy of the state (up to

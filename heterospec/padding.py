@@ -590,9 +590,105 @@ def pad_qwen35(src, dst, dim: int, ffn: int, qtype: str = "f16", log=None) -> di
     return summary
 
 
+def _dflash_names(n_layer):
+    norms = ["enc.output_norm.weight", "output_norm.weight"]
+    norms += [f"blk.{i}.{n}.weight" for i in range(n_layer) for n in ("attn_norm", "ffn_norm")]
+    mats = {f"blk.{i}.{n}.weight" for i in range(n_layer)
+            for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
+                      "attn_q_norm", "attn_k_norm")}
+    return norms, set(norms) | mats | {"fc.weight", "token_embd.weight", "output.weight", "rope_freqs.weight"}
+
+
+def pad_dflash(src, dst, target_src, dim: int, layers: int, ffn: int, qtype: str = "f16", log=None) -> dict:
+    """Writes the DFlash draft `src` grown with its llama target `target_src` padded by
+    pad_llama(target_src, ..., dim, layers, ffn): the padded draft computes the same function on
+    the padded target's features (a DFlash draft has its target's width). As pad_eagle3:
+    dflash.target_layers are remapped to where pad_llama puts the source's layers and fc's
+    columns of each layer's block go to that block's first d columns; fc's rows, the writers
+    (attn_output, ffn_down) and own embedding/output get zero rows or columns, the readers zero
+    columns; heads and feed-forward units beyond the source's are zero; every RMS norm over the
+    width gets its weight times sqrt(d/D) and the eps key times d/D. The per-head Q/K norms
+    (over a head, unpadded) keep their weights and read the scaled eps: 1e-5 * d/D against
+    head vectors of mean square O(1), a change below F16's rounding.
+    """
+    import numpy as np
+    gguf, r, value, (d, H, K, F, n_layer) = _source(src, "dflash", qtype, (
+        "embedding_length", "attention.head_count", "attention.head_count_kv", "feed_forward_length",
+        "block_count"))
+    tr = gguf.GGUFReader(str(target_src))
+    tf = lambda k: _contents(tr.fields[k]) if k in tr.fields else None   # noqa: E731
+    if tf("general.architecture") != "llama":
+        raise ValueError(f"{target_src}: a DFlash draft grows with a llama target (got {tf('general.architecture')!r})")
+    if int(tf("llama.embedding_length")) != d:
+        raise ValueError(f"{src}: its width {d} is not its target's {tf('llama.embedding_length')}")
+    L = int(tf("llama.block_count"))
+    src_layers = [int(x) for x in value("dflash.target_layers")]
+    eps = float(value("dflash.attention.layer_norm_rms_epsilon"))
+    D, L2, F2 = int(dim), int(layers), int(ffn)
+    hd = d // H
+    H2 = D // hd
+    K2 = H2 // (H // K)
+    tensors = {t.name: t for t in r.tensors}
+    norms, known = _dflash_names(n_layer)
+    unknown = sorted(set(tensors) - known)
+    if unknown:
+        raise ValueError(f"{src}: do not know how to pad tensor {unknown[0]}")
+    w = lambda name: _as_f32(gguf, tensors[name])   # noqa: E731
+    s = math.sqrt(d / D)
+    n3 = len(src_layers)
+
+    def padded():
+        fc = w("fc.weight")
+        out = np.zeros((D, n3 * D), np.float32)
+        for k in range(n3):
+            out[:d, k * D:k * D + d] = fc[:, k * d:(k + 1) * d]
+        yield "fc.weight", out
+        for name in norms:
+            yield name, _zero_padded(w(name), D, scale=s)
+        for name in ("token_embd.weight", "output.weight"):
+            if name in tensors:
+                yield name, _zero_padded(w(name), cols=D)
+        for i in range(n_layer):
+            b = f"blk.{i}."
+            for name, n_pad in (("attn_q", H2), ("attn_k", K2), ("attn_v", K2)):
+                yield b + name + ".weight", _zero_padded(w(b + name + ".weight"), n_pad * hd, D)
+            for name in ("attn_q_norm", "attn_k_norm"):
+                yield b + name + ".weight", w(b + name + ".weight")
+            yield b + "attn_output.weight", _zero_padded(w(b + "attn_output.weight"), D, H2 * hd)
+            yield b + "ffn_gate.weight", _zero_padded(w(b + "ffn_gate.weight"), F2, D)
+            yield b + "ffn_up.weight", _zero_padded(w(b + "ffn_up.weight"), F2, D)
+            yield b + "ffn_down.weight", _zero_padded(w(b + "ffn_down.weight"), D, F2)
+        if "rope_freqs.weight" in tensors:
+            yield "rope_freqs.weight", w("rope_freqs.weight")
+
+    new_layers = [round(i * L2 / L) for i in src_layers]
+    out = _writer(gguf, r, dst, "dflash", {
+        "dflash.embedding_length", "dflash.attention.head_count", "dflash.attention.head_count_kv",
+        "dflash.feed_forward_length", "dflash.attention.layer_norm_rms_epsilon", "dflash.target_layers",
+        "general.architecture", "general.file_type", "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"})
+    out.add_embedding_length(D)
+    out.add_head_count(H2)
+    out.add_head_count_kv(K2)
+    out.add_feed_forward_length(F2)
+    out.add_layer_norm_rms_eps(eps * d / D)
+    out.add_array("dflash.target_layers", new_layers)
+    n_par = 0
+    for name, a in padded():
+        n_par += a.size
+        _add_tensor(gguf, out, name, a, qtype)
+    _finish(out)
+    summary = {"source_width": d, "width": D, "target_layers": new_layers, "heads": H2, "kv_heads": K2,
+               "ffn": F2, "type": qtype, "parameters": n_par}
+    if log is not None:
+        print(f"padded {Path(src).name}: {n_par / 1e6:.1f}M parameters, D={D} H={H2} K={K2} F={F2}, "
+              f"target layers {new_layers} ({qtype})", file=log)
+    return summary
+
+
 def padded_model(src: str, shape: str, qtype: str, cache: Path, log=sys.stderr, target: Optional[str] = None) -> Path:
     """Path of `src` padded to `shape` and quantized to `qtype`, made on first use (by pad_llama(),
-    pad_qwen35() or, for an EAGLE-3 head of the llama model `target`, pad_eagle3(), after the
+    pad_qwen35() or, for an EAGLE-3 head or a DFlash draft of the llama model `target`,
+    pad_eagle3() or pad_dflash(), after the
     source's architecture) and kept in `cache`."""
     if shape not in SHAPES:
         raise ValueError(f"unknown pad shape {shape!r} ({', '.join(SHAPES)})")
@@ -603,9 +699,9 @@ def padded_model(src: str, shape: str, qtype: str, cache: Path, log=sys.stderr, 
     # the former external tool dropped a llama model's rope_freqs.weight (another function where
     # RoPE is scaled); pad_llama keeps it, under another name so that such files are not reused
     tag = "-rope" if arch == "llama" and "rope_freqs.weight" in names else ""
-    if arch == "eagle3":   # the head grows with its target: both name the file
+    if arch in ("eagle3", "dflash"):   # a head grows with its target: both name the file
         if not target:
-            raise ValueError(f"{src}: an EAGLE-3 head is padded with its target (give the target)")
+            raise ValueError(f"{src}: an {arch} head is padded with its target (give the target)")
         tag = "-for-" + model_fingerprint(target)["sha256_head_tail"][:8]
     out = cache / f"{Path(src).stem}-{shape}-{qtype}{tag}-{fp['sha256_head_tail'][:12]}.gguf"
     if out.exists():
@@ -616,9 +712,11 @@ def padded_model(src: str, shape: str, qtype: str, cache: Path, log=sys.stderr, 
         pad = lambda dst: pad_qwen35(src, dst, *QWEN35_SHAPES[shape], qtype, log=log)   # noqa: E731
     elif arch == "eagle3":
         pad = lambda dst: pad_eagle3(src, dst, target, *LLAMA_SHAPES[shape], qtype, log=log)   # noqa: E731
+    elif arch == "dflash":
+        pad = lambda dst: pad_dflash(src, dst, target, *LLAMA_SHAPES[shape], qtype, log=log)   # noqa: E731
     else:
-        raise ValueError(f"{src}: cannot pad a model of architecture {arch!r} (llama, qwen35 and eagle3 heads "
-                         "can be padded)")
+        raise ValueError(f"{src}: cannot pad a model of architecture {arch!r} (llama, qwen35, eagle3 heads "
+                         "and dflash drafts can be padded)")
     cache.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     print(f"heterospec bench: padding {src} ({arch}) to {shape} ({qtype}) once, into {out}", file=log)

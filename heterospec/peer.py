@@ -44,14 +44,15 @@ MTP_GRID += [(f"draft-mtp,ngram-mod n_max={n}", ["--spec-type", "draft-mtp,ngram
                                                  *_NGRAM_MOD[2:]]) for n in (2, 3)]
 
 
-def eagle3_grid(head) -> list[tuple[str, list]]:
-    """With an EAGLE-3 head: draft-eagle3 over n_max / p_min, and chained with ngram-mod (the
-    n-gram draft wins a step whenever it has one)."""
-    grid = [(f"draft-eagle3 n_max={n} p_min={p:g}", ["-md", str(head), "--spec-type", "draft-eagle3",
-                                                    "--spec-draft-n-max", str(n), "--spec-draft-p-min", str(p)])
+def head_grid(head, arch: str = "eagle3") -> list[tuple[str, list]]:
+    """With an EAGLE-3 head or a DFlash draft (`arch`): draft-eagle3 / draft-dflash over n_max /
+    p_min, and chained with ngram-mod (the n-gram draft wins a step whenever it has one)."""
+    t = f"draft-{arch}"
+    grid = [(f"{t} n_max={n} p_min={p:g}", ["-md", str(head), "--spec-type", t,
+                                           "--spec-draft-n-max", str(n), "--spec-draft-p-min", str(p)])
             for n, p in PEER_GRID]
-    grid += [(f"draft-eagle3,ngram-mod n_max={n}", ["-md", str(head), "--spec-type", "draft-eagle3,ngram-mod",
-                                                    "--spec-draft-n-max", str(n), *_NGRAM_MOD[2:]]) for n in (2, 3)]
+    grid += [(f"{t},ngram-mod n_max={n}", ["-md", str(head), "--spec-type", f"{t},ngram-mod",
+                                           "--spec-draft-n-max", str(n), *_NGRAM_MOD[2:]]) for n in (2, 3)]
     return grid
 
 

@@ -52,7 +52,7 @@ class _Common(BaseModel):
     cache_prompt: Optional[StrictBool] = None
     # speculation (HeteroSpec): the output is the same whatever these say
     mode: Optional[Literal["ar", "chain", "tree", "heterospec"]] = None
-    drafter: Optional[Literal["model", "mtp", "eagle3", "ngram", "hybrid"]] = None
+    drafter: Optional[Literal["model", "mtp", "eagle3", "dflash", "ngram", "hybrid"]] = None
     depth: Optional[StrictInt] = Field(default=None, ge=1, le=64)
     branching: Optional[StrictInt] = Field(default=None, ge=1, le=64)
     width: Optional[StrictInt] = Field(default=None, ge=1, le=64)

@@ -626,6 +626,74 @@ def write_eagle3(path, target, *, layers=None, n_embd=None, n_head=4, n_head_kv=
     return _write(Path(path), "eagle3", name, kv, vocab, W)
 
 
+def write_dflash(path, target, *, layers=None, n_layer=2, n_head=4, n_head_kv=None, n_ff=128, block_size=8,
+                 mask_token=None, n_embd=None, own_embedding=False, own_output=False, causal=None, seed=0,
+                 name="test-dflash") -> Path:
+    """Write a random-weight DFlash draft (architecture "dflash") for the GGUF `target`.
+
+    `n_layer` decoder layers over the block [root, mask x (block_size - 1)], whose keys and values
+    also cover the injected text: fc maps the inputs of the target's layers `layers`
+    (dflash.target_layers; default: the first and the last), concatenated, to the draft's width,
+    then each layer's K/V projections. Without own_embedding/own_output it borrows the target's
+    token_embd/output (llama.cpp's ctx_other). n_embd (default: the target's) can be made wrong
+    on purpose; so can mask_token (default: the vocabulary's last token; -1 writes none).
+    `causal` writes dflash.attention.causal. The vocabulary is the target's.
+    """
+    f = _target_fields(target)
+    a = f["general.architecture"]
+    d_tgt, n_layer_tgt = int(f[f"{a}.embedding_length"]), int(f[f"{a}.block_count"])
+    layers = list(layers) if layers is not None else [0, n_layer_tgt - 1]
+    n_embd = n_embd or d_tgt
+    n_head_kv = n_head_kv or n_head
+    hd = n_embd // n_head
+    vocab = read_vocab(target)
+    V = vocab.n_vocab
+    mask_token = V - 1 if mask_token is None else mask_token
+    rng = np.random.default_rng(seed)
+    d_in = len(layers) * n_embd
+    W = {"fc.weight": _dense(rng, (n_embd, d_in), 1.0 / np.sqrt(d_in)),
+         "enc.output_norm.weight": _norm_gain(rng, (n_embd,)),
+         "output_norm.weight": _norm_gain(rng, (n_embd,))}
+    if own_embedding:
+        W["token_embd.weight"] = _dense(rng, (V, n_embd), 1.0)
+    if own_output:
+        W["output.weight"] = _dense(rng, (V, n_embd), 3.0 / np.sqrt(n_embd))
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        W.update({
+            b + "attn_norm.weight": _norm_gain(rng, (n_embd,)),
+            b + "attn_q.weight": _dense(rng, (n_head * hd, n_embd), 1.0 / np.sqrt(n_embd)),
+            b + "attn_k.weight": _dense(rng, (n_head_kv * hd, n_embd), 1.0 / np.sqrt(n_embd)),
+            b + "attn_v.weight": _dense(rng, (n_head_kv * hd, n_embd), 1.0 / np.sqrt(n_embd)),
+            b + "attn_output.weight": _dense(rng, (n_embd, n_head * hd), 1.0 / np.sqrt(n_head * hd)),
+            b + "attn_q_norm.weight": _norm_gain(rng, (hd,)),
+            b + "attn_k_norm.weight": _norm_gain(rng, (hd,)),
+            b + "ffn_norm.weight": _norm_gain(rng, (n_embd,)),
+            b + "ffn_gate.weight": _dense(rng, (n_ff, n_embd), 1.0 / np.sqrt(n_embd)),
+            b + "ffn_up.weight": _dense(rng, (n_ff, n_embd), 1.0 / np.sqrt(n_embd)),
+            b + "ffn_down.weight": _dense(rng, (n_embd, n_ff), 1.0 / np.sqrt(n_ff)),
+        })
+
+    def kv(w: gguf.GGUFWriter):
+        w.add_context_length(int(f[f"{a}.context_length"]))
+        w.add_embedding_length(n_embd)
+        w.add_block_count(n_layer)
+        w.add_feed_forward_length(n_ff)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_head_kv)
+        w.add_rope_dimension_count(hd)
+        w.add_rope_freq_base(10000.0)
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_array("dflash.target_layers", [int(x) for x in layers])
+        w.add_uint32("dflash.block_size", int(block_size))
+        if causal is not None:
+            w.add_bool("dflash.attention.causal", bool(causal))
+        if mask_token >= 0:
+            w.add_mask_token_id(int(mask_token))
+
+    return _write(Path(path), "dflash", name, kv, vocab, W)
+
+
 def _target_fields(path) -> dict:
     r = gguf.GGUFReader(str(path))
     out = {}

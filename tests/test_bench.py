@@ -41,11 +41,13 @@ def test_peer_grids():
     mtp = _peer_modes(None, mtp=True)
     types = {args[args.index("--spec-type") + 1] for _, args, _ in mtp[1:]}
     assert types == {"draft-mtp", "ngram-mod", "draft-mtp,ngram-mod"}
-    # an EAGLE-3 head: draft-eagle3 over n_max/p_min, and chained with ngram-mod (issue #20)
-    eagle3 = _peer_modes("h.gguf", eagle3=True)
-    types = {args[args.index("--spec-type") + 1] for _, args, _ in eagle3[1:]}
-    assert types == {"draft-eagle3", "draft-eagle3,ngram-mod"}
-    assert all(args[args.index("-md") + 1] == "h.gguf" for _, args, _ in eagle3[1:])
+    # an EAGLE-3 head or a DFlash draft: draft-eagle3 / draft-dflash over n_max/p_min, and
+    # chained with ngram-mod (issue #20)
+    for arch in ("eagle3", "dflash"):
+        head = _peer_modes("h.gguf", head=arch)
+        types = {args[args.index("--spec-type") + 1] for _, args, _ in head[1:]}
+        assert types == {f"draft-{arch}", f"draft-{arch},ngram-mod"}
+        assert all(args[args.index("-md") + 1] == "h.gguf" for _, args, _ in head[1:])
 
 
 def test_bench_reports_modes_and_survives_a_missing_peer(tiny, tmp_path, capsys, monkeypatch):

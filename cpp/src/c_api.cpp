@@ -498,6 +498,7 @@ hs_stats hs_result_stats(const hs_result * r) {
     o.accepted_ngram = s.accepted_ngram;
     o.accepted_mtp = s.accepted_mtp;
     o.accepted_eagle3 = s.accepted_eagle3;
+    o.accepted_dflash = s.accepted_dflash;
     o.mean_accepted = s.mean_accepted();
     o.draft_ms = s.draft_ms;
     o.verify_ms = s.verify_ms;

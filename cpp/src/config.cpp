@@ -18,7 +18,7 @@ namespace {
 
 void check_drafter(const std::string & name, const char * what) {
     if (name != "auto" && !drafter_known(name))
-        bad(std::string(what) + " must be 'model', 'mtp', 'eagle3', 'ngram', 'hybrid' or 'auto', not '" + name + "'");
+        bad(std::string(what) + " must be 'model', 'mtp', 'eagle3', 'dflash', 'ngram', 'hybrid' or 'auto', not '" + name + "'");
 }
 
 // More threads than this only oversubscribe the machine, and ggml's thread pool holds at most

@@ -86,7 +86,8 @@ bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, do
         if (size - 1 < 1) continue;
         if (size - 1 > max_budget) break;
         for (; n < size - 1; ++n) expected += (ak *= a);
-        if (expected / (spent_ms + (n - 1) * level_ms + profile.verify(size) + profile.checkpoint_ms) > plain)
+        // (spent_ms holds the first level's pass)
+        if (expected / (spent_ms + (profile.level_passes(n) - 1) * level_ms + profile.verify(size) + profile.checkpoint_ms) > plain)
             return true;
     }
     return false;
@@ -100,7 +101,8 @@ int32_t worth_extending(const CostProfile & profile, const std::vector<float> & 
     more.assign(accept.begin(), accept.end());
     more.insert(more.end(), child_accept.begin(), child_accept.end());
     std::sort(more.begin(), more.end(), std::greater<float>());
-    const BudgetChoice with = choose_budget(profile, more, max_budget, spent_ms + level_ms, long_run_rate);
+    const double next = profile.block_levels ? 0.0 : level_ms;   // the next level's cost
+    const BudgetChoice with = choose_budget(profile, more, max_budget, spent_ms + next, long_run_rate);
     if (with.score <= choose_budget(profile, accept, max_budget, spent_ms, long_run_rate).score || with.budget == 0)
         return 0;
     const float cut = more[size_t(with.budget) - 1];   // the weakest node chosen
@@ -118,7 +120,8 @@ bool worth_paid_levels(const CostProfile & profile, const std::vector<float> & f
     for (int32_t d = 1; d <= max_depth; ++d) {
         ak *= a;
         more.insert(std::upper_bound(more.begin(), more.end(), float(ak), std::greater<float>()), float(ak));
-        if (choose_budget(profile, more, max_budget, spent_ms + d * level_ms, long_run_rate).score > base) return true;
+        if (choose_budget(profile, more, max_budget, spent_ms + profile.level_passes(d) * level_ms, long_run_rate).score > base)
+            return true;
     }
     return false;
 }
@@ -127,7 +130,8 @@ bool CostModel::should_draft(int32_t max_depth, bool paid) {
     if (!gate_.speculate()) return false;
     const double level = paid ? level_ms() : 0.0;
     for (int32_t d = 1; d <= max_depth; ++d)
-        if ((1.0 + d) / (d * level + verify_ms(d + 1) + profile.checkpoint_ms) * verify_ms(1) > 1.0) return true;
+        if ((1.0 + d) / (costs().level_passes(d) * level + verify_ms(d + 1) + profile.checkpoint_ms) * verify_ms(1) > 1.0)
+            return true;
     return false;
 }
 

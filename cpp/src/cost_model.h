@@ -27,8 +27,12 @@ struct CostProfile {
     double draft_level_ms = 0;        // one draft pass over a frontier
     double checkpoint_ms = 0;         // what a step that verifies drafts pays beside its passes:
                                       // saving and restoring a recurrent state (checkpoint.h)
+    bool block_levels = false;        // one draft pass gives every level (a DFlash block): levels
+                                      // past the first cost nothing more
 
     bool empty() const { return sizes.empty(); }
+    // What drafting d levels costs in passes of draft_level_ms.
+    int32_t level_passes(int32_t d) const { return block_levels ? (d > 0 ? 1 : 0) : d; }
     // t_verify(n), interpolated linearly between ladder sizes.
     double verify(int32_t n) const;
 };

@@ -26,9 +26,9 @@ struct DraftNode {
 };
 
 // Who proposed a node. A hybrid tree's node can come from both.
-enum DraftSource : uint8_t { kFromModel = 1, kFromNgram = 2, kFromMtp = 4, kFromEagle3 = 8 };
+enum DraftSource : uint8_t { kFromModel = 1, kFromNgram = 2, kFromMtp = 4, kFromEagle3 = 8, kFromDflash = 16 };
 // The sources that cost a model pass per level.
-constexpr uint8_t kPaidSources = kFromModel | kFromMtp | kFromEagle3;
+constexpr uint8_t kPaidSources = kFromModel | kFromMtp | kFromEagle3 | kFromDflash;
 
 class DraftTree {
 public:

@@ -9,33 +9,29 @@
 
 namespace heterospec {
 
-namespace {
-
-using GgufPtr = std::unique_ptr<gguf_context, void (*)(gguf_context *)>;
-
-GgufPtr open_header(const std::string & path) {
+GgufHeader open_gguf_header(const std::string & path) {
     gguf_init_params gp = {/*no_alloc =*/ true, /*ctx =*/ nullptr};
-    GgufPtr g(gguf_init_from_file(path.c_str(), gp), gguf_free);
+    GgufHeader g(gguf_init_from_file(path.c_str(), gp), gguf_free);
     if (!g) throw std::invalid_argument("'" + path + "' is a corrupt or truncated GGUF file");
     return g;
 }
 
-std::string list(const std::vector<int32_t> & v) {
+std::string layer_list(const std::vector<int32_t> & v) {
     std::string s = "[";
     for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
     return s + "]";
 }
 
-}  // namespace
+bool is_head_architecture(const std::string & arch) { return arch == "eagle3" || arch == "dflash"; }
 
 std::string gguf_architecture(const std::string & path) {
-    GgufPtr g = open_header(path);
+    GgufHeader g = open_gguf_header(path);
     const int64_t id = gguf_find_key(g.get(), "general.architecture");
     return id >= 0 && gguf_get_kv_type(g.get(), id) == GGUF_TYPE_STRING ? gguf_get_val_str(g.get(), id) : "";
 }
 
 Eagle3Head read_eagle3_head(const std::string & path) {
-    GgufPtr g = open_header(path);
+    GgufHeader g = open_gguf_header(path);
     const gguf_context * c = g.get();
     Eagle3Head h;
     const int64_t id = gguf_find_key(c, "eagle3.target_layers");
@@ -69,7 +65,7 @@ void check_eagle3_head(const Eagle3Head & h, const Eagle3Target & t, const std::
                   " target layers (eagle3.target_layers); EAGLE-3 reads 3");
     for (int32_t l : h.layers)
         if (l < 0 || l >= t.n_layer)
-            throw bad("the head reads target layers " + list(h.layers) + ", but the target has " +
+            throw bad("the head reads target layers " + layer_list(h.layers) + ", but the target has " +
                       std::to_string(t.n_layer) + " layers (0.." + std::to_string(t.n_layer - 1) + ")");
     if (h.target_hidden != t.n_embd)
         throw bad("the head was made for a target of width " + std::to_string(h.target_hidden) +

@@ -5,8 +5,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+struct gguf_context;
 
 namespace heterospec {
 
@@ -19,8 +22,15 @@ struct Eagle3Head {
     bool vocab_map = false;        // d2t: a smaller draft vocabulary mapped onto the target's
 };
 
-// The architecture a GGUF file declares ("" if none): "eagle3" marks a head.
+// A GGUF file's header alone (throws std::invalid_argument on a corrupt or truncated file).
+using GgufHeader = std::unique_ptr<gguf_context, void (*)(gguf_context *)>;
+GgufHeader open_gguf_header(const std::string & path);
+// The architecture a GGUF file declares ("" if none): "eagle3" and "dflash" mark heads.
 std::string gguf_architecture(const std::string & path);
+// Whether a GGUF architecture is a head that reads a target's layer features (eagle3, dflash).
+bool is_head_architecture(const std::string & arch);
+// "[a, b, c]"
+std::string layer_list(const std::vector<int32_t> & v);
 // Reads a head's header (the file is checked as a GGUF first, by load_model's checks).
 Eagle3Head read_eagle3_head(const std::string & path);
 

@@ -31,8 +31,11 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     if (!options.draft.path.empty()) {
         ModelPtr draft = load_model(options.draft, false, /*head_ok=*/true);
         check_same_vocab(m.target.get(), draft.get());
-        if (gguf_architecture(options.draft.path) == "eagle3") {
-            m.eagle3 = read_eagle3_head(options.draft.path);   // checked against the target below
+        const std::string arch = gguf_architecture(options.draft.path);
+        if (is_head_architecture(arch)) {   // checked against the target below
+            if (arch == "eagle3") m.eagle3 = read_eagle3_head(options.draft.path);
+            else m.dflash = read_dflash_head(options.draft.path);
+            m.head_arch = arch;
             m.head = std::move(draft);
         } else {
             // the draft's tree: one sequence per path, in one unified cache
@@ -102,9 +105,17 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
     if (m.verification != Verification::none && m.mtp_error.empty() && n_nextn == 1)
         m.mtp_ctx = make_mtp_context(m.target.get(), spec, m.mtp_error);
     if (m.head) {
-        check_eagle3_head(m.eagle3, Impl::eagle3_target(m.target.get(), m.verification), options.draft.path,
-                          options.target.path);
-        m.head_ctx = make_head_context(m.head.get(), m.target_ctx.get(), spec);
+        const Eagle3Target t = Impl::eagle3_target(m.target.get(), m.verification);
+        if (m.head_arch == "eagle3") {
+            check_eagle3_head(m.eagle3, t, options.draft.path, options.target.path);
+            m.head_ctx = make_head_context(m.head.get(), m.target_ctx.get(), spec);
+        } else {
+            check_dflash_head(m.dflash, t, m.n_vocab, options.draft.path, options.target.path);
+            // one sequence: a step drafts one block, and its tree needs no more passes
+            ContextSpec s = spec;
+            s.n_seq_max = 1;
+            m.head_ctx = make_head_context(m.head.get(), m.target_ctx.get(), s);
+        }
     }
     if (m.verification != Verification::none) {
         const bool checkpoints = m.verification == Verification::checkpoints;
@@ -119,8 +130,10 @@ Engine::Engine(const EngineOptions & options) : impl_(new Impl) {
         in.draft_cached = &m.draft_cached;
         in.target_ctx = m.target_ctx.get();
         in.mtp_ctx = m.mtp_ctx.get();
-        in.eagle3_ctx = m.head_ctx.get();
+        in.eagle3_ctx = m.head_arch == "eagle3" ? m.head_ctx.get() : nullptr;
         in.eagle3_layers = m.eagle3.layers;
+        in.dflash_ctx = m.head_arch == "dflash" ? m.head_ctx.get() : nullptr;
+        in.dflash = &m.dflash;
         in.index = &m.index;
         in.n_seq_max = m.n_seqs;
         for (NamedDrafter & d : make_drafters(in))
@@ -145,11 +158,13 @@ Eagle3Target Engine::Impl::eagle3_target(const llama_model * target, Verificatio
 }
 
 std::string Engine::Impl::unavailable(const std::string & name) const {
+    const std::string kind = head_arch == "eagle3" ? "an EAGLE-3 head" : "a DFlash draft";
     if (name == "model" && head)
-        return "'" + opts.draft.path + "' is an EAGLE-3 head, not a draft model: use drafter 'eagle3' (or 'hybrid')";
-    if (name == "eagle3" && draft)
-        return "drafter 'eagle3' needs an EAGLE-3 head as the draft; '" + opts.draft.path +
-               "' is a draft model (use drafter 'model' or 'hybrid')";
+        return "'" + opts.draft.path + "' is " + kind + ", not a draft model: use drafter '" + head_arch + "' (or 'hybrid')";
+    if ((name == "eagle3" || name == "dflash") && (draft || (head && head_arch != name)))
+        return "drafter '" + name + "' needs " + (name == "eagle3" ? "an EAGLE-3 head" : "a DFlash draft") +
+               " as the draft; '" + opts.draft.path + "' is " + (draft ? "a draft model" : kind) +
+               " (use drafter '" + (draft ? "model" : head_arch) + "' or 'hybrid')";
     return drafter_unavailable(name) + (name == "mtp" && !mtp_error.empty() ? ": " + mtp_error : "");
 }
 

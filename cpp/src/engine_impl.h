@@ -15,6 +15,7 @@
 #include "cost_model.h"
 #include "draft_tree.h"
 #include "drafters/drafter.h"
+#include "dflash_head.h"
 #include "eagle3_head.h"
 #include "mode.h"
 #include "model.h"
@@ -57,9 +58,11 @@ struct Engine::Impl {
     ContextPtr draft_ctx;
     ContextPtr mtp_ctx;           // the target's MTP (nextn) head, when it has one llama.cpp runs
     std::string mtp_error;        // why a target with nextn layers has none
-    ModelPtr head;                // an EAGLE-3 head given as the draft, and its context
+    ModelPtr head;                // an EAGLE-3 head or a DFlash draft given as the draft, and its context
     ContextPtr head_ctx;
+    std::string head_arch;        // "eagle3" or "dflash"
     Eagle3Head eagle3;
+    DflashHead dflash;
     BatchPtr batch;
     const llama_vocab * vocab = nullptr;
     int32_t n_vocab = 0;

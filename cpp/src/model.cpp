@@ -124,8 +124,8 @@ void check_model_shape(const gguf_context * g, const std::string & path) {
         const int64_t * ne = gguf_get_tensor_ne(g, i);
         const bool one_d = ne[1] == 1 && ne[2] == 1 && ne[3] == 1;
         const bool is_int = t == GGML_TYPE_I8 || t == GGML_TYPE_I16 || t == GGML_TYPE_I32 || t == GGML_TYPE_I64;
-        // an EAGLE-3 head's vocabulary map is integers by design (llama.cpp asserts I64)
-        const bool d2t = arch == "eagle3" && std::string(gguf_get_tensor_name(g, i)) == "d2t" && t == GGML_TYPE_I64;
+        // a head's vocabulary map is integers by design (llama.cpp asserts I64)
+        const bool d2t = is_head_architecture(arch) && std::string(gguf_get_tensor_name(g, i)) == "d2t" && t == GGML_TYPE_I64;
         if (d2t) continue;
         if (is_int || (one_d && t != GGML_TYPE_F32))
             throw bad(std::string("tensor '") + gguf_get_tensor_name(g, i) + "' is stored as " + ggml_type_name(t) +
@@ -194,9 +194,11 @@ bool get_int(const gguf_context * g, const std::string & key, int64_t & out) {
 ModelPtr load_model(const ModelOptions & opts, bool load_mtp, bool head_ok) {
     ensure_backend();
     check_gguf(opts.path);
-    const bool head = gguf_architecture(opts.path) == "eagle3";
+    const std::string arch = gguf_architecture(opts.path);
+    const bool head = is_head_architecture(arch);
     if (head && !head_ok)
-        throw std::invalid_argument("'" + opts.path + "' is an EAGLE-3 head (architecture eagle3), not a model that "
+        throw std::invalid_argument("'" + opts.path + "' is " + (arch == "eagle3" ? "an EAGLE-3 head" : "a DFlash draft") +
+                                    " (architecture " + arch + "), not a model that "
                                     "generates alone: give it as the draft (draft= / -md) of the target it was trained for");
     clear_log();
 

@@ -31,16 +31,17 @@ void Engine::Impl::measure_profile(Speculator & s, int32_t width, const ProfileP
     }
     s.cost.profile = target_profile;
     s.cost.profile.draft_level_ms = s.drafter->time_level(width);
+    s.cost.profile.block_levels = s.drafter->block_levels();
     s.cost.profile.checkpoint_ms = checkpoint_ms;
     if (progress) progress(steps, steps);
 }
 
 // The paid source whose level cost a stored profile carries: the draft model's, else an EAGLE-3
-// head's, else the target's MTP head's, else none.
+// head's or a DFlash draft's (a whole block), else the target's MTP head's, else none.
 uint8_t Engine::Impl::profiled_source() const {
     uint8_t sources = 0;
     for (const Speculator & s : speculators) sources |= s.drafter->paid_source();
-    for (uint8_t source : {kFromModel, kFromEagle3, kFromMtp})
+    for (uint8_t source : {kFromModel, kFromEagle3, kFromDflash, kFromMtp})
         if (sources & source) return source;
     return 0;
 }
@@ -63,7 +64,7 @@ void Engine::set_cost_profile(const std::vector<int32_t> & sizes, const std::vec
         // another paid source's level (the MTP head beside a draft model) is measured on first use
         if (source != 0 && source != priced && !projected) continue;
         // model-free drafting costs nothing here or there
-        s.cost.profile = {sizes, verify_ms, source ? draft_level_ms : 0.0, m.checkpoint_ms};
+        s.cost.profile = {sizes, verify_ms, source ? draft_level_ms : 0.0, m.checkpoint_ms, s.drafter->block_levels()};
     }
 }
 
@@ -74,7 +75,7 @@ std::tuple<std::vector<int32_t>, std::vector<double>, double> Engine::cost_profi
     // the default drafter: the profile is cached per model pair and serves every drafter
     const uint8_t priced = m.profiled_source();
     Impl::Speculator * s = m.find_speculator(priced == kFromModel ? "model" : priced == kFromEagle3 ? "eagle3"
-                                             : priced == kFromMtp ? "mtp" : "ngram");
+                                             : priced == kFromDflash ? "dflash" : priced == kFromMtp ? "mtp" : "ngram");
     if (!s) throw std::invalid_argument("this target cannot speculate (its memory cannot hold a draft tree)");
     std::lock_guard<std::mutex> lock(m.mu);
     m.gen.done = true;   // measuring clears the caches: any generation in progress ends

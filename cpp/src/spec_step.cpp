@@ -51,6 +51,7 @@ bool Engine::Impl::step_spec() {
         g.stats.accepted_ngram += (source & kFromNgram) != 0;
         g.stats.accepted_mtp += (source & kFromMtp) != 0;
         g.stats.accepted_eagle3 += (source & kFromEagle3) != 0;
+        g.stats.accepted_dflash += (source & kFromDflash) != 0;
     }
     if (!w.stopped) commit(w, P);
     // generation ends inside the path: the target keeps what was accepted, so that the next

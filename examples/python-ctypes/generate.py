@@ -54,7 +54,8 @@ class Stats(C.Structure):
                 ("draft_calls", C.c_int32), ("nodes_verified", C.c_int64), ("accepted_draft", C.c_int32),
                 ("accepted_model", C.c_int32), ("accepted_ngram", C.c_int32), ("accepted_mtp", C.c_int32),
                 ("mean_accepted", C.c_double), ("draft_ms", C.c_double), ("verify_ms", C.c_double),
-                ("host_ms", C.c_double), ("sparse_kept_fraction", C.c_double), ("accepted_eagle3", C.c_int32)]
+                ("host_ms", C.c_double), ("sparse_kept_fraction", C.c_double), ("accepted_eagle3", C.c_int32),
+                ("accepted_dflash", C.c_int32)]
 
 
 TOKEN_CALLBACK = C.CFUNCTYPE(C.c_bool, C.c_int32, C.POINTER(C.c_char), C.c_size_t, C.c_void_p)

@@ -120,15 +120,16 @@ public:
     void clear_ngram_memory();
 
     // Tests: (pos_min, pos_max) of every sequence of the target's cache, then the draft model's or
-    // the EAGLE-3 head's (when there is one), and the number of committed tokens in the target's cache.
+    // the EAGLE-3 head's or DFlash draft's (when there is one), and the number of committed tokens in the target's cache.
     std::vector<std::vector<std::pair<int32_t, int32_t>>> debug_kv_state() const;
     int32_t debug_n_past() const;
     // Tests only: replaces the exact walk with a plausible but wrong rule (accept the best child
     // with probability min(1, p/q), else sample from p instead of the residual), so that the
     // statistical test can show that it catches one.
     void debug_wrong_rule(bool on);
-    // Tests: every target state handed to drafter `name`'s head (an MTP or EAGLE-3 head), by
-    // position, recorded from the call to debug_record_states(true) on.
+    // Tests: every target state handed to drafter `name`'s head (an MTP or EAGLE-3 head, a
+    // DFlash draft: its block logits too, see dflash.h), by position, recorded from the call to
+    // debug_record_states(true) on.
     void debug_record_states(bool on);
     std::vector<std::pair<int32_t, std::vector<float>>> debug_states(const std::string & name) const;
 

@@ -111,7 +111,7 @@ typedef struct hs_engine_params {
     const char * flash_attn;        /* -fa: "on", "off" or "auto" */
     const char * cache_type_k;      /* -ctk: "f16", "q8_0", ... */
     const char * cache_type_v;      /* -ctv (quantized V needs flash attention) */
-    const char * drafter;           /* "auto", "model", "mtp", "eagle3", "ngram" or "hybrid" */
+    const char * drafter;           /* "auto", "model", "mtp", "eagle3", "dflash", "ngram" or "hybrid" */
     int32_t max_nodes;              /* largest verification budget a call may use, 1..255 */
     hs_sparse_prefill_params sparse_prefill;
     bool verbose;                   /* forward llama.cpp's log to stderr */
@@ -250,6 +250,7 @@ typedef struct hs_stats {
     double draft_ms, verify_ms, host_ms;
     double sparse_kept_fraction;    /* sparse prefill: share of attention columns kept */
     int32_t accepted_eagle3;        /* accepted draft tokens proposed by an EAGLE-3 head */
+    int32_t accepted_dflash;        /* accepted draft tokens proposed by a DFlash draft */
 } hs_stats;
 
 typedef struct hs_token_logprob {

@@ -34,6 +34,7 @@ struct Stats {
     int32_t accepted_ngram = 0;
     int32_t accepted_mtp = 0;       // by the target's own MTP (nextn) head
     int32_t accepted_eagle3 = 0;    // by an EAGLE-3 head
+    int32_t accepted_dflash = 0;    // by a DFlash draft
     int32_t accepted_draft = 0;     // accepted draft tokens, whatever their source (llama-server's draft_n_accepted)
     // Calibration of the cost-aware allocation: over the steps it chose to verify nodes, the
     // tokens it expected them to emit and the tokens they did emit.

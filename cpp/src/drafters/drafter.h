@@ -73,6 +73,8 @@ public:
     // The paid source's first choice below the root in this step's tree (-1: none drafted), to
     // learn how often it is right.
     virtual int32_t paid_first_choice() const { return -1; }
+    // Whether one paid pass drafts every level (a DFlash block): deeper levels cost nothing more.
+    virtual bool block_levels() const { return false; }
     // Who pays for its levels: kFromModel (the draft model's passes), kFromMtp (the target's
     // head's), 0 for model-free drafting. Drafters with the same paid source share its price.
     virtual uint8_t paid_source() const { return 0; }
@@ -136,6 +138,7 @@ inline void check_on_frontier(const std::vector<int32_t> & nodes, const std::vec
 }
 
 class SuffixIndex;
+struct DflashHead;
 class CachedTokens;
 
 // What drafters may be built from: the draft model's context (null without one), the target's
@@ -146,15 +149,16 @@ struct DrafterInputs {
     llama_context * mtp_ctx = nullptr;       // the target's MTP (nextn) layers, LLAMA_CONTEXT_TYPE_MTP
     llama_context * eagle3_ctx = nullptr;    // an EAGLE-3 head given as the draft
     std::vector<int32_t> eagle3_layers;      // the target layers it reads
+    llama_context * dflash_ctx = nullptr;    // a DFlash draft given as the draft
+    const DflashHead * dflash = nullptr;     // its header
     CachedTokens * draft_cached = nullptr;   // what the draft's cache holds (the prompt cache)
     const SuffixIndex * index = nullptr;
     int32_t n_seq_max = 1;
 };
 
-// The drafters an engine offers, by name ("model", "mtp", "eagle3", "ngram", "hybrid"): those its
-// inputs allow. "hybrid" is n-gram branches merged into the draft model's trees, else the EAGLE-3
-// head's, else the MTP head's
-// without a draft model.
+// The drafters an engine offers, by name ("model", "mtp", "eagle3", "dflash", "ngram", "hybrid"):
+// those its inputs allow. "hybrid" is n-gram branches merged into the draft model's trees, else
+// the EAGLE-3 head's or the DFlash draft's, else the MTP head's.
 struct NamedDrafter {
     std::string name;
     std::unique_ptr<Drafter> drafter;

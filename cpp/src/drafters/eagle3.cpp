@@ -13,7 +13,7 @@ namespace heterospec {
 Eagle3Drafter::Eagle3Drafter(llama_context * target_ctx, llama_context * head_ctx, const std::vector<int32_t> & layers)
     : HeadDrafter(target_ctx, head_ctx, int32_t(layers.size()) * llama_model_n_embd(llama_get_model(target_ctx)),
                   kFromEagle3, /*zero_state=*/false),
-      layers_(layers), n_embd_target_(llama_model_n_embd(llama_get_model(target_ctx))),
+      layers_(layers),
       enc_cap_(int32_t(llama_n_ubatch(head_ctx))) {
     enc_ = llama_batch_init(enc_cap_, state_width_, 1);
     // the target gives these layers' inputs at every row of every pass
@@ -23,14 +23,7 @@ Eagle3Drafter::Eagle3Drafter(llama_context * target_ctx, llama_context * head_ct
 Eagle3Drafter::~Eagle3Drafter() { llama_batch_free(enc_); }
 
 void Eagle3Drafter::target_states(const int32_t * rows, size_t n, float * out) {
-    const size_t d = size_t(n_embd_target_);
-    for (size_t j = 0; j < layers_.size(); ++j) {
-        const float * f = llama_get_embeddings_layer_inp(target_, uint32_t(layers_[j]));
-        if (!f) throw std::runtime_error("the target gave no features of layer " + std::to_string(layers_[j]));
-        for (size_t k = 0; k < n; ++k)
-            std::memcpy(out + k * size_t(state_width_) + j * d, f + size_t(rows ? rows[k] : int32_t(k)) * d,
-                        sizeof(float) * d);
-    }
+    layer_features(target_, layers_, rows, n, out);
 }
 
 // g = fc(features), in encoder passes of at most a ubatch (llama.cpp encodes one ubatch at once).

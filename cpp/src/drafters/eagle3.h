@@ -30,7 +30,6 @@ protected:
 
 private:
     std::vector<int32_t> layers_;
-    int32_t n_embd_target_;
     llama_batch enc_;          // encoder rows: the features, no tokens
     int32_t enc_cap_;
     std::vector<float> g_;     // the encoder's output rows

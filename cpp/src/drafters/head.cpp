@@ -13,6 +13,18 @@
 
 namespace heterospec {
 
+void layer_features(llama_context * target, const std::vector<int32_t> & layers, const int32_t * rows, size_t n,
+                    float * out) {
+    const size_t d = size_t(llama_model_n_embd(llama_get_model(target)));
+    const size_t w = layers.size() * d;
+    for (size_t j = 0; j < layers.size(); ++j) {
+        const float * f = llama_get_embeddings_layer_inp(target, uint32_t(layers[j]));
+        if (!f) throw std::runtime_error("the target gave no features of layer " + std::to_string(layers[j]));
+        for (size_t k = 0; k < n; ++k)
+            std::memcpy(out + k * w + j * d, f + size_t(rows ? rows[k] : int32_t(k)) * d, sizeof(float) * d);
+    }
+}
+
 HeadDrafter::HeadDrafter(llama_context * target_ctx, llama_context * head_ctx, int32_t state_width, uint8_t source,
                          bool zero_state)
     : target_(target_ctx), head_(head_ctx),

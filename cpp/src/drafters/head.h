@@ -28,6 +28,12 @@
 
 namespace heterospec {
 
+// The inputs of the target's `layers` at batch rows `rows` (null: 0..n-1) of its last pass,
+// concatenated per row (layers x the target's width floats) into `out`: what EAGLE-3 and DFlash
+// drafts read (llama_set_embeddings_layer_inp).
+void layer_features(llama_context * target, const std::vector<int32_t> & layers, const int32_t * rows, size_t n,
+                    float * out);
+
 class HeadDrafter : public Drafter {
 public:
     // `state_width`: the floats of target state each row is made from (target_states).

@@ -21,6 +21,7 @@ public:
     bool has_paid_levels() const override { return true; }
     int32_t paid_first_choice() const override { return paid_->paid_first_choice(); }
     uint8_t paid_source() const override { return paid_->paid_source(); }
+    bool block_levels() const override { return paid_->block_levels(); }
 
     int32_t extend(DraftTree & tree, int32_t levels) override { return paid_->extend(tree, levels); }
     const std::vector<int32_t> & frontier() const override { return paid_->frontier(); }
