@@ -607,9 +607,9 @@ def pad_dflash(src, dst, target_src, dim: int, layers: int, ffn: int, qtype: str
     columns of each layer's block go to that block's first d columns; fc's rows, the writers
     (attn_output, ffn_down) and own embedding/output get zero rows or columns, the readers zero
     columns; heads and feed-forward units beyond the source's are zero; every RMS norm over the
-    width gets its weight times sqrt(d/D) and the eps key times d/D. The per-head Q/K norms
-    (over a head, unpadded) keep their weights and read the scaled eps: 1e-5 * d/D against
-    head vectors of mean square O(1), a change below F16's rounding.
+    width gets its weight times sqrt(d/D) and the eps key times d/D. The per-head Q/K norms (over
+    a head, unpadded) read that eps too, so attn_q and attn_k are scaled by sqrt(d/D):
+    RMSNorm(s x; s^2 eps) = RMSNorm(x; eps).
     """
     import numpy as np
     gguf, r, value, (d, H, K, F, n_layer) = _source(src, "dflash", qtype, (
@@ -626,6 +626,8 @@ def pad_dflash(src, dst, target_src, dim: int, layers: int, ffn: int, qtype: str
     eps = float(value("dflash.attention.layer_norm_rms_epsilon"))
     D, L2, F2 = int(dim), int(layers), int(ffn)
     hd = d // H
+    if D % hd or (D // hd) % (H // K):
+        raise ValueError(f"{src}: width {D} does not hold whole heads of {hd} in groups of {H // K}")
     H2 = D // hd
     K2 = H2 // (H // K)
     tensors = {t.name: t for t in r.tensors}
@@ -650,8 +652,9 @@ def pad_dflash(src, dst, target_src, dim: int, layers: int, ffn: int, qtype: str
                 yield name, _zero_padded(w(name), cols=D)
         for i in range(n_layer):
             b = f"blk.{i}."
-            for name, n_pad in (("attn_q", H2), ("attn_k", K2), ("attn_v", K2)):
-                yield b + name + ".weight", _zero_padded(w(b + name + ".weight"), n_pad * hd, D)
+            for name, n_pad, scale in (("attn_q", H2, s), ("attn_k", K2, s), ("attn_v", K2, 1.0)):
+                if b + name + ".weight" in tensors:   # (no attn_v: V is K's, RMS-normed)
+                    yield b + name + ".weight", _zero_padded(w(b + name + ".weight"), n_pad * hd, D, scale=scale)
             for name in ("attn_q_norm", "attn_k_norm"):
                 yield b + name + ".weight", w(b + name + ".weight")
             yield b + "attn_output.weight", _zero_padded(w(b + "attn_output.weight"), D, H2 * hd)

@@ -322,9 +322,7 @@ def test_a_padded_draft_drafts_as_its_source_on_the_padded_target(models, tmp_pa
             traces.append(runs)
             entropies.append(ent)
     assert traces[0] == traces[1]
-    # (the per-head Q/K norms read the scaled eps, and the padded heads' zeros round in F16 KV
-    # cells: 1e-4 apart at most)
-    np.testing.assert_allclose(entropies[0], entropies[1], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(entropies[0], entropies[1], rtol=1e-4, atol=1e-5)
     assert len(entropies[0]) > 30 and len(set(np.round(entropies[0], 3))) > 10
 
 
@@ -350,3 +348,16 @@ def test_calibrate_fits_a_policy_for_a_dflash_draft(models, tmp_path):
         r = e.generate(ids, max_tokens=24, temperature=0, mode="heterospec", drafter="dflash", policy=out)
         check_greedy(e, models["target"], ids, r, e.generate(ids, max_tokens=24, temperature=0, mode="ar"), "policy")
         assert r.stats.nodes_verified > 0
+
+
+def test_a_batch_smaller_than_the_block_drafts_a_shorter_block(models):
+    """A block is one ubatch (llama.cpp asserts it for non-causal attention): with n_batch below
+    the draft's block size, the block shrinks to the batch instead of aborting (found in review)."""
+    with Engine(models["target"], draft=models["draft"], n_threads=2, n_ctx=512, n_batch=4) as e:
+        flat(e)
+        ids = e.tokenize(PROMPTS[1], parse_special=True)
+        ref = e.generate(ids, max_tokens=16, temperature=0, mode="ar")
+        for shape in (dict(mode="tree", drafter="dflash"), dict(mode="heterospec", drafter="dflash")):
+            got = e.generate(ids, max_tokens=16, temperature=0, trace=True, **shape)
+            check_greedy(e, models["target"], ids, got, ref, f"n_batch 4 {shape}")
+            assert got.stats.nodes_verified > 0 and max(t[0] for t in got.trace) <= 3

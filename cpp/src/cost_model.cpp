@@ -78,13 +78,16 @@ BudgetChoice choose_budget(const CostProfile & profile, const std::vector<float>
     return best;
 }
 
-bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, double spent_ms, double level_ms) {
+bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, double spent_ms, double level_ms,
+                    int32_t max_depth) {
     const double plain = 1.0 / (spent_ms + profile.verify(1));
     double expected = 1.0, ak = 1.0;
     int32_t n = 0;
     for (int32_t size : profile.sizes) {
         if (size - 1 < 1) continue;
         if (size - 1 > max_budget) break;
+        // a block's levels cost nothing past the first, but a block is no deeper than max_depth
+        if (profile.block_levels && size - 1 > max_depth) break;
         for (; n < size - 1; ++n) expected += (ak *= a);
         // (spent_ms holds the first level's pass)
         if (expected / (spent_ms + (profile.level_passes(n) - 1) * level_ms + profile.verify(size) + profile.checkpoint_ms) > plain)
@@ -150,8 +153,9 @@ void CostModel::observe_paid(int32_t paid_tokens, double paid_ms) {
     paid_gate_.report(paid_tokens_ * verify_ms(1) >= paid_ms_);
 }
 
-bool CostModel::worth_drafting(float top_accept, int32_t max_budget, double spent_ms, bool paid) const {
-    return heterospec::worth_drafting(costs(), top_accept, max_budget, spent_ms, paid ? level_ms() : 0.0);
+bool CostModel::worth_drafting(float top_accept, int32_t max_budget, double spent_ms, bool paid,
+                               int32_t max_depth) const {
+    return heterospec::worth_drafting(costs(), top_accept, max_budget, spent_ms, paid ? level_ms() : 0.0, max_depth);
 }
 
 int32_t CostModel::worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,

@@ -92,7 +92,8 @@ BudgetChoice choose_budget(const CostProfile & profile, const std::vector<float>
 // chain whose every token is accepted with probability `a` (the best first-level node's
 // estimate, so the k-th node counts a^k), paying `level_ms` per further level, against plain
 // decoding. Cuts a hopeless step to one draft pass instead of a whole tree.
-bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, double spent_ms, double level_ms);
+bool worth_drafting(const CostProfile & profile, float a, int32_t max_budget, double spent_ms, double level_ms,
+                    int32_t max_depth = INT32_MAX);
 
 // Whether drafting one more level can raise the step's best score: how many of the guessed
 // children would be among the nodes chosen then (0: do not extend). `accept` are the drafted
@@ -189,7 +190,8 @@ public:
     void observe_paid_agreement(bool agreed) { paid_agreement_ = 0.9 * paid_agreement_ + 0.1 * (agreed ? 1.0 : 0.0); }
     // After the first level: whether a chain as confident as the best first-level node could pay
     // (`paid`: further levels cost a pass each).
-    bool worth_drafting(float top_accept, int32_t max_budget, double spent_ms, bool paid = true) const;
+    bool worth_drafting(float top_accept, int32_t max_budget, double spent_ms, bool paid = true,
+                        int32_t max_depth = INT32_MAX) const;
     // After each level: how many frontier nodes are worth expanding (0: stop drafting).
     int32_t worth_extending(const std::vector<float> & accept, const std::vector<float> & child_accept,
                          int32_t max_budget, double spent_ms) const;

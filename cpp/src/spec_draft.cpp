@@ -72,7 +72,7 @@ bool Engine::Impl::draft_cost_aware(const StepLimits & L, llama_pos P, double t0
     }
     // pay_first_level estimated this very tree when it added nothing (free sources, no pay)
     if (step_paid || !free || !drafter->has_paid_levels()) estimates(accept_est, child_est);
-    return !accept_est.empty() && cost->worth_drafting(accept_est[0], L.max_budget, spent(), step_paid);
+    return !accept_est.empty() && cost->worth_drafting(accept_est[0], L.max_budget, spent(), step_paid, L.max_depth);
 }
 
 // Whether to pay for a first paid level: beside free sources, when it can beat their nodes
@@ -88,7 +88,7 @@ bool Engine::Impl::pay_first_level(const StepLimits & L, bool free, double spent
 template <typename Spent>
 void Engine::Impl::extend_paid(const StepLimits & L, const Spent & spent) {
     estimates(accept_est, child_est);
-    if (accept_est.empty() || !cost->worth_drafting(accept_est[0], L.max_budget, spent(), true)) return;
+    if (accept_est.empty() || !cost->worth_drafting(accept_est[0], L.max_budget, spent(), true, L.max_depth)) return;
     for (int32_t d = 1; d < L.max_depth; ++d) {
         if (d > 1) estimates(accept_est, child_est);
         const int32_t keep = cost->worth_extending(accept_est, child_est, L.max_budget, spent());

@@ -16,7 +16,9 @@ DflashDrafter::DflashDrafter(llama_context * target_ctx, llama_context * head_ct
     : target_(target_ctx), head_(head_ctx), layers_(head.layers),
       width_(int32_t(head.layers.size()) * llama_model_n_embd(llama_get_model(target_ctx))),
       n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(head_ctx)))),
-      block_(int32_t(head.block_size)), mask_(int32_t(head.mask_token)),
+      // a block is one ubatch (llama.cpp asserts it for non-causal attention): a small n_batch
+      // drafts a shorter block
+      block_(int32_t(std::min<int64_t>(head.block_size, llama_n_ubatch(head_ctx)))), mask_(int32_t(head.mask_token)),
       inj_cap_(int32_t(llama_n_batch(head_ctx))) {
     block_batch_ = llama_batch_init(block_, 0, 1);
     inj_ = llama_batch_init(inj_cap_, width_, 1);
@@ -54,7 +56,7 @@ void DflashDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos p
             recorded_[int32_t(pos0) + int32_t(k)].assign(rows_.data() + k * w, rows_.data() + (k + 1) * w);
     // A row at p depends on the text up to p alone: a rewind (another prompt, a re-run token)
     // drops the rows from pos0 on and continues. A gap (text the target ran without handing it
-    // here) leaves positions uninjected: worse drafts, never wrong ones.
+    // here) restarts the cache after it (inject_pending): worse drafts, never wrong ones.
     while (!pend_pos_.empty() && pend_pos_.back() >= pos0) {
         pend_pos_.pop_back();
         pend_f_.resize(pend_f_.size() - w);
@@ -63,7 +65,7 @@ void DflashDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos p
     text_.insert(text_.end(), tokens, tokens + n);
     for (size_t k = 0; k < n; ++k) pend_pos_.push_back(pos0 + llama_pos(k));
     pend_f_.insert(pend_f_.end(), rows_.begin(), rows_.end());
-    if (pend_pos_.size() > kMaxPending) inject_pending();   // bounded memory (prompts)
+    if (pend_pos_.size() > kMaxPending) inject_pending();   // a prompt's rows, a batch at a time
 }
 
 size_t DflashDrafter::known_prefix(const std::vector<int32_t> & tokens) const {
@@ -75,7 +77,18 @@ size_t DflashDrafter::known_prefix(const std::vector<int32_t> & tokens) const {
 void DflashDrafter::inject_pending() {
     llama_memory_t mem = llama_get_memory(head_);
     if (pend_pos_.empty()) return;
-    llama_memory_seq_rm(mem, 0, pend_pos_[0], -1);   // a rewound text's rows, a block's cells
+    // llama.cpp wants a sequence's positions to continue its cells: after a gap (rows the
+    // target never handed here) only the last unbroken run is injected, into an empty cache
+    size_t start = 0;
+    for (size_t k = 1; k < pend_pos_.size(); ++k)
+        if (pend_pos_[k] != pend_pos_[k - 1] + 1) start = k;
+    if (start > 0) {
+        pend_pos_.erase(pend_pos_.begin(), pend_pos_.begin() + std::ptrdiff_t(start));
+        pend_f_.erase(pend_f_.begin(), pend_f_.begin() + std::ptrdiff_t(start * size_t(width_)));
+    }
+    const llama_pos first = pend_pos_[0];
+    // a rewound text's rows and a block's cells go; all of them when the rows do not continue
+    llama_memory_seq_rm(mem, 0, start > 0 || llama_memory_seq_pos_max(mem, 0) < first - 1 ? -1 : first, -1);
     for (size_t i = 0; i < pend_pos_.size(); i += size_t(inj_cap_)) {
         const size_t m = std::min(size_t(inj_cap_), pend_pos_.size() - i);
         inj_.n_tokens = int32_t(m);
