@@ -5,7 +5,8 @@ alone (numpy + gguf-py, the `bench` extra).
 
 Llama sources (architecture `llama`) are padded by `pad_llama()`, a port of the project's former
 external tool `pad_model.py` that writes the same bytes. The shape presets give (D, layers, F2):
-cpu-300m (2048, 6, 5504), llama-1b (2048, 16, 8192), llama-8b (4096, 32, 14336); the head size
+cpu-300m (2048, 6, 5504), llama-1b (2048, 16, 8192), llama-8b (4096, 32, 14336), and for draft
+models cpu-30m (1024, 2, 2752); the head size
 stays the source's, so the number of heads becomes D / head size, and key/value heads a quarter
 of that (grouped-query attention in groups of 4, as in Llama 3) where the source allows it, else
 as many as the heads. Why the function is the same:
@@ -81,15 +82,18 @@ from typing import Optional
 
 from .policy import model_fingerprint
 
-SHAPES = ("llama-8b", "llama-1b", "cpu-300m")
+SHAPES = ("llama-8b", "llama-1b", "cpu-300m", "cpu-30m")
 TYPES = ("f32", "f16", "q8_0", "q4_0")
 
 # llama: the shape presets as (residual width D, layers, feed-forward width F2); the head size
 # stays the source's (pad_llama)
-LLAMA_SHAPES = {"llama-8b": (4096, 32, 14336), "llama-1b": (2048, 16, 8192), "cpu-300m": (2048, 6, 5504)}
+# cpu-30m: a two-layer draft model's shape beside cpu-300m, a tenth of its parameters (Llama 3.2
+# 1B is a sixth of Llama 3.1 8B)
+LLAMA_SHAPES = {"llama-8b": (4096, 32, 14336), "llama-1b": (2048, 16, 8192), "cpu-300m": (2048, 6, 5504),
+                "cpu-30m": (1024, 2, 2752)}
 # qwen35: the shape presets as (residual width D, feed-forward width F2); layers, heads and the
 # DeltaNet sizes stay the source's
-QWEN35_SHAPES = {"llama-8b": (4096, 14336), "llama-1b": (2048, 8192), "cpu-300m": (2048, 5504)}
+QWEN35_SHAPES = {"llama-8b": (4096, 14336), "llama-1b": (2048, 8192), "cpu-300m": (2048, 5504), "cpu-30m": (1024, 2752)}
 
 
 def gguf_header(path) -> tuple[Optional[str], list[str]]:
