@@ -248,7 +248,7 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--block", type=int, default=8, help="block size: the root and block-1 masked positions")
     ap.add_argument("--anchors", type=int, default=16, help="blocks per training sequence")
-    ap.add_argument("--layers-draft", type=int, default=1, help="draft decoder layers")
+    ap.add_argument("--layers-draft", type=int, default=2, help="draft decoder layers")
     ap.add_argument("--depth", type=int, default=4, help="chain depth of the engine's acceptance check")
     ap.add_argument("--n-prompts", type=int, default=8)
     ap.add_argument("--gen-tokens", type=int, default=48)
