@@ -47,13 +47,8 @@ void DflashDrafter::decode(llama_batch & batch, const char * what) {
 void DflashDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos pos0, const int32_t * rows) {
     if (n == 0) return;
     const size_t w = size_t(width_);
-    rows_.resize(n * w);
-    layer_features(target_, layers_, rows, n, rows_.data());
     rows_pos0_ = pos0;
     n_rows_ = n;
-    if (record_)
-        for (size_t k = 0; k < n; ++k)
-            recorded_[int32_t(pos0) + int32_t(k)].assign(rows_.data() + k * w, rows_.data() + (k + 1) * w);
     // A row at p depends on the text up to p alone: a rewind (another prompt, a re-run token)
     // drops the rows from pos0 on and continues. A gap (text the target ran without handing it
     // here) restarts the cache after it (inject_pending): worse drafts, never wrong ones.
@@ -64,7 +59,13 @@ void DflashDrafter::target_decoded(const int32_t * tokens, size_t n, llama_pos p
     text_.resize(size_t(pos0), -1);
     text_.insert(text_.end(), tokens, tokens + n);
     for (size_t k = 0; k < n; ++k) pend_pos_.push_back(pos0 + llama_pos(k));
-    pend_f_.insert(pend_f_.end(), rows_.begin(), rows_.end());
+    // the features go straight to the queue (one copy of a prompt's batch, not two)
+    const size_t at = pend_f_.size();
+    pend_f_.resize(at + n * w);
+    layer_features(target_, layers_, rows, n, pend_f_.data() + at);
+    if (record_)
+        for (size_t k = 0; k < n; ++k)
+            recorded_[int32_t(pos0) + int32_t(k)].assign(pend_f_.data() + at + k * w, pend_f_.data() + at + (k + 1) * w);
     if (pend_pos_.size() > kMaxPending) inject_pending();   // a prompt's rows, a batch at a time
 }
 

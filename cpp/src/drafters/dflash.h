@@ -93,8 +93,7 @@ private:
     std::vector<llama_pos> pend_pos_;
     std::vector<float> pend_f_;
     std::vector<int32_t> text_;           // the committed tokens whose features it was handed, from 0
-    std::vector<float> rows_;             // the last target batch's features
-    llama_pos rows_pos0_ = 0;
+    llama_pos rows_pos0_ = 0;             // the last target batch's rows: their first position
     size_t n_rows_ = 0;
 
     // the step in progress
