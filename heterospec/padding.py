@@ -381,6 +381,18 @@ def pad_llama(src, dst, dim: int, layers: int, ffn: int, qtype: str = "f16", hea
     return summary
 
 
+def _padded_fc(fc, rows: int, d: int, D: int):
+    """A head's fc over the features of its target layers (a d-wide block per layer) for the
+    target padded to width D: each block's columns go to the first d columns of its D-wide block,
+    and the rows beyond the source's are zero."""
+    import numpy as np
+    n = fc.shape[1] // d
+    out = np.zeros((rows, n * D), np.float32)
+    for k in range(n):
+        out[:fc.shape[0], k * D:k * D + d] = fc[:, k * d:(k + 1) * d]
+    return out
+
+
 # eagle3 tensors (see src/models/eagle3.cpp in the pinned llama.cpp)
 _EAGLE3_NORMS = ("output_norm.weight", "blk.0.attn_norm.weight", "blk.0.attn_norm_2.weight", "blk.0.ffn_norm.weight")
 _EAGLE3_KNOWN = set(_EAGLE3_NORMS) | {"fc.weight", "token_embd.weight", "output.weight", "d2t", "rope_freqs.weight"} | {
@@ -428,14 +440,9 @@ def pad_eagle3(src, dst, target_src, dim: int, layers: int, ffn: int, qtype: str
         raise ValueError(f"{src}: do not know how to pad tensor {unknown[0]}")
     w = lambda name: _as_f32(gguf, tensors[name])   # noqa: E731
     s = math.sqrt(dh / Dh)
-    n3 = len(src_layers)
 
     def padded():
-        fc = w("fc.weight")
-        out = np.zeros((Dh, n3 * D), np.float32)
-        for k in range(n3):
-            out[:dh, k * D:k * D + d] = fc[:, k * d:(k + 1) * d]
-        yield "fc.weight", out
+        yield "fc.weight", _padded_fc(w("fc.weight"), Dh, d, D)
         for name in _EAGLE3_NORMS:
             yield name, _zero_padded(w(name), Dh, scale=s)
         for name in ("token_embd.weight", "output.weight"):
@@ -641,14 +648,9 @@ def pad_dflash(src, dst, target_src, dim: int, layers: int, ffn: int, qtype: str
         raise ValueError(f"{src}: do not know how to pad tensor {unknown[0]}")
     w = lambda name: _as_f32(gguf, tensors[name])   # noqa: E731
     s = math.sqrt(d / D)
-    n3 = len(src_layers)
 
     def padded():
-        fc = w("fc.weight")
-        out = np.zeros((D, n3 * D), np.float32)
-        for k in range(n3):
-            out[:d, k * D:k * D + d] = fc[:, k * d:(k + 1) * d]
-        yield "fc.weight", out
+        yield "fc.weight", _padded_fc(w("fc.weight"), D, d, D)
         for name in norms:
             yield name, _zero_padded(w(name), D, scale=s)
         for name in ("token_embd.weight", "output.weight"):

@@ -37,7 +37,7 @@ Usage: make_code_dflash.py [OUT.gguf] [--target code-target.gguf] [--minutes M] 
        [--block B] [--threads 2] [--no-engine]
 Needs torch, numpy, gguf (gguf-py) and, for the checks, heterospec.
 """
-import argparse, json, math, os, sys
+import argparse, json, math, sys
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from make_code_eagle3 import EPS, TARGET, Target, greedy_text, rms, rope_tables   # noqa: E402
+from make_code_eagle3 import EPS, TARGET, Target, corpus_tokens, greedy_text, rms, rope_tables   # noqa: E402
 
 LAYERS = (1, 3, 5)     # the target layers whose inputs the draft reads
 MASK = 0               # the mask token
@@ -259,15 +259,7 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(a.work) if a.work else out.parent / "code-dflash"
     work.mkdir(parents=True, exist_ok=True)
-    toks = Path(a.tokens) if a.tokens else out.parent / "qwen35-mtp"
-    if not (toks / "heldout.u16").exists():
-        import make_qwen35_mtp as m
-        toks.mkdir(parents=True, exist_ok=True)
-        if not (toks / "heldout.txt").exists():
-            m.collect_corpus(toks, [os.path.dirname(os.__file__)])
-        m.encode(toks, 40_000_000)
-    train = np.fromfile(toks / "train.u16", dtype=np.uint16)
-    held = np.fromfile(toks / "heldout.u16", dtype=np.uint16)
+    train, held = corpus_tokens(Path(a.tokens) if a.tokens else out.parent / "qwen35-mtp")
 
     target = Target(Path(a.target))
     draft = DFlash(target.d, target.n_head, int(target.W["blk.0.ffn_gate.weight"].shape[0]),

@@ -296,6 +296,18 @@ def export(head, target_path: Path, out: Path, ctx: int):
 
 # ---------------------------------------------------------------------------- main
 
+def corpus_tokens(toks: Path):
+    """(train, held-out) tokens of the Python corpus in `toks`, made there by make_qwen35_mtp.py's
+    stages when absent."""
+    if not (toks / "heldout.u16").exists():
+        import make_qwen35_mtp as m
+        toks.mkdir(parents=True, exist_ok=True)
+        if not (toks / "heldout.txt").exists():
+            m.collect_corpus(toks, [os.path.dirname(os.__file__)])
+        m.encode(toks, 40_000_000)
+    return (np.fromfile(toks / "train.u16", dtype=np.uint16), np.fromfile(toks / "heldout.u16", dtype=np.uint16))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", nargs="?", default=str(REPO / "benchmarks/.cache/code-eagle3.gguf"))
@@ -320,15 +332,7 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(a.work) if a.work else out.parent / "code-eagle3"
     work.mkdir(parents=True, exist_ok=True)
-    toks = Path(a.tokens) if a.tokens else out.parent / "qwen35-mtp"
-    if not (toks / "heldout.u16").exists():
-        import make_qwen35_mtp as m
-        toks.mkdir(parents=True, exist_ok=True)
-        if not (toks / "heldout.txt").exists():
-            m.collect_corpus(toks, [os.path.dirname(os.__file__)])
-        m.encode(toks, 40_000_000)
-    train = np.fromfile(toks / "train.u16", dtype=np.uint16)
-    held = np.fromfile(toks / "heldout.u16", dtype=np.uint16)
+    train, held = corpus_tokens(Path(a.tokens) if a.tokens else out.parent / "qwen35-mtp")
 
     target = Target(Path(a.target))
     head = Eagle3(target.d, target.n_head, int(target.W["blk.0.ffn_gate.weight"].shape[0]),

@@ -23,12 +23,7 @@ DflashHead read_dflash_head(const std::string & path) {
     GgufHeader g = open_gguf_header(path);
     const gguf_context * c = g.get();
     DflashHead h;
-    const int64_t id = gguf_find_key(c, "dflash.target_layers");
-    if (id >= 0 && gguf_get_kv_type(c, id) == GGUF_TYPE_ARRAY &&
-        (gguf_get_arr_type(c, id) == GGUF_TYPE_INT32 || gguf_get_arr_type(c, id) == GGUF_TYPE_UINT32)) {
-        const auto * v = static_cast<const int32_t *>(gguf_get_arr_data(c, id));
-        h.layers.assign(v, v + gguf_get_arr_n(c, id));
-    }
+    h.layers = target_layers(c, "dflash.target_layers");
     get_int(c, "dflash.embedding_length", h.n_embd);
     get_int(c, "dflash.block_size", h.block_size);
     get_int(c, "tokenizer.ggml.mask_token_id", h.mask_token);

@@ -30,16 +30,20 @@ std::string gguf_architecture(const std::string & path) {
     return id >= 0 && gguf_get_kv_type(g.get(), id) == GGUF_TYPE_STRING ? gguf_get_val_str(g.get(), id) : "";
 }
 
+std::vector<int32_t> target_layers(const gguf_context * c, const std::string & key) {
+    const int64_t id = gguf_find_key(c, key.c_str());
+    if (id < 0 || gguf_get_kv_type(c, id) != GGUF_TYPE_ARRAY ||
+        (gguf_get_arr_type(c, id) != GGUF_TYPE_INT32 && gguf_get_arr_type(c, id) != GGUF_TYPE_UINT32))
+        return {};
+    const auto * v = static_cast<const int32_t *>(gguf_get_arr_data(c, id));
+    return {v, v + gguf_get_arr_n(c, id)};
+}
+
 Eagle3Head read_eagle3_head(const std::string & path) {
     GgufHeader g = open_gguf_header(path);
     const gguf_context * c = g.get();
     Eagle3Head h;
-    const int64_t id = gguf_find_key(c, "eagle3.target_layers");
-    if (id >= 0 && gguf_get_kv_type(c, id) == GGUF_TYPE_ARRAY &&
-        (gguf_get_arr_type(c, id) == GGUF_TYPE_INT32 || gguf_get_arr_type(c, id) == GGUF_TYPE_UINT32)) {
-        const auto * v = static_cast<const int32_t *>(gguf_get_arr_data(c, id));
-        h.layers.assign(v, v + gguf_get_arr_n(c, id));
-    }
+    h.layers = target_layers(c, "eagle3.target_layers");
     get_int(c, "eagle3.target_hidden_size", h.target_hidden);
     get_int(c, "eagle3.embedding_length", h.n_embd);
     h.own_embedding = gguf_find_tensor(c, "token_embd.weight") >= 0;

@@ -29,6 +29,8 @@ GgufHeader open_gguf_header(const std::string & path);
 std::string gguf_architecture(const std::string & path);
 // Whether a GGUF architecture is a head that reads a target's layer features (eagle3, dflash).
 bool is_head_architecture(const std::string & arch);
+// A head's target layers (an int32 array under `key`; empty if absent or of another type).
+std::vector<int32_t> target_layers(const gguf_context * c, const std::string & key);
 // "[a, b, c]"
 std::string layer_list(const std::vector<int32_t> & v);
 // Reads a head's header (the file is checked as a GGUF first, by load_model's checks).
