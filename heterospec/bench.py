@@ -6,6 +6,7 @@ before the next repeat starts, so that drifts of a shared machine hit all modes 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -142,6 +143,21 @@ def _warm_up(engine, modes, token_prompts, failed: dict) -> None:
     engine.clear_ngram_memory()
 
 
+def _padded(args, role: str, src: str, shape: Optional[str], head: Optional[str] = None) -> str:
+    """`src` padded for the run (or as it is without a shape), recorded in args.pad[role]. A head
+    reads the target's features: it grows with the target, to its shape."""
+    target = None
+    if head and "target" in args.pad:
+        if shape and shape != args.pad["target"]["shape"]:
+            raise ValueError(f"an {head} head is padded with its target: give --pad-draft the target's shape")
+        shape, target = args.pad["target"]["shape"], args.pad["target"]["source"]
+    if not shape:
+        return src
+    from .padding import padded_model
+    args.pad[role] = {"source": src, "shape": shape, "type": args.pad_type}
+    return str(padded_model(src, shape, args.pad_type, bench_cache(args), target=target))
+
+
 def run(args) -> int:
     modes = [parse_mode(m) for m in args.modes]
     device_profile = None
@@ -150,21 +166,20 @@ def run(args) -> int:
         device_profile = load_profile(args.cost_profile)   # a bad file fails before any run
     args.pad = {}
     head = _head_arch(args.model_draft) if args.model_draft else None
-    for role, attr in (("target", "model"), ("draft", "model_draft")):
-        shape = getattr(args, f"pad_{role}", None)
-        target = None
-        if role == "draft" and head and "target" in args.pad:
-            # a head reads the target's features: it grows with the target, to its shape
-            if shape and shape != args.pad["target"]["shape"]:
-                raise ValueError(f"an {head} head is padded with its target: give --pad-draft the target's shape")
-            shape, target = args.pad["target"]["shape"], args.pad["target"]["source"]
-        if shape:
-            from .padding import padded_model
-            src = getattr(args, attr)
-            if not src:
-                raise ValueError(f"--pad-{role} needs a {role} model")
-            setattr(args, attr, str(padded_model(src, shape, args.pad_type, bench_cache(args), target=target)))
-            args.pad[role] = {"source": src, "shape": shape, "type": args.pad_type}
+    if getattr(args, "pad_target", None):
+        args.model = _padded(args, "target", args.model, args.pad_target)
+    if args.model_draft:
+        args.model_draft = _padded(args, "draft", args.model_draft, getattr(args, "pad_draft", None), head)
+    elif getattr(args, "pad_draft", None):
+        raise ValueError("--pad-draft needs a draft model")
+    other = getattr(args, "compare_draft", None)
+    if other:
+        if not args.model_draft:
+            raise ValueError("--compare-draft compares two drafts: give -md too")
+        other_head = _head_arch(other)
+        other = _padded(args, "compare_draft", other, None if other_head else getattr(args, "pad_draft", None),
+                        other_head)
+    args.compare_draft_model = other
     peer_exe, peer_error = None, None
     if getattr(args, "peer", False):
         from .peer import PeerError, peer_binary
@@ -175,13 +190,23 @@ def run(args) -> int:
             print(f"heterospec bench: llama.cpp peer unavailable: {e}", file=sys.stderr)
     peer_modes = []
     engine_kw = {k: getattr(args, k) for k in ("n_threads", "n_ctx", "n_gpu_layers") if getattr(args, k) is not None}
-    with Engine(args.model, draft=args.model_draft, **engine_kw) as engine:
+    with contextlib.ExitStack() as stack:
+        engine = stack.enter_context(Engine(args.model, draft=args.model_draft, **engine_kw))
+        # (engine, mode name, settings) in the order of a repeat: with --compare-draft, every
+        # speculative mode runs again on a second engine, named after its draft
+        runnable = [(engine, name, kw) for name, kw in modes]
+        compared = {}
+        if other:
+            engine2 = stack.enter_context(Engine(args.model, draft=other, **engine_kw))
+            tag = Path(getattr(args, "compare_draft")).stem
+            compared = {f"{name} [{tag}]": name for name, kw in modes if kw["mode"] != "ar"}
+            runnable += [(engine2, f"{name} [{tag}]", kw) for name, kw in modes if kw["mode"] != "ar"]
         if getattr(args, "peer", False):
             peer_modes = _peer_modes(args.model_draft, engine.has_mtp, head)
         prompts = load_prompts(args.prompts, engine, args.limit, args.skip, getattr(args, "per_category", None))
         room = engine.n_ctx - args.max_tokens - 1
         token_prompts = [(cat, engine.tokenize(p, parse_special=True)[-room:]) for cat, p in prompts]
-        runs = {name: [] for name, _ in modes}
+        runs = {name: [] for _, name, _ in runnable}
         peer_runs = {name: [] for name, _, _ in peer_modes}
         peer_failed = {name: peer_error for name, _, _ in peer_modes if peer_error}
         prompt_files = []
@@ -194,23 +219,24 @@ def run(args) -> int:
                 prompt_files.append(f)
         reference = {}
         failed = {}
-        total = args.repeats * (len(modes) + (len(peer_modes) if peer_exe else 0)) * len(token_prompts)
+        total = args.repeats * (len(runnable) + (len(peer_modes) if peer_exe else 0)) * len(token_prompts)
         done = 0
         t0 = time.time()
-        _warm_up(engine, modes, token_prompts, failed)
+        for e in {id(e): e for e, _, _ in runnable}.values():
+            _warm_up(e, [(name, kw) for e2, name, kw in runnable if e2 is e], token_prompts, failed)
         for rep in range(args.repeats):
-            for name, kw in _rotated(modes, rep):
+            for eng, name, kw in _rotated(runnable, rep):
                 if name in failed:
                     done += len(token_prompts)
                     continue
                 per_prompt = []
                 # every pass serves the same stream of distinct requests from an empty memory:
                 # no mode drafts from another's output of the same prompt
-                engine.clear_ngram_memory()
+                eng.clear_ngram_memory()
                 try:
                     for i, (cat, ids) in enumerate(token_prompts):
-                        r = engine.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True,
-                                            trace=True, **kw)
+                        r = eng.generate(ids, max_tokens=args.max_tokens, temperature=0, ignore_eos=True,
+                                         trace=True, **kw)
                         per_prompt.append((cat, r))
                         if kw["mode"] == "ar":
                             reference.setdefault(i, r.tokens)
@@ -238,13 +264,14 @@ def run(args) -> int:
         if sys.stderr.isatty():
             print(file=sys.stderr)
         engine_info = {"target": engine.description, "n_ctx": engine.n_ctx}
-        profile = engine.cost_profile() if engine.can_speculate else None
+        profiles = {name: (e.cost_profile() if e.can_speculate else None) for e, name, _ in runnable}
         projected = None
         if device_profile:
             projected = project(engine, device_profile, modes, runs, failed, token_prompts, args)
 
-    results = summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed,
-                        [cat for cat, _ in token_prompts], profile)
+    results = summarize([(name, kw) for _, name, kw in runnable], runs, failed, reference, peer_modes,
+                        peer_runs, peer_failed, [cat for cat, _ in token_prompts], profiles)
+    _add_paired_drafts(results, compared)
     print_table(results)
     if projected:
         print_projection(projected)
@@ -315,8 +342,19 @@ def _add_paired(results: dict) -> None:
                     v["paired"][label] = {"against": ref, **r}
 
 
+def _add_paired_drafts(results: dict, compared: dict) -> None:
+    """Each mode run with --compare-draft against the same mode with -md."""
+    from .paired import paired_ratio
+    for name, base in compared.items():
+        if any("error" in results.get(k, {"error": "did not run"}) for k in (name, base)):
+            continue
+        r = paired_ratio(results[name]["per_prompt_tokens_per_second"], results[base]["per_prompt_tokens_per_second"])
+        if r:
+            results[name].setdefault("paired", {})["same mode with -md"] = {"against": base, **r}
+
+
 def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed, categories,
-              profile: Optional[dict] = None) -> dict:
+              profiles: Optional[dict] = None) -> dict:
     """Every figure per mode, overall and per prompt category; speedups are over this engine's
     plain decoding (`ar`) in the same run; paired ratios with their intervals against plain
     decoding and the best chain, tree and llama.cpp configuration."""
@@ -350,7 +388,7 @@ def summarize(modes, runs, failed, reference, peer_modes, peer_runs, peer_failed
         results[name] = {
             "settings": kw,
             "per_prompt_tokens_per_second": [[tok(r) / sec(r) if sec(r) else 0.0 for r in rep] for rep in reps],
-            "breakdown_ms_per_step": _breakdown(last, profile),
+            "breakdown_ms_per_step": _breakdown(last, (profiles or {}).get(name)),
             "calibration": {"steps": n_pred,
                             "predicted_tokens_per_step": sum(s.predicted_tokens for s in calib) / n_pred,
                             "realised_tokens_per_step": sum(s.realised_tokens for s in calib) / n_pred}
@@ -558,6 +596,8 @@ def environment(args, engine_info: dict, n_prompts: int) -> dict:
     gpus = [d for d in info["devices"] if not d.startswith("CPU")]
     cache = bench_cache(args)
     models = {"target": args.model, "draft": args.model_draft}
+    if getattr(args, "compare_draft_model", None):
+        models["compare_draft"] = args.compare_draft_model
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu_name(),
             "cores": os.cpu_count(), "device": gpus[0] if gpus and args.n_gpu_layers != 0 else _cpu_name(),
             "devices": info["devices"], "llama_cpp": info["llama_cpp"], "system_info": info["system_info"],

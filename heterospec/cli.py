@@ -296,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pad-target", choices=SHAPES, help="benchmark the target padded to this shape "
                    "(same function, a big model's cost; made once, for llama and qwen35 models)")
     b.add_argument("--pad-draft", choices=SHAPES, help="likewise for the draft")
+    b.add_argument("--compare-draft", metavar="PATH",
+                   help="a second draft (model, EAGLE-3 head or DFlash draft): every speculative mode runs again "
+                        "with it on a second engine, interleaved in the same repeats, with a paired ratio "
+                        "against the same mode with -md (a draft model is padded by --pad-draft, a head "
+                        "with the target)")
     b.add_argument("--pad-type", choices=TYPES, default="q8_0", help="weight type of padded models (q8_0)")
     b.add_argument("--regime", choices=sorted(REGIMES), help="standard configurations: 'memory-bound' pads the "
                    "target to cpu-300m in F16 (a GPU-like cost curve on a CPU), 'compute-bound' in q8_0")

@@ -5,8 +5,8 @@ alone (numpy + gguf-py, the `bench` extra).
 
 Llama sources (architecture `llama`) are padded by `pad_llama()`, a port of the project's former
 external tool `pad_model.py` that writes the same bytes. The shape presets give (D, layers, F2):
-cpu-300m (2048, 6, 5504), llama-1b (2048, 16, 8192), llama-8b (4096, 32, 14336), and for draft
-models cpu-30m (1024, 2, 2752); the head size
+cpu-300m (2048, 6, 5504), cpu-300m-deep (1024, 24, 2752), llama-1b (2048, 16, 8192), llama-8b
+(4096, 32, 14336), and for draft models cpu-30m (1024, 2, 2752); the head size
 stays the source's, so the number of heads becomes D / head size, and key/value heads a quarter
 of that (grouped-query attention in groups of 4, as in Llama 3) where the source allows it, else
 as many as the heads. Why the function is the same:
@@ -82,15 +82,18 @@ from typing import Optional
 
 from .policy import model_fingerprint
 
-SHAPES = ("llama-8b", "llama-1b", "cpu-300m", "cpu-30m")
+SHAPES = ("llama-8b", "llama-1b", "cpu-300m", "cpu-300m-deep", "cpu-30m")
 TYPES = ("f32", "f16", "q8_0", "q4_0")
 
 # llama: the shape presets as (residual width D, layers, feed-forward width F2); the head size
 # stays the source's (pad_llama)
 # cpu-30m: a two-layer draft model's shape beside cpu-300m, a tenth of its parameters (Llama 3.2
 # 1B is a sixth of Llama 3.1 8B)
+# cpu-300m-deep: cpu-300m's parameters in 24 narrower layers, so that a one-layer head (EAGLE-3,
+# DFlash) costs what it does beside a real target (a tenth of Llama 3.1 8B with its output matrix)
+# and not the third of a pass it costs beside cpu-300m's six layers; llama only
 LLAMA_SHAPES = {"llama-8b": (4096, 32, 14336), "llama-1b": (2048, 16, 8192), "cpu-300m": (2048, 6, 5504),
-                "cpu-30m": (1024, 2, 2752)}
+                "cpu-300m-deep": (1024, 24, 2752), "cpu-30m": (1024, 2, 2752)}
 # qwen35: the shape presets as (residual width D, feed-forward width F2); layers, heads and the
 # DeltaNet sizes stay the source's
 QWEN35_SHAPES = {"llama-8b": (4096, 14336), "llama-1b": (2048, 8192), "cpu-300m": (2048, 5504), "cpu-30m": (1024, 2752)}
@@ -718,6 +721,9 @@ def padded_model(src: str, shape: str, qtype: str, cache: Path, log=sys.stderr, 
     if arch == "llama":
         pad = lambda dst: pad_llama(src, dst, *LLAMA_SHAPES[shape], qtype, log=log)   # noqa: E731
     elif arch == "qwen35":
+        if shape not in QWEN35_SHAPES:
+            raise ValueError(f"{src}: shape {shape!r} sets the number of layers, which a qwen35 model keeps "
+                             f"({', '.join(QWEN35_SHAPES)})")
         pad = lambda dst: pad_qwen35(src, dst, *QWEN35_SHAPES[shape], qtype, log=log)   # noqa: E731
     elif arch == "eagle3":
         pad = lambda dst: pad_eagle3(src, dst, target, *LLAMA_SHAPES[shape], qtype, log=log)   # noqa: E731

@@ -179,3 +179,29 @@ def test_projection_prices_recorded_steps_under_a_device_profile(tiny, tmp_path,
     assert main(["bench", "-m", str(tiny.target), "-md", str(tiny.draft), "--prompts", str(prompts),
                  "--cost-profile", str(bad)]) == 1
     assert "sizes must ascend from 1" in capsys.readouterr().err
+
+
+def test_bench_compares_two_drafts_paired(tiny, tmp_path, capsys):
+    """--compare-draft runs every speculative mode again with a second draft (here an EAGLE-3
+    head beside the draft model), interleaved in the same repeats, paired against the same mode
+    with -md; plain decoding runs once."""
+    import gguf_arch
+    head = gguf_arch.write_eagle3(tmp_path / "head.gguf", tiny.target, seed=3)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ("hello world", "the value is")) + "\n")
+    out = tmp_path / "r.json"
+    rc = main(["bench", "-m", str(tiny.target), "-md", str(tiny.draft), "--compare-draft", str(head),
+               "--prompts", str(prompts), "-n", "16", "--repeats", "2", "-t", "1", "--json", str(out),
+               "--cache-dir", str(tmp_path / "c"), "--modes", "ar", "chain", "chain:drafter=eagle3"])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    modes = doc["modes"]
+    assert set(modes) == {"ar", "chain", "chain:drafter=eagle3", "chain [head]", "chain:drafter=eagle3 [head]"}
+    assert "error" in modes["chain:drafter=eagle3"]          # the draft model is no head
+    for name in ("chain [head]", "chain:drafter=eagle3 [head]"):
+        assert modes[name]["greedy_matches_ar"] == 1.0 and modes[name]["nodes_per_step"] > 0
+    r = modes["chain [head]"]["paired"]["same mode with -md"]
+    assert r["against"] == "chain" and r["low"] <= r["ratio"] <= r["high"]
+    assert doc["environment"]["compare_draft"] == str(head)
+    assert "same mode with -md (chain)" in capsys.readouterr().out
+    assert main(["bench", "-m", str(tiny.target), "--compare-draft", str(head), "--prompts", str(prompts)]) == 1

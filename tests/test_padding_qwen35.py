@@ -132,3 +132,5 @@ def test_padded_model_pads_qwen35_natively(sources, tmp_path, monkeypatch):
     assert types["blk.0.ffn_up.weight"] == gguf.GGMLQuantizationType.F16
     assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
     assert padding.padded_model(str(src["untied"]), "cpu-300m", "f16", tmp_path) == out   # cached
+    with pytest.raises(ValueError, match="sets the number of layers, which a qwen35 model keeps"):
+        padding.padded_model(str(src["untied"]), "cpu-300m-deep", "f16", tmp_path)
