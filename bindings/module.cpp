@@ -441,6 +441,18 @@ NB_MODULE(_core, m) {
     }, "sizes"_a, "verify_ms"_a, "free_values"_a, "agreement"_a, "max_budget"_a, "max_depth"_a, "spent_ms"_a,
        "level_ms"_a, "block_levels"_a = false);
 
+    // the cost model's paid-source state: its agreement estimate and the should_pay decision
+    nb::class_<CostModel>(t, "CostModel")
+        .def("__init__", [](CostModel * c, const std::vector<int32_t> & sizes, const std::vector<double> & verify_ms,
+                            double draft_level_ms) {
+            new (c) CostModel();
+            c->profile = CostProfile{sizes, verify_ms, draft_level_ms, 0.0};
+            c->projected = true;
+        }, "sizes"_a, "verify_ms"_a, "draft_level_ms"_a)
+        .def("should_pay", &CostModel::should_pay, "free_values"_a, "max_budget"_a, "max_depth"_a, "spent_ms"_a)
+        .def("observe_paid_agreement", &CostModel::observe_paid_agreement, "agreed"_a)
+        .def_prop_ro("paid_agreement", &CostModel::paid_agreement);
+
     t.def("softmax_top_k", [](nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu> logits, int32_t k) {
         std::vector<TokenProb> out;
         softmax_top_k(logits.data(), int32_t(logits.shape(0)), k, out);

@@ -164,6 +164,11 @@ def run(args) -> int:
     if getattr(args, "cost_profile", None):
         from .projection import load_profile
         device_profile = load_profile(args.cost_profile)   # a bad file fails before any run
+    compare_profile = None
+    if getattr(args, "compare_cost_profile", None):
+        if not (device_profile and getattr(args, "compare_draft", None)):
+            raise ValueError("--compare-cost-profile prices --compare-draft's passes beside --cost-profile: give both")
+        compare_profile = load_profile(args.compare_cost_profile)
     args.pad = {}
     head = _head_arch(args.model_draft) if args.model_draft else None
     if getattr(args, "pad_target", None):
@@ -268,6 +273,10 @@ def run(args) -> int:
         projected = None
         if device_profile:
             projected = project(engine, device_profile, modes, runs, failed, token_prompts, args)
+            if compare_profile:   # the second draft, priced at its own draft pass on that device
+                more = project(engine2, compare_profile, [(n, kw) for e, n, kw in runnable if e is engine2],
+                               runs, failed, token_prompts, args)
+                _add_projected_drafts(projected, more, compared, args.compare_cost_profile)
 
     results = summarize([(name, kw) for _, name, kw in runnable], runs, failed, reference, peer_modes,
                         peer_runs, peer_failed, [cat for cat, _ in token_prompts], profiles)
@@ -642,6 +651,21 @@ def project(engine: Engine, prof: dict, modes, runs, failed, token_prompts, args
     return out
 
 
+def _add_projected_drafts(projected: dict, more: dict, compared: dict, profile_file: str) -> None:
+    """The second draft's projected modes beside the first's, each with its ratio to the same
+    mode with -md (one deterministic pricing of the recorded steps: no interval)."""
+    projected["compare_profile_file"] = str(profile_file)
+    base = projected["modes"].get("ar", {}).get("tokens_per_second")
+    for name, v in more["modes"].items():
+        if "error" not in v:
+            v["speedup"] = v["tokens_per_second"] / base if base else None
+            ref = projected["modes"].get(compared.get(name), {})
+            if ref.get("tokens_per_second"):
+                v["against"] = compared[name]
+                v["ratio_to_against"] = v["tokens_per_second"] / ref["tokens_per_second"]
+        projected["modes"][name] = v
+
+
 def print_projection(p: dict) -> None:
     prof = p["profile"]
     print(f"\nPROJECTED (not measured) under the {prof['kind']} cost profile of {prof['device']} "
@@ -652,4 +676,5 @@ def print_projection(p: dict) -> None:
             print(f"{name:<44} failed: {v['error']}")
             continue
         sp = f"{v['speedup']:.2f}x" if v["speedup"] else "-"
-        print(f"{name:<44} {v['tokens_per_second']:8.1f} {sp:>7} {v['tau']:5.2f} {v['nodes_per_step']:6.1f}")
+        against = f"  {v['ratio_to_against']:.3f}x {v['against']}" if v.get("against") else ""
+        print(f"{name:<44} {v['tokens_per_second']:8.1f} {sp:>7} {v['tau']:5.2f} {v['nodes_per_step']:6.1f}{against}")

@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "target to cpu-300m in F16 (a GPU-like cost curve on a CPU), 'compute-bound' in q8_0")
     b.add_argument("--cost-profile", help="also PROJECT each mode's speed under another device's cost profile "
                    "(JSON, see benchmarks/profiles/); projected figures are printed apart from measured ones")
+    b.add_argument("--compare-cost-profile", help="with --cost-profile and --compare-draft: the same device's "
+                   "profile with --compare-draft's draft pass, to PROJECT the second draft's modes too")
     b.set_defaults(func=cmd_bench)
 
     e = sub.add_parser("eval-prefill", help="sparse prefill (SampleAttention) against dense attention: "

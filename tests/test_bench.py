@@ -190,9 +190,14 @@ def test_bench_compares_two_drafts_paired(tiny, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ("hello world", "the value is")) + "\n")
     out = tmp_path / "r.json"
+    prof = {"device": "test GPU", "kind": "roofline", "sizes": [1, 2, 4, 8], "verify_ms": [10.0, 10.5, 11.0, 13.0],
+            "draft_level_ms": 0.5}
+    (tmp_path / "gpu.json").write_text(json.dumps(prof))
+    (tmp_path / "gpu-head.json").write_text(json.dumps({**prof, "draft_level_ms": 0.25}))
     rc = main(["bench", "-m", str(tiny.target), "-md", str(tiny.draft), "--compare-draft", str(head),
                "--prompts", str(prompts), "-n", "16", "--repeats", "2", "-t", "1", "--json", str(out),
-               "--cache-dir", str(tmp_path / "c"), "--modes", "ar", "chain", "chain:drafter=eagle3"])
+               "--cache-dir", str(tmp_path / "c"), "--modes", "ar", "chain", "chain:drafter=eagle3",
+               "--cost-profile", str(tmp_path / "gpu.json"), "--compare-cost-profile", str(tmp_path / "gpu-head.json")])
     assert rc == 0
     doc = json.loads(out.read_text())
     modes = doc["modes"]
@@ -203,5 +208,12 @@ def test_bench_compares_two_drafts_paired(tiny, tmp_path, capsys):
     r = modes["chain [head]"]["paired"]["same mode with -md"]
     assert r["against"] == "chain" and r["low"] <= r["ratio"] <= r["high"]
     assert doc["environment"]["compare_draft"] == str(head)
+    # projected: the head's chain priced at its own draft pass, beside the draft model's
+    p = doc["projected"]["modes"]
+    assert p["chain [head]"]["against"] == "chain" and p["chain [head]"]["ratio_to_against"] > 0
     assert "same mode with -md (chain)" in capsys.readouterr().out
     assert main(["bench", "-m", str(tiny.target), "--compare-draft", str(head), "--prompts", str(prompts)]) == 1
+    assert main(["bench", "-m", str(tiny.target), "-md", str(tiny.draft), "--prompts", str(prompts),
+                 "--cost-profile", str(tmp_path / "gpu.json"), "--compare-cost-profile",
+                 str(tmp_path / "gpu-head.json")]) == 1
+    assert "give both" in capsys.readouterr().err

@@ -375,6 +375,27 @@ def test_paid_levels_pay_only_beyond_the_free_nodes():
     assert not T.worth_paid_levels(sizes, steep, [], 0.9, 15, 6, 0.0, 0.1)
 
 
+def test_a_paid_source_judged_by_unlucky_steps_is_tried_again():
+    """The paid source's agreement is seen only in steps that pay for it. Once it has fallen
+    (here: five misses in a row) below what makes paid levels pay, declined steps let it drift
+    back to its prior, so that the source is tried again; it never drifts past the prior."""
+    from heterospec._core import testing as T
+    c = T.CostModel([1, 2, 4, 8, 16], [10.0, 10.2, 10.5, 11.0, 12.0], 6.0)
+    assert abs(c.paid_agreement - 0.7) < 1e-6 and c.should_pay([], 15, 6, 0.0)   # tried at first
+    for _ in range(5):
+        c.observe_paid_agreement(False)
+    low = c.paid_agreement
+    assert low < 0.45 and not c.should_pay([], 15, 6, 0.0)
+    declined = 1
+    while not c.should_pay([], 15, 6, 0.0):
+        declined += 1
+        assert declined < 200
+    assert low < c.paid_agreement < 0.7 and declined > 5
+    for _ in range(500):
+        c.should_pay([0.99] * 15, 15, 6, 0.0)   # a free chain this sure leaves paid levels nothing
+    assert c.paid_agreement <= 0.7 + 1e-6
+
+
 def test_cost_profile_is_measured_once_and_cached(tiny, profile_cache_dir):
     import heterospec.profile_cache as pc
     for f in profile_cache_dir.glob("profile-*.json"):

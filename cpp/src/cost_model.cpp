@@ -140,9 +140,11 @@ bool CostModel::should_draft(int32_t max_depth, bool paid) {
 
 bool CostModel::should_pay(const std::vector<float> & free_accept, int32_t max_budget, int32_t max_depth,
                            double spent_ms) {
-    if (!paid_gate_.speculate()) return false;
-    return worth_paid_levels(costs(), free_accept, paid_agreement(), max_budget, max_depth, spent_ms, level_ms(),
-                             long_run_rate(), scratch_);
+    if (paid_gate_.speculate() && worth_paid_levels(costs(), free_accept, paid_agreement(), max_budget, max_depth,
+                                                    spent_ms, level_ms(), long_run_rate(), scratch_))
+        return true;
+    paid_agreement_ += (kPaidAgreementPrior - paid_agreement_) / 64;
+    return false;
 }
 
 void CostModel::observe_paid(int32_t paid_tokens, double paid_ms) {

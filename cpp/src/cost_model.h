@@ -211,7 +211,12 @@ private:
     double paid_tokens_ = 1, paid_ms_ = 0;      // their decayed gain and cost (a prior of one
                                                 // free token: one unlucky first step does not
                                                 // pause them)
-    double paid_agreement_ = 0.5;
+    // A paid source's first choice is seen only in steps that pay for it: while none does, the
+    // estimate drifts back to this prior, so that a source never drafted yet, or judged by a few
+    // unlucky steps, is tried again now and then (at 0.5 a draft model beside n-grams never was,
+    // and so never showed that it pays).
+    static constexpr double kPaidAgreementPrior = 0.7;
+    double paid_agreement_ = kPaidAgreementPrior;
     double level_ms_ = -1;       // EMA of realised drafting time per draft pass
     double verify_scale_[2] = {-1, -1};   // EMAs of realised / profiled verification time: 1, >1 tokens
     CostProfile realised_;                // the profile with those scales applied (empty until seen)
