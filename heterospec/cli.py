@@ -68,7 +68,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="most columns selected, a fraction of the context (0.25)")
     s.add_argument("--sparse-min-ctx", type=int, dest="sparse_min_ctx", help="shorter contexts stay dense (2048)")
     s.add_argument("--sparse-dense-tail", type=int, dest="sparse_dense_tail",
-                   help="the prompt's last N tokens run dense: what follows reads them the most (1024)")
+                   help="the prompt's last N tokens run dense: what follows reads them the most (512)")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

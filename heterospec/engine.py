@@ -338,7 +338,7 @@ class Engine:
     target's prompt processing of long contexts: `sparse_alpha` (0.95, attention mass kept),
     `sparse_row_frac` (0.05, query rows sampled), `sparse_window_frac` (0.08, local window),
     `sparse_k_max` (0.25, most columns selected, a fraction of the context), `sparse_min_ctx`
-    (2048: shorter contexts stay dense), `sparse_dense_tail` (1024: the prompt's last tokens run
+    (2048: shorter contexts stay dense), `sparse_dense_tail` (512: the prompt's last tokens run
     dense, as what follows reads them the most); decoding and verification stay dense, and
     `stats.sparse_kept_fraction` reports the share of attention columns kept. A draft model's
     prompt processing runs sparse too, without the dense tail (it only proposes).
