@@ -68,7 +68,13 @@ def main() -> int:
     p.add_argument("--settings", nargs="*", type=parse_setting, help="ALPHA,WINDOW,TAIL ... (default: a grid)")
     p.add_argument("--json")
     p.add_argument("--plot")
+    p.add_argument("--replot", metavar="JSON", help="only draw --plot again from an earlier run's --json")
     args = p.parse_args()
+    if args.replot:
+        doc = json.loads(Path(args.replot).read_text())
+        args.length, args.model = doc["length"], doc.get("model", args.model)
+        plot(doc["settings"], args, args.plot)
+        return 0
     settings = args.settings or SETTINGS
 
     with engine_for(args, None) as e:
@@ -129,7 +135,7 @@ def main() -> int:
         print(f"{label(s):<34} speedup {speed}, kept {r['kept_mean']:.3f}, KL {r['kl_mean']:.4f}, "
               f"top-1 {r['top1_mean']:.3f}, needle {sum(r['needle'])}/{len(r['needle'])}"
               f"{'' if r['needle_equals_dense'] else ' (dense: ' + str(sum(needle['dense'])) + ')'}")
-    out = {"command": " ".join(sys.argv), "length": args.length, "documents": len(docs),
+    out = {"command": " ".join(sys.argv), "model": str(args.model), "length": args.length, "documents": len(docs),
            "needle_depths": args.needle_depths, "needle_dense": needle["dense"], "settings": res}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
@@ -143,12 +149,12 @@ def plot(res: dict, args, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=110)
-    for name, r in res.items():
+    for i, (name, r) in enumerate(res.items()):
         x, y = r["speedup"]["ratio"], r["kl_mean"]
         low, high = r["speedup"]["low"] or x, r["speedup"]["high"] or x
         ax.errorbar([x], [y], xerr=[[x - low], [high - x]], fmt="o",
                     mfc="C0" if r["needle_equals_dense"] else "white", mec="C0", ecolor="0.7")
-        ax.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(name, (x, y), fontsize=7, xytext=(4, (4, -10, 16)[i % 3]), textcoords="offset points")
     ax.axhline(0.01, color="C3", lw=0.8, ls="--", label="KL target 0.01")
     ax.axvline(1.4, color="C2", lw=0.8, ls="--", label="TTFT target 1.4x")
     ax.set_xlabel(f"TTFT speedup over dense (paired, {args.length} tokens)")
