@@ -199,13 +199,17 @@ def run(args) -> int:
         engine = stack.enter_context(Engine(args.model, draft=args.model_draft, **engine_kw))
         # (engine, mode name, settings) in the order of a repeat: with --compare-draft, every
         # speculative mode runs again on a second engine, named after its draft
+        engines = [engine]
         runnable = [(engine, name, kw) for name, kw in modes]
-        compared = {}
+        compared = {}   # the second draft's mode -> the same mode with -md
         if other:
             engine2 = stack.enter_context(Engine(args.model, draft=other, **engine_kw))
-            tag = Path(getattr(args, "compare_draft")).stem
-            compared = {f"{name} [{tag}]": name for name, kw in modes if kw["mode"] != "ar"}
-            runnable += [(engine2, f"{name} [{tag}]", kw) for name, kw in modes if kw["mode"] != "ar"]
+            engines.append(engine2)
+            tag = Path(args.compare_draft).stem
+            for name, kw in modes:
+                if kw["mode"] != "ar":
+                    compared[f"{name} [{tag}]"] = name
+                    runnable.append((engine2, f"{name} [{tag}]", kw))
         if getattr(args, "peer", False):
             peer_modes = _peer_modes(args.model_draft, engine.has_mtp, head)
         prompts = load_prompts(args.prompts, engine, args.limit, args.skip, getattr(args, "per_category", None))
@@ -227,7 +231,7 @@ def run(args) -> int:
         total = args.repeats * (len(runnable) + (len(peer_modes) if peer_exe else 0)) * len(token_prompts)
         done = 0
         t0 = time.time()
-        for e in {id(e): e for e, _, _ in runnable}.values():
+        for e in engines:
             _warm_up(e, [(name, kw) for e2, name, kw in runnable if e2 is e], token_prompts, failed)
         for rep in range(args.repeats):
             for eng, name, kw in _rotated(runnable, rep):
@@ -269,7 +273,8 @@ def run(args) -> int:
         if sys.stderr.isatty():
             print(file=sys.stderr)
         engine_info = {"target": engine.description, "n_ctx": engine.n_ctx}
-        profiles = {name: (e.cost_profile() if e.can_speculate else None) for e, name, _ in runnable}
+        own = {id(e): e.cost_profile() if e.can_speculate else None for e in engines}
+        profiles = {name: own[id(e)] for e, name, _ in runnable}
         projected = None
         if device_profile:
             projected = project(engine, device_profile, modes, runs, failed, token_prompts, args)
